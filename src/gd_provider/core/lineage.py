@@ -1,0 +1,82 @@
+"""Lineage tags written on every registered model version (plain Python, no Airflow import)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+DATASET_URI = "gd.dataset_uri"
+DATASET_SHA256 = "gd.dataset_sha256"
+MAX_TAG = 4000  # MLflow caps tag values; keep ours well inside
+
+
+def package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("gd-provider")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def git_sha() -> str | None:
+    """``GD_GIT_SHA`` when set (images), else the checkout's HEAD when the package runs from one."""
+    if os.environ.get("GD_GIT_SHA"):
+        return os.environ["GD_GIT_SHA"]
+    here = Path(__file__).resolve()
+    for parent in here.parents:
+        if (parent / ".git").exists():
+            try:
+                out = subprocess.run(["git", "-C", str(parent), "rev-parse", "HEAD"], capture_output=True,
+                                     text=True, timeout=5, check=False)
+            except (OSError, subprocess.SubprocessError):
+                return None
+            return out.stdout.strip() or None
+    return None
+
+
+def _clip(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+    return text if len(text) <= MAX_TAG else text[: MAX_TAG - 1] + "…"
+
+
+def lineage_tags(
+    *,
+    dag_id: str,
+    run_id: str,
+    logical_date: str | None,
+    data_interval: list[str] | None,
+    dataset: dict[str, Any],
+    training: dict[str, Any],
+    gate: dict[str, Any] | None,
+) -> dict[str, str]:
+    tags: dict[str, Any] = {
+        "gd.dag_id": dag_id,
+        "gd.airflow_run_id": run_id,
+        "gd.logical_date": logical_date or "",
+        "gd.data_interval": data_interval or dataset.get("data_interval") or "",
+        DATASET_URI: dataset["uri"],
+        DATASET_SHA256: dataset["sha256"],
+        "gd.dataset_rows": dataset["rows"],
+        "gd.feature_refs": dataset.get("feature_refs", []),
+        "gd.package_version": package_version(),
+        "gd.training_run_id": training["mlflow_run_id"],
+        "gd.seed": training.get("spec", {}).get("seed", ""),
+    }
+    sha = git_sha()
+    if sha:
+        tags["gd.git_sha"] = sha
+    for key, value in (training.get("health") or {}).items():
+        tags[f"gd.health.{key}"] = value
+    if gate is not None:
+        tags["gd.blessed"] = str(bool(gate["blessed"])).lower()
+        tags["gd.gate.reason"] = "; ".join(gate["reasons"])
+        tags["gd.gate.baseline_version"] = gate.get("champion_version") or "none"
+        tags["gd.gate.holdout_sha256"] = gate.get("holdout_sha256") or ""
+        tags["gd.gate.holdout_rows"] = gate.get("holdout_rows", 0)
+        for name, value in (gate.get("challenger_metrics") or {}).items():
+            tags[f"gd.metric.{name}"] = f"{value:.6f}"
+    return {k: _clip(v) for k, v in tags.items()}

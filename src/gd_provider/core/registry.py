@@ -1,0 +1,225 @@
+"""MLflow registry operations: idempotent registration, audited promotion, rollback.
+
+Plain MLflow (no Airflow import). MLflow aliases keep no history, so every champion change records
+the previous champion on the new version (tag ``gd.previous_champion``) and appends an entry to the
+audit trail, kept as registered-model tags ``gd.audit.NNNNNN`` (JSON) in the same registry as the
+alias itself, so both deployment modes keep it with the models.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+AUDIT_PREFIX = "gd.audit."
+PREVIOUS_CHAMPION_TAG = "gd.previous_champion"
+RUN_KEY_TAG = "gd.run_key"
+NO_CHAMPION = "none"
+
+
+class RegistryError(RuntimeError):
+    """A registry operation cannot be done as asked; nothing was changed."""
+
+
+@dataclass(frozen=True)
+class MlflowConfig:
+    tracking_uri: str
+    registry_uri: str | None = None
+    artifact_root: str | None = None
+    token: str | None = field(default=None, repr=False)  # never in logs
+
+    def activate(self) -> None:
+        """Point this process's MLflow at this store (MLflow's client API reads process state)."""
+        import mlflow
+
+        if self.token:
+            os.environ["MLFLOW_TRACKING_TOKEN"] = self.token
+        mlflow.set_tracking_uri(self.tracking_uri)
+        mlflow.set_registry_uri(self.registry_uri or self.tracking_uri)
+
+    def client(self):
+        from mlflow import MlflowClient
+
+        self.activate()
+        return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.registry_uri or self.tracking_uri)
+
+
+def ensure_experiment(client, name: str, artifact_root: str | None) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    location = None
+    if artifact_root:
+        location = artifact_root.rstrip("/") + "/" + name
+        if "://" not in location:
+            os.makedirs(location, exist_ok=True)
+            location = "file://" + os.path.abspath(location)
+    return client.create_experiment(name, artifact_location=location)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def find_version_by_run_key(client, model_name: str, run_key: str):
+    """The version registered for ``run_key`` (e.g. ``<dag_id>/<run_id>``), or None."""
+    if not _model_exists(client, model_name):
+        return None
+    escaped = run_key.replace("'", "\\'")
+    found = client.search_model_versions(f"name = '{model_name}' and tags.`{RUN_KEY_TAG}` = '{escaped}'")
+    found = sorted(found, key=lambda v: int(v.version))
+    return found[0] if found else None
+
+
+def _model_exists(client, model_name: str) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_registered_model(model_name)
+        return True
+    except MlflowException as exc:
+        if getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST":
+            return False
+        raise
+
+
+def register_model(
+    client, model_name: str, model_uri: str, *, run_key: str, run_id: str | None, tags: dict[str, Any]
+) -> tuple[str, bool]:
+    """Register ``model_uri`` once per ``run_key``: a retry or rerun reuses the existing version.
+
+    Returns ``(version, created)``. Tags are written when the version is created, so a version never
+    exists without its lineage.
+    """
+    existing = find_version_by_run_key(client, model_name, run_key)
+    if existing is not None:
+        for key, value in tags.items():  # a rerun may carry a newer gate decision
+            if existing.tags.get(key) != str(value):
+                client.set_model_version_tag(model_name, existing.version, key, str(value))
+        return str(existing.version), False
+    if not _model_exists(client, model_name):
+        client.create_registered_model(model_name, tags={"gd.managed": "true"})
+    all_tags = {k: str(v) for k, v in tags.items()}
+    all_tags[RUN_KEY_TAG] = run_key
+    mv = client.create_model_version(model_name, model_uri, run_id=run_id, tags=all_tags)
+    return str(mv.version), True
+
+
+def get_alias_version(client, model_name: str, alias: str) -> str | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(client.get_model_version_by_alias(model_name, alias).version)
+    except MlflowException as exc:
+        if getattr(exc, "error_code", "") in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise
+
+
+def audit_trail(client, model_name: str) -> list[dict[str, Any]]:
+    if not _model_exists(client, model_name):
+        return []
+    tags = client.get_registered_model(model_name).tags
+    entries = [json.loads(v) for k, v in sorted(tags.items()) if k.startswith(AUDIT_PREFIX)]
+    return entries
+
+
+def _append_audit(client, model_name: str, entry: dict[str, Any]) -> dict[str, Any]:
+    tags = client.get_registered_model(model_name).tags
+    seq = 1 + max((int(k[len(AUDIT_PREFIX) :]) for k in tags if k.startswith(AUDIT_PREFIX)), default=0)
+    entry = {"seq": seq, "at": _now(), **entry}
+    client.set_registered_model_tag(model_name, f"{AUDIT_PREFIX}{seq:06d}", json.dumps(entry, sort_keys=True))
+    return entry
+
+
+def promote(
+    client,
+    model_name: str,
+    version: str,
+    *,
+    alias: str = "champion",
+    actor: str,
+    reason: str,
+    dag_run: str | None = None,
+) -> dict[str, Any]:
+    """Move ``alias`` to ``version``, recording the previous champion first.
+
+    Idempotent: when ``alias`` already points at ``version`` (a rerun), nothing moves and the recorded
+    previous champion is returned.
+    """
+    mv = client.get_model_version(model_name, version)
+    current = get_alias_version(client, model_name, alias)
+    if current == str(version):
+        previous = mv.tags.get(PREVIOUS_CHAMPION_TAG, NO_CHAMPION)
+        return {"name": model_name, "version": str(version), "alias": alias, "previous_champion": previous,
+                "moved": False}
+    previous = current or NO_CHAMPION
+    client.set_model_version_tag(model_name, version, PREVIOUS_CHAMPION_TAG, previous)
+    client.set_registered_model_alias(model_name, alias, str(version))
+    try:
+        _append_audit(client, model_name, {"action": "promote", "alias": alias, "from": previous,
+                                           "to": str(version), "actor": actor, "reason": reason,
+                                           "dag_run": dag_run})
+    except Exception:
+        # No champion change without its audit entry: put the alias back, then fail.
+        _restore_alias(client, model_name, alias, current)
+        raise
+    return {"name": model_name, "version": str(version), "alias": alias, "previous_champion": previous,
+            "moved": True}
+
+
+def _restore_alias(client, model_name: str, alias: str, version: str | None) -> None:
+    if version is None:
+        client.delete_registered_model_alias(model_name, alias)
+    else:
+        client.set_registered_model_alias(model_name, alias, version)
+
+
+def rollback(
+    client,
+    model_name: str,
+    *,
+    alias: str = "champion",
+    to_version: str = "previous",
+    expected_current: str | None = None,
+    actor: str,
+    reason: str,
+    dag_run: str | None = None,
+) -> dict[str, Any]:
+    """Point ``alias`` back at the recorded previous champion (or at ``to_version``).
+
+    ``expected_current`` guards automatic rollbacks: when the champion is no longer the version this
+    run promoted, someone moved it since, and the rollback refuses to undo their change.
+    Fails loudly when there is nothing to restore.
+    """
+    current = get_alias_version(client, model_name, alias)
+    if current is None:
+        raise RegistryError(f"model {model_name!r} has no {alias!r} alias: nothing to roll back")
+    if expected_current is not None and current != str(expected_current):
+        raise RegistryError(
+            f"{model_name}@{alias} is version {current}, not {expected_current} as expected: "
+            "it was moved since; refusing to roll back over that change"
+        )
+    if to_version == "previous":
+        target = client.get_model_version(model_name, current).tags.get(PREVIOUS_CHAMPION_TAG, NO_CHAMPION)
+        if target == NO_CHAMPION:
+            raise RegistryError(
+                f"{model_name}@{alias} (version {current}) has no recorded previous champion: nothing to restore"
+            )
+    else:
+        target = str(to_version)
+        client.get_model_version(model_name, target)  # raises when it does not exist
+    if target == current:
+        raise RegistryError(f"{model_name}@{alias} already is version {target}")
+    client.set_registered_model_alias(model_name, alias, target)
+    try:
+        entry = _append_audit(client, model_name, {"action": "rollback", "alias": alias, "from": current,
+                                                   "to": target, "actor": actor, "reason": reason,
+                                                   "dag_run": dag_run})
+    except Exception:
+        _restore_alias(client, model_name, alias, current)
+        raise
+    return {"name": model_name, "alias": alias, "from": current, "to": target, "audit_seq": entry["seq"]}

@@ -1,0 +1,258 @@
+"""Scoring a trained model directory, and logging a training run (params, curves, model) to MLflow.
+
+``FraudScorer`` needs only torch/pandas; ``GdTorchPyfunc`` wraps it as an MLflow pyfunc so
+``mlflow.pyfunc.load_model(uri).predict(df)`` returns fraud probabilities. Loading the pyfunc requires
+``gd_provider`` to be importable (the class is pickled by reference).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+import torch
+
+from gd_provider.core.training.loop import MODEL_FILE
+from gd_provider.core.training.model import build_model
+from gd_provider.core.training.preprocess import Preprocessor
+from gd_provider.core.training.runner import INPUT_EXAMPLE_FILE, PREPROCESSOR_FILE, SPEC_FILE, TrainingResult
+from gd_provider.core.training.spec import TrainingSpec
+
+_CHUNK = 65536
+_PIP_PACKAGES = ("torch", "numpy", "pandas", "pyarrow", "mlflow")
+
+
+class FraudScorer:
+    """A trained model directory (``model.pt`` + ``preprocessor.json`` + ``spec.json``) ready to score."""
+
+    def __init__(self, model_dir: str | Path):
+        path = Path(model_dir)
+        for name in (MODEL_FILE, PREPROCESSOR_FILE, SPEC_FILE):
+            if not (path / name).is_file():
+                raise FileNotFoundError(f"model directory {path} lacks {name}")
+        self.model_dir = path
+        self.spec = TrainingSpec.from_dict(json.loads((path / SPEC_FILE).read_text()))
+        self.preprocessor = Preprocessor.from_dict(json.loads((path / PREPROCESSOR_FILE).read_text()))
+        self.model = build_model(self.spec, self.preprocessor.output_dim)
+        self.model.load_state_dict(torch.load(path / MODEL_FILE, map_location="cpu", weights_only=True))
+        self.model.eval()
+
+    @property
+    def input_columns(self) -> list[str]:
+        return self.preprocessor.input_columns
+
+    def input_example(self) -> pd.DataFrame | None:
+        path = self.model_dir / INPUT_EXAMPLE_FILE
+        return pd.read_parquet(path) if path.is_file() else None
+
+    @torch.no_grad()
+    def predict_logits(self, df: pd.DataFrame) -> np.ndarray:
+        x = torch.from_numpy(self.preprocessor.transform(df))
+        if len(x) == 0:
+            return np.zeros(0, dtype=np.float64)
+        return torch.cat([self.model(x[i : i + _CHUNK]) for i in range(0, len(x), _CHUNK)]).double().numpy()
+
+    def predict_proba(self, df: pd.DataFrame) -> np.ndarray:
+        """P(label = 1) per row, float64 in [0, 1], 1-D."""
+        logits = self.predict_logits(df)
+        return 1.0 / (1.0 + np.exp(-np.clip(logits, -700.0, 700.0)))
+
+
+class GdTorchPyfunc(mlflow.pyfunc.PythonModel):
+    """MLflow pyfunc around ``FraudScorer``; artifacts: ``{"model_dir": <trained model directory>}``."""
+
+    def load_context(self, context: Any) -> None:
+        self._scorer = FraudScorer(context.artifacts["model_dir"])
+
+    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> np.ndarray:
+        frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
+        return self._scorer.predict_proba(frame)
+
+
+# ---------------------------------------------------------------------------------------------- logging
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _pip_requirements() -> list[str]:
+    reqs = []
+    for pkg in _PIP_PACKAGES:
+        version = _version(pkg)
+        if version == "unknown":
+            continue
+        reqs.append(f"{pkg}=={version.split('+')[0]}")  # "2.13.0+cpu" is not a PyPI version
+    return reqs
+
+
+def _param_value(value: Any) -> str:
+    if isinstance(value, list | tuple):
+        return ",".join(str(v) for v in value)
+    return "None" if value is None else str(value)
+
+
+def _signature_frame(example: pd.DataFrame, spec: TrainingSpec) -> pd.DataFrame:
+    """Numeric features as float64 (so int or float inputs both pass schema checks), categoricals as str."""
+    out = example.copy()
+    for col in spec.numeric_features:
+        out[col] = pd.to_numeric(out[col], errors="coerce").astype("float64")
+    for col in spec.categorical_features:
+        out[col] = out[col].astype("object").where(out[col].notna(), None)
+        out[col] = out[col].map(lambda v: "" if v is None else str(v))
+    return out[list(spec.features)]
+
+
+def curves_figure(result: TrainingResult) -> Any:
+    """Matplotlib figure: per-step loss and gradient norm, and per-epoch train/val loss + val AUC."""
+    from matplotlib.figure import Figure  # no pyplot: no GUI backend, nothing global, thread-safe
+
+    fig = Figure(figsize=(12, 3.6), dpi=100)
+    ax_loss, ax_norm, ax_epoch = fig.subplots(1, 3)
+    steps = result.steps
+    ax_loss.plot(steps.get("step", []), steps.get("loss", []), lw=0.8)
+    ax_loss.set(title="train loss per step", xlabel="step")
+    ax_norm.plot(steps.get("step", []), steps.get("grad_norm", []), lw=0.8, color="tab:orange")
+    clip = result.spec.get("grad_clip_norm")
+    if clip:
+        ax_norm.axhline(clip, ls="--", lw=0.8, color="grey", label=f"clip {clip:g}")
+        ax_norm.legend(loc="upper right")
+    ax_norm.set(title="gradient norm (pre-clip)", xlabel="step")
+    epochs = [h["epoch"] for h in result.history]
+    ax_epoch.plot(epochs, [h["train_loss"] for h in result.history], marker="o", label="train loss")
+    ax_epoch.plot(epochs, [h["val_loss"] for h in result.history], marker="o", label="val loss")
+    ax_auc = ax_epoch.twinx()
+    ax_auc.plot(epochs, [h["val_roc_auc"] for h in result.history], marker="s", color="tab:green", label="val ROC AUC")
+    ax_auc.set_ylim(0.0, 1.0)
+    ax_epoch.set(title="per epoch", xlabel="epoch")
+    ax_epoch.legend(loc="center right", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def _epoch_metrics(result: TrainingResult, now_ms: int) -> list[Any]:
+    from mlflow.entities import Metric
+
+    out = []
+    for entry in result.history:
+        epoch = int(entry["epoch"])
+        for key, value in entry.items():
+            if key == "epoch" or isinstance(value, bool) or not isinstance(value, int | float):
+                continue
+            if value is None or (isinstance(value, float) and math.isnan(value)):
+                continue
+            out.append(Metric(key=key, value=float(value), timestamp=now_ms, step=epoch))
+    return out
+
+
+def _step_metrics(result: TrainingResult, now_ms: int) -> list[Any]:
+    from mlflow.entities import Metric
+
+    out = []
+    steps = result.steps
+    for key, name in (("loss", "step_loss"), ("grad_norm", "step_grad_norm"), ("lr", "step_lr")):
+        for step, value in zip(steps.get("step", []), steps.get(key, []), strict=False):
+            if value is None or not math.isfinite(value):
+                continue  # non-finite steps are counted in gd.health.nonfinite_steps
+            out.append(Metric(key=name, value=float(value), timestamp=now_ms, step=int(step)))
+    return out
+
+
+def log_training_run(
+    result: TrainingResult,
+    spec: TrainingSpec,
+    dataset_manifest: dict[str, Any],
+    *,
+    experiment_id: str,
+    run_name: str,
+    tags: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Log a completed training run to MLflow (current tracking URI) and return its ids and URIs."""
+    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.models import infer_signature
+    from mlflow.tracking import MlflowClient
+
+    if result.status != "completed" or not result.model_dir:
+        raise ValueError(f"only completed training runs can be logged (status={result.status!r}, error={result.error!r})")
+    scorer = FraudScorer(result.model_dir)
+    example = scorer.input_example()
+    if example is None:
+        raise FileNotFoundError(f"model directory {result.model_dir} lacks {INPUT_EXAMPLE_FILE}")
+    example = _signature_frame(example, spec)
+    probs = scorer.predict_proba(example)
+
+    client = MlflowClient()
+    all_tags = {
+        "gd.run_kind": "training",
+        "gd.train.run_name": result.run_name,
+        "gd.dataset.sha256": str(dataset_manifest.get("sha256", "")),
+        "gd.holdout.sha256": str(result.holdout.get("sha256", "")),
+        **{f"gd.health.{k}": _param_value(v) for k, v in result.health.items()},
+        **(tags or {}),
+    }
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=all_tags) as run:
+        run_id = run.info.run_id
+        params = {f"spec.{k}": _param_value(v) for k, v in spec.to_dict().items()}
+        params.update(
+            {
+                "seed": str(spec.seed),
+                "torch_version": _version("torch"),
+                "ray_version": _version("ray"),
+                "mlflow_version": _version("mlflow"),
+                "dataset.sha256": str(dataset_manifest.get("sha256")),
+                "dataset.uri": str(dataset_manifest.get("uri")),
+                "dataset.rows": str(dataset_manifest.get("rows")),
+                "split.train_rows": str(result.split.get("train_rows")),
+                "split.val_rows": str(result.split.get("val_rows")),
+                "split.holdout_rows": str(result.holdout.get("rows")),
+                "split.pos_weight": _param_value(result.split.get("pos_weight")),
+                "model.input_dim": str(result.split.get("input_dim")),
+                "train.world_size": str(spec.num_workers),
+            }
+        )
+        client.log_batch(run_id, params=[Param(k, v[:6000]) for k, v in params.items()], synchronous=True)
+
+        now_ms = int(time.time() * 1000)
+        metrics = _epoch_metrics(result, now_ms) + _step_metrics(result, now_ms)
+        final = {k: v for k, v in result.metrics.items() if isinstance(v, int | float) and math.isfinite(v)}
+        metrics += [
+            Metric(key=f"final_{k}", value=float(v), timestamp=now_ms, step=0) for k, v in final.items()
+        ]
+        for i in range(0, len(metrics), 1000):
+            client.log_batch(run_id, metrics=metrics[i : i + 1000], synchronous=True)
+        if result.timings:
+            client.log_batch(
+                run_id,
+                tags=[RunTag(f"gd.timing.{k}", f"{v:.3f}") for k, v in result.timings.items()],
+                synchronous=True,
+            )
+
+        mlflow.log_figure(curves_figure(result), "plots/training_curves.png")
+        mlflow.log_dict(result.history, "training/history.json")
+        mlflow.log_dict(result.steps, "training/steps.json")
+        mlflow.log_dict({"holdout": result.holdout, "split": result.split}, "training/split.json")
+
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=GdTorchPyfunc(),
+            artifacts={"model_dir": str(result.model_dir)},
+            signature=infer_signature(example, probs),
+            input_example=example,
+            pip_requirements=_pip_requirements(),
+        )
+    return {
+        "mlflow_run_id": run_id,
+        "model_uri": info.model_uri,
+        "run_model_uri": f"runs:/{run_id}/model",
+        "model_id": getattr(info, "model_id", None),
+        "metrics": {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in result.metrics.items()},
+        "health": {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in result.health.items()},
+    }

@@ -1,0 +1,407 @@
+"""Driver side of a training run: validate, split, preprocess once, train on Ray, collect the model.
+
+``run_training`` checks everything it can *before* starting Ray (spec, columns, labels), so a bad input
+fails in seconds with a message naming the problem instead of after a cluster start.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import site
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from gd_provider.core.data import DatasetManifest, read_dataset
+from gd_provider.core.training.loop import (
+    HISTORY_FILE,
+    MODEL_FILE,
+    STEPS_FILE,
+    TRAIN_ARRAYS,
+    VAL_ARRAYS,
+    train_loop_per_worker,
+)
+from gd_provider.core.training.preprocess import Preprocessor, frame_digest, split_by_time
+from gd_provider.core.training.spec import TrainingSpec
+
+PREPROCESSOR_FILE = "preprocessor.json"
+SPEC_FILE = "spec.json"
+INPUT_EXAMPLE_FILE = "input_example.parquet"
+INPUTS_DIR = "gd_inputs"
+MODEL_DIR = "gd_model"
+FINGERPRINT_FILE = "fingerprint.json"
+
+
+class TrainingInputError(ValueError):
+    """The dataset or spec cannot be trained on (missing columns, bad labels, too few rows...)."""
+
+
+@dataclass
+class TrainingResult:
+    status: str  # "completed" | "failed"
+    run_name: str
+    run_dir: str
+    model_dir: str | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    steps: dict[str, list] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    health: dict[str, Any] = field(default_factory=dict)
+    holdout: dict[str, Any] = field(default_factory=dict)
+    split: dict[str, Any] = field(default_factory=dict)
+    spec: dict[str, Any] = field(default_factory=dict)
+    dataset: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "completed"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Strict-JSON-safe dict (non-finite floats become None)."""
+        return _json_safe(asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainingResult:
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        return _json_safe(value.item())
+    return value
+
+
+def _manifest(dataset: DatasetManifest | dict[str, Any]) -> DatasetManifest:
+    return dataset if isinstance(dataset, DatasetManifest) else DatasetManifest.from_dict(dataset)
+
+
+def check_columns(columns: Any, spec: TrainingSpec, where: str) -> None:
+    """Raise ``TrainingInputError`` naming every spec column (features, label, timestamp) not in ``columns``."""
+    have = set(columns)
+    missing = [c for c in spec.required_columns if c not in have]
+    if missing:
+        roles = []
+        for c in missing:
+            role = (
+                "label"
+                if c == spec.label
+                else "timestamp_column"
+                if c == spec.timestamp_column
+                else "categorical feature"
+                if c in spec.categorical_features
+                else "numeric feature"
+            )
+            roles.append(f"{c!r} ({role})")
+        raise TrainingInputError(f"{where} lacks column(s) required by the training spec: {', '.join(roles)}")
+
+
+def _check_labels(df: pd.DataFrame, spec: TrainingSpec) -> None:
+    label = df[spec.label]
+    if label.isna().any():
+        raise TrainingInputError(f"label column {spec.label!r} has {int(label.isna().sum())} missing value(s)")
+    values = set(pd.unique(label.astype("float64")))
+    if not values <= {0.0, 1.0}:
+        raise TrainingInputError(f"label column {spec.label!r} must be 0/1, found values {sorted(values)[:10]}")
+    if df[spec.timestamp_column].isna().any():
+        raise TrainingInputError(f"timestamp column {spec.timestamp_column!r} has missing values")
+
+
+def _time_range(df: pd.DataFrame, column: str) -> list[str] | None:
+    if not len(df):
+        return None
+    ts = df[column]
+    return [pd.Timestamp(ts.min()).isoformat(), pd.Timestamp(ts.max()).isoformat()]
+
+
+def holdout_frame(dataset: DatasetManifest | dict[str, Any] | pd.DataFrame, spec: TrainingSpec) -> pd.DataFrame:
+    """Exactly the holdout rows ``run_training`` held out for this dataset and spec (same order)."""
+    df = dataset if isinstance(dataset, pd.DataFrame) else read_dataset(_manifest(dataset))
+    _, _, holdout = split_by_time(
+        df, spec.timestamp_column, spec.validation_fraction, spec.holdout_fraction, key_columns=spec.key_columns
+    )
+    return holdout
+
+
+def holdout_info(holdout: pd.DataFrame, spec: TrainingSpec) -> dict[str, Any]:
+    digest, basis = frame_digest(holdout, spec.key_columns)
+    positives = int(holdout[spec.label].sum()) if spec.label in holdout.columns and len(holdout) else 0
+    return {
+        "rows": len(holdout),
+        "positives": positives,
+        "time_range": _time_range(holdout, spec.timestamp_column),
+        "sha256": digest,
+        "sha256_basis": basis,
+        "validation_fraction": spec.validation_fraction,
+        "holdout_fraction": spec.holdout_fraction,
+    }
+
+
+def _health(steps: dict[str, list]) -> dict[str, Any]:
+    norms = np.asarray(steps.get("grad_norm", []), dtype=np.float64)
+    finite = norms[np.isfinite(norms)]
+    losses = np.asarray(steps.get("loss", []), dtype=np.float64)
+    return {
+        "steps": len(norms),
+        "nonfinite_steps": int(sum(steps.get("nonfinite", []))),
+        "max_grad_norm": float(finite.max()) if len(finite) else math.nan,
+        "clipped_steps": int(sum(steps.get("clipped", []))),
+        "final_loss": float(losses[-1]) if len(losses) else math.nan,
+    }
+
+
+def _pick_epoch(history: list[dict[str, Any]], spec: TrainingSpec) -> dict[str, Any]:
+    """The epoch whose weights become the model: best val loss with early stopping, else the last."""
+    if spec.early_stopping_patience:
+        finite = [h for h in history if isinstance(h.get("val_loss"), float) and math.isfinite(h["val_loss"])]
+        if finite:
+            return min(finite, key=lambda h: (h["val_loss"], h["epoch"]))
+    return history[-1]
+
+
+# ---------------------------------------------------------------------------------------------- Ray
+def init_local_ray(num_cpus: int | None = None, **kwargs: Any) -> None:
+    """Start a private local Ray instance whose workers can import ``gd_provider``.
+
+    ``address="local"`` always starts a new instance (a stale session or ``RAY_ADDRESS`` is ignored). When
+    ``gd_provider`` is not installed in site-packages (e.g. a source checkout), its parent directory is put on
+    the workers' ``PYTHONPATH``, since Ray Train unpickles the training loop by module name.
+    """
+    import ray
+
+    # .../<root>/gd_provider/core/training/runner.py -> <root> (works for namespace packages too)
+    pkg_root = str(Path(__file__).resolve().parents[3])
+    previous = os.environ.get("PYTHONPATH")
+    installed = {str(Path(p).resolve()) for p in site.getsitepackages() + [site.getusersitepackages()]}
+    paths = [p for p in (previous or "").split(os.pathsep) if p]
+    if pkg_root not in installed and pkg_root not in paths:
+        os.environ["PYTHONPATH"] = os.pathsep.join([pkg_root, *paths])
+    try:
+        ray.init(
+            address="local",
+            num_cpus=num_cpus or os.cpu_count() or 1,
+            include_dashboard=False,
+            **kwargs,
+        )
+    finally:
+        if previous is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = previous
+
+
+def _check_ray_resources(spec: TrainingSpec) -> None:
+    import ray
+
+    need = spec.num_workers * spec.cpus_per_worker
+    have = float(ray.cluster_resources().get("CPU", 0.0))
+    if need > have + 1e-9:
+        raise TrainingInputError(
+            f"num_workers={spec.num_workers} x cpus_per_worker={spec.cpus_per_worker:g} needs {need:g} CPUs "
+            f"but the Ray cluster has {have:g}; Ray Train would wait forever"
+        )
+
+
+# ---------------------------------------------------------------------------------------------- main
+def _prepare_inputs(
+    df: pd.DataFrame, spec: TrainingSpec, manifest: DatasetManifest, run_dir: Path
+) -> tuple[Preprocessor, dict[str, Any], dict[str, Any], pd.DataFrame, dict[str, Any]]:
+    train, val, holdout = split_by_time(
+        df, spec.timestamp_column, spec.validation_fraction, spec.holdout_fraction, key_columns=spec.key_columns
+    )
+    if len(train) < spec.num_workers or len(val) == 0:
+        raise TrainingInputError(
+            f"too few rows to train: {len(df)} rows give train={len(train)} val={len(val)} "
+            f"holdout={len(holdout)} (num_workers={spec.num_workers})"
+        )
+    y_train = train[spec.label].astype("float32").to_numpy()
+    positives = float(y_train.sum())
+    negatives = float(len(y_train) - positives)
+    if spec.pos_weight == "auto":
+        if positives == 0 or negatives == 0:
+            raise TrainingInputError(
+                f"the training split has {int(positives)} positive and {int(negatives)} negative labels; "
+                "pos_weight='auto' needs both"
+            )
+        pos_weight = negatives / positives
+    else:
+        pos_weight = float(spec.pos_weight)
+
+    pre = Preprocessor.fit(train, spec.numeric_features, spec.categorical_features)
+    inputs = run_dir / INPUTS_DIR
+    inputs.mkdir(parents=True, exist_ok=True)
+    fingerprint = {"spec": spec.to_dict(), "dataset_sha256": manifest.sha256}
+    fp_path = inputs / FINGERPRINT_FILE
+    if fp_path.exists() and json.loads(fp_path.read_text()) != fingerprint:
+        raise TrainingInputError(
+            f"run directory {run_dir} already holds a run with a different spec or dataset; "
+            "a run name is resumed, not reused - pick a new run_name"
+        )
+    np.savez(inputs / TRAIN_ARRAYS, x=pre.transform(train), y=y_train)
+    np.savez(inputs / VAL_ARRAYS, x=pre.transform(val), y=val[spec.label].astype("float32").to_numpy())
+    (inputs / PREPROCESSOR_FILE).write_text(json.dumps(pre.to_dict()))
+    fp_path.write_text(json.dumps(fingerprint))
+    split = {
+        "train_rows": len(train),
+        "val_rows": len(val),
+        "holdout_rows": len(holdout),
+        "train_time_range": _time_range(train, spec.timestamp_column),
+        "val_time_range": _time_range(val, spec.timestamp_column),
+        "train_positives": int(positives),
+        "val_positives": int(val[spec.label].sum()),
+        "pos_weight": pos_weight,
+        "input_dim": pre.output_dim,
+        "feature_names": pre.feature_names,
+    }
+    config = {
+        "spec": spec.to_dict(),
+        "data_dir": str(inputs),
+        "input_dim": pre.output_dim,
+        "pos_weight": pos_weight,
+    }
+    example = val[list(spec.features)].head(5).reset_index(drop=True)
+    return pre, split, config, example, holdout_info(holdout, spec)
+
+
+def _write_model_dir(
+    model_dir: Path, checkpoint_dir: Path, pre: Preprocessor, spec: TrainingSpec, example: pd.DataFrame
+) -> None:
+    if model_dir.exists():
+        shutil.rmtree(model_dir)
+    model_dir.mkdir(parents=True)
+    shutil.copy2(checkpoint_dir / MODEL_FILE, model_dir / MODEL_FILE)
+    (model_dir / PREPROCESSOR_FILE).write_text(json.dumps(pre.to_dict(), indent=1))
+    (model_dir / SPEC_FILE).write_text(json.dumps(spec.to_dict(), indent=1))
+    example.to_parquet(model_dir / INPUT_EXAMPLE_FILE, index=False)
+
+
+def run_training(
+    dataset: DatasetManifest | dict[str, Any],
+    spec: TrainingSpec,
+    *,
+    storage_path: str,
+    run_name: str,
+    ray_address: str = "local",
+) -> TrainingResult:
+    """Train ``spec`` on ``dataset`` with Ray Train; the run lives in ``<storage_path>/<run_name>``.
+
+    Re-running with the same ``storage_path``/``run_name`` resumes from the latest checkpoint (same spec
+    and dataset required). Input problems raise ``SpecError``/``TrainingInputError`` before Ray starts;
+    a failure during training returns a result with ``status="failed"`` and ``error``.
+    """
+    t0 = time.perf_counter()
+    spec.validate()
+    manifest = _manifest(dataset)
+    if ray_address != "local":
+        raise NotImplementedError(
+            f"remote Ray clusters are not supported yet (ray_address={ray_address!r}); use ray_address='local'"
+        )
+    if not run_name or "/" in run_name or run_name in (".", ".."):
+        raise TrainingInputError(f"run_name must be a plain directory name, got {run_name!r}")
+    check_columns(manifest.columns, spec, f"dataset {manifest.uri} (per its manifest)")
+
+    df = read_dataset(manifest)
+    check_columns(df.columns, spec, f"dataset {manifest.uri}")
+    _check_labels(df, spec)
+
+    storage = Path(storage_path).expanduser().resolve()
+    run_dir = storage / run_name
+    pre, split, config, example, holdout = _prepare_inputs(df, spec, manifest, run_dir)
+    result = TrainingResult(
+        status="failed",
+        run_name=run_name,
+        run_dir=str(run_dir),
+        holdout=holdout,
+        split=split,
+        spec=spec.to_dict(),
+        dataset={"uri": manifest.uri, "sha256": manifest.sha256, "rows": manifest.rows},
+    )
+    del df
+    t_prep = time.perf_counter()
+    result.timings["prepare_s"] = t_prep - t0
+
+    import ray
+    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    started_ray = False
+    try:
+        if not ray.is_initialized():
+            init_local_ray()
+            started_ray = True
+        result.timings["ray_init_s"] = time.perf_counter() - t_prep
+        _check_ray_resources(spec)
+        trainer = TorchTrainer(
+            train_loop_per_worker,
+            train_loop_config=config,
+            scaling_config=ScalingConfig(
+                num_workers=spec.num_workers,
+                use_gpu=False,
+                resources_per_worker={"CPU": spec.cpus_per_worker},
+            ),
+            run_config=RunConfig(
+                name=run_name,
+                storage_path=str(storage),
+                checkpoint_config=CheckpointConfig(num_to_keep=None),
+            ),
+        )
+        t_fit = time.perf_counter()
+        try:
+            fit = trainer.fit()
+        except Exception as exc:  # TrainingFailedError (worker/controller) and friends
+            result.error = f"{type(exc).__name__}: {exc}"
+            return result
+        finally:
+            result.timings["fit_s"] = time.perf_counter() - t_fit
+        if fit.checkpoint is None:
+            result.error = "training finished without a checkpoint"
+            return result
+
+        with fit.checkpoint.as_directory() as latest:
+            history = json.loads((Path(latest) / HISTORY_FILE).read_text())
+            steps = json.loads((Path(latest) / STEPS_FILE).read_text())
+        chosen = _pick_epoch(history, spec)
+        checkpoint = fit.checkpoint
+        if chosen is not history[-1]:
+            for ckpt, metrics in fit.best_checkpoints or []:
+                if metrics.get("epoch") == chosen["epoch"]:
+                    checkpoint = ckpt
+                    break
+            else:
+                chosen = history[-1]
+        model_dir = run_dir / MODEL_DIR
+        with checkpoint.as_directory() as ckpt_dir:
+            _write_model_dir(model_dir, Path(ckpt_dir), pre, spec, example)
+
+        result.status = "completed"
+        result.model_dir = str(model_dir)
+        result.history = history
+        result.steps = steps
+        result.metrics = {
+            "epoch": chosen["epoch"],
+            "val_roc_auc": chosen["val_roc_auc"],
+            "val_pr_auc": chosen["val_pr_auc"],
+            "val_loss": chosen["val_loss"],
+            "train_loss": chosen["train_loss"],
+        }
+        result.health = _health(steps)
+        return result
+    finally:
+        if started_ray:
+            ray.shutdown()
+        result.timings["total_s"] = time.perf_counter() - t0

@@ -1,0 +1,46 @@
+"""Provider metadata read by Airflow through the ``apache_airflow_provider`` entry point."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gd_provider import __version__
+
+
+def get_provider_info() -> dict[str, Any]:
+    return {
+        "package-name": "gd-provider",
+        "name": "gd_provider (guarded gradient-descent retraining)",
+        "description": "Feast -> Great Expectations -> Ray Train -> Evidently -> MLflow retraining with gates "
+        "and rollback.",
+        "versions": [__version__],
+        "connection-types": [
+            {"hook-class-name": "gd_provider.hooks.feast.FeastHook", "connection-type": "feast"},
+            {"hook-class-name": "gd_provider.hooks.mlflow.MlflowHook", "connection-type": "mlflow"},
+            {"hook-class-name": "gd_provider.hooks.ray.RayHook", "connection-type": "ray"},
+        ],
+        "hooks": [
+            {"integration-name": "Feast", "python-modules": ["gd_provider.hooks.feast"]},
+            {"integration-name": "MLflow", "python-modules": ["gd_provider.hooks.mlflow"]},
+            {"integration-name": "Ray", "python-modules": ["gd_provider.hooks.ray"]},
+        ],
+        "operators": [
+            {"integration-name": "gd_provider", "python-modules": [
+                "gd_provider.operators.features",
+                "gd_provider.operators.validation",
+                "gd_provider.operators.training",
+                "gd_provider.operators.drift",
+                "gd_provider.operators.registry",
+                "gd_provider.operators.report",
+            ]},
+        ],
+        "integrations": [
+            {"integration-name": name, "external-doc-url": url, "tags": ["software"]}
+            for name, url in [
+                ("Feast", "https://docs.feast.dev/"),
+                ("MLflow", "https://mlflow.org/docs/latest/"),
+                ("Ray", "https://docs.ray.io/"),
+                ("gd_provider", "https://github.com/"),
+            ]
+        ],
+    }

@@ -1,0 +1,69 @@
+"""MlflowHook: an Airflow connection → tracking/registry URIs for the plain core."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gd_provider import settings
+from gd_provider.core.registry import MlflowConfig
+from gd_provider.hooks._base import GdBaseHook
+
+
+class MlflowHook(GdBaseHook):
+    """Connection type ``mlflow``.
+
+    * no ``mlflow_default`` connection → embedded default: SQLite store ``<home>/mlflow/mlflow.db``
+      for tracking and registry, artifacts under ``<home>/mlflow/artifacts``;
+    * ``host`` (with ``schema``/``port``) → an MLflow server, e.g. host ``mlflow``, port 5000,
+      schema ``http``; or ``extra.tracking_uri`` to give the full URI (``postgresql://…``, ``sqlite:///…``);
+    * ``extra.registry_uri`` when the registry lives elsewhere; ``extra.artifact_root`` for the artifact
+      location of experiments this package creates (a shared volume or object store on the stack).
+    """
+
+    conn_name_attr = "mlflow_conn_id"
+    default_conn_name = "mlflow_default"
+    conn_type = "mlflow"
+    hook_name = "MLflow"
+
+    def __init__(self, mlflow_conn_id: str = default_conn_name) -> None:
+        super().__init__(mlflow_conn_id)
+
+    @classmethod
+    def get_ui_field_behaviour(cls) -> dict[str, Any]:
+        return {
+            "hidden_fields": ["login"],
+            "relabeling": {"password": "Token (MLFLOW_TRACKING_TOKEN)"},
+            "placeholders": {
+                "host": "mlflow (empty: embedded SQLite store)",
+                "schema": "http",
+                "port": "5000",
+                "extra": '{"tracking_uri": "...", "registry_uri": "...", "artifact_root": "..."}',
+            },
+        }
+
+    def get_config(self) -> MlflowConfig:
+        conn = self.connection()
+        extra = self.extra()
+        if conn is None or not (conn.host or extra.get("tracking_uri")):
+            root = settings.subdir("mlflow")
+            tracking = f"sqlite:///{root / 'mlflow.db'}"
+            return MlflowConfig(
+                tracking_uri=extra.get("tracking_uri", tracking),
+                registry_uri=extra.get("registry_uri"),
+                artifact_root=extra.get("artifact_root", str(settings.subdir("mlflow", "artifacts"))),
+            )
+        tracking = extra.get("tracking_uri")
+        if not tracking:
+            scheme = conn.schema or "http"
+            port = f":{conn.port}" if conn.port else ""
+            tracking = f"{scheme}://{conn.host}{port}"
+        return MlflowConfig(
+            tracking_uri=tracking,
+            registry_uri=extra.get("registry_uri"),
+            artifact_root=extra.get("artifact_root"),
+            token=conn.password or None,
+        )
+
+    def get_conn(self) -> Any:
+        """An ``MlflowClient`` bound to this connection (also sets the process's MLflow URIs)."""
+        return self.get_config().client()

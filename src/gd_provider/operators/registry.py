@@ -1,0 +1,310 @@
+"""Evaluation gate, registration, promotion, smoke test and rollback against the MLflow registry."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from airflow.sdk import BaseOperator, TriggerRule
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+from gd_provider.operators._common import actor, run_key
+
+
+def _frame_sha256(df) -> str:
+    import pandas as pd
+
+    return hashlib.sha256(pd.util.hash_pandas_object(df, index=False).values.tobytes()).hexdigest()
+
+
+class ModelEvaluationGateOperator(BaseOperator):
+    """Score the challenger (``training["model_uri"]``) and the current champion on the SAME holdout — the
+    latest, time-based slice of this run's dataset, which the challenger never trained on — and decide
+    with :class:`gd_provider.core.gate.GatePolicy`. Returns the decision; never fails on a rejection (the
+    decision is registered and the promotion skipped with the reason)."""
+
+    template_fields: Sequence[str] = ("dataset", "training")
+    ui_color = "#cfe2f3"
+
+    def __init__(
+        self,
+        *,
+        dataset: Any,
+        training: Any,
+        model_name: str,
+        policy: dict[str, Any],
+        alias: str = "champion",
+        mlflow_conn_id: str = "mlflow_default",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.dataset = dataset
+        self.training = training
+        self.model_name = model_name
+        self.policy = policy
+        self.alias = alias
+        self.mlflow_conn_id = mlflow_conn_id
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        import mlflow
+
+        from gd_provider.core.gate import GateConfigError, GatePolicy, classification_metrics, decide
+        from gd_provider.core.registry import get_alias_version
+        from gd_provider.core.training.runner import holdout_frame
+        from gd_provider.core.training.spec import TrainingSpec
+        from gd_provider.hooks.mlflow import MlflowHook
+
+        try:
+            policy = GatePolicy.from_dict(self.policy)
+        except GateConfigError as exc:
+            raise AirflowFailException(f"evaluation gate misconfigured: {exc}") from exc
+        client = MlflowHook(self.mlflow_conn_id).get_conn()
+        spec = TrainingSpec.from_dict(self.training["spec"])
+        holdout = holdout_frame(self.dataset, spec)
+        y = holdout[spec.label].to_numpy()
+        challenger_proba = np.asarray(mlflow.pyfunc.load_model(self.training["model_uri"]).predict(holdout))
+        challenger = classification_metrics(y, challenger_proba, policy.decision_threshold)
+        champion_version = get_alias_version(client, self.model_name, self.alias)
+        champion = None
+        if champion_version is not None:
+            model = mlflow.pyfunc.load_model(f"models:/{self.model_name}/{champion_version}")
+            champion = classification_metrics(y, np.asarray(model.predict(holdout)), policy.decision_threshold)
+        decision = decide(challenger, champion, policy, champion_version=champion_version)
+        decision.holdout_rows = len(holdout)
+        decision.holdout_sha256 = _frame_sha256(holdout)
+        self.log.info("Evaluation on %d holdout rows: %s", len(holdout), decision.summary())
+        return decision.to_dict()
+
+
+class RegisterModelOperator(BaseOperator):
+    """Register the trained model once per DAG run (a retry or a cleared rerun reuses its version), with
+    lineage tags (DAG run, data interval, dataset digest, feature refs, package version, git sha, seed,
+    training run, health) and the gate decision."""
+
+    template_fields: Sequence[str] = ("dataset", "training", "gate")
+    ui_color = "#d0e0e3"
+
+    def __init__(
+        self,
+        *,
+        dataset: Any,
+        training: Any,
+        gate: Any,
+        model_name: str,
+        mlflow_conn_id: str = "mlflow_default",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.dataset = dataset
+        self.training = training
+        self.gate = gate
+        self.model_name = model_name
+        self.mlflow_conn_id = mlflow_conn_id
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        from gd_provider.core.lineage import lineage_tags
+        from gd_provider.core.registry import register_model
+        from gd_provider.hooks.mlflow import MlflowHook
+
+        dag_run = context["dag_run"]
+        client = MlflowHook(self.mlflow_conn_id).get_conn()
+        tags = lineage_tags(
+            dag_id=dag_run.dag_id,
+            run_id=dag_run.run_id,
+            logical_date=dag_run.logical_date.isoformat() if dag_run.logical_date else None,
+            data_interval=self.dataset.get("data_interval"),
+            dataset=self.dataset,
+            training=self.training,
+            gate=self.gate,
+        )
+        version, created = register_model(
+            client,
+            self.model_name,
+            self.training["model_uri"],
+            run_key=run_key(context),
+            run_id=self.training["mlflow_run_id"],
+            tags=tags,
+        )
+        self.log.info("%s %s version %s", "Registered" if created else "Reused", self.model_name, version)
+        return {"name": self.model_name, "version": version, "created": created,
+                "blessed": bool(self.gate["blessed"])}
+
+
+class PromoteModelOperator(BaseOperator):
+    """Move ``alias`` to the registered version when the gate blessed it; record the previous champion
+    on the new version and in the audit trail first. A rejected challenger skips this task (and what
+    depends on it) with the gate's reason; the champion is untouched."""
+
+    template_fields: Sequence[str] = ("model", "gate", "reason")
+    ui_color = "#b6d7a8"
+
+    def __init__(
+        self,
+        *,
+        model: Any,
+        gate: Any,
+        alias: str = "champion",
+        reason: str = "gate blessed the challenger",
+        mlflow_conn_id: str = "mlflow_default",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.model = model
+        self.gate = gate
+        self.alias = alias
+        self.reason = reason
+        self.mlflow_conn_id = mlflow_conn_id
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        from gd_provider.core.registry import promote
+        from gd_provider.hooks.mlflow import MlflowHook
+
+        reasons = "; ".join(self.gate["reasons"])
+        if not self.gate["blessed"]:
+            raise AirflowSkipException(
+                f"challenger {self.model['name']} v{self.model['version']} not promoted: {reasons}"
+            )
+        client = MlflowHook(self.mlflow_conn_id).get_conn()
+        result = promote(
+            client,
+            self.model["name"],
+            self.model["version"],
+            alias=self.alias,
+            actor=actor(context),
+            reason=f"{self.reason}: {reasons}",
+            dag_run=run_key(context),
+        )
+        self.log.info("%s@%s: %s -> %s", result["name"], self.alias, result["previous_champion"], result["version"])
+        return result
+
+
+class ModelSmokeTestOperator(BaseOperator):
+    """Post-promotion check: load ``models:/<name>@<alias>`` from the registry, score a canary sample of
+    the run's dataset, and fail when a score is NaN/outside [0, 1], the positive-prediction rate is out
+    of bounds, or the p95 single-row latency exceeds its budget."""
+
+    template_fields: Sequence[str] = ("dataset", "max_p95_latency_ms")
+    ui_color = "#fff2cc"
+
+    def __init__(
+        self,
+        *,
+        dataset: Any,
+        model_name: str,
+        alias: str = "champion",
+        canary_rows: int = 500,
+        latency_probes: int = 50,
+        max_p95_latency_ms: float = 250.0,
+        positive_rate_bounds: tuple[float, float] = (0.0, 0.5),
+        decision_threshold: float = 0.5,
+        mlflow_conn_id: str = "mlflow_default",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.dataset = dataset
+        self.model_name = model_name
+        self.alias = alias
+        self.canary_rows = canary_rows
+        self.latency_probes = latency_probes
+        self.max_p95_latency_ms = max_p95_latency_ms
+        self.positive_rate_bounds = positive_rate_bounds
+        self.decision_threshold = decision_threshold
+        self.mlflow_conn_id = mlflow_conn_id
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        import mlflow
+
+        from gd_provider.core.data import read_dataset
+        from gd_provider.core.registry import get_alias_version
+        from gd_provider.hooks.mlflow import MlflowHook
+
+        client = MlflowHook(self.mlflow_conn_id).get_conn()
+        version = get_alias_version(client, self.model_name, self.alias)
+        if version is None:
+            raise AirflowFailException(f"{self.model_name} has no {self.alias!r} alias to smoke-test")
+        model = mlflow.pyfunc.load_model(f"models:/{self.model_name}@{self.alias}")
+        df = read_dataset(self.dataset)
+        canary = df.sample(n=min(self.canary_rows, len(df)), random_state=0)
+        proba = np.asarray(model.predict(canary), dtype=float)
+        problems = []
+        if not np.all(np.isfinite(proba)):
+            problems.append(f"{int((~np.isfinite(proba)).sum())} of {len(proba)} scores are NaN/inf")
+        elif proba.min() < 0 or proba.max() > 1:
+            problems.append(f"scores outside [0, 1]: min {proba.min():.4f}, max {proba.max():.4f}")
+        rate = float(np.mean(proba >= self.decision_threshold)) if len(proba) else 0.0
+        lo, hi = self.positive_rate_bounds
+        if not lo <= rate <= hi:
+            problems.append(f"positive-prediction rate {rate:.4f} outside [{lo}, {hi}]")
+        latencies = []
+        rows = [canary.iloc[[i % len(canary)]] for i in range(self.latency_probes)]
+        for row in rows:
+            t0 = time.perf_counter()
+            model.predict(row)
+            latencies.append((time.perf_counter() - t0) * 1000)
+        p95 = float(np.percentile(latencies, 95))
+        budget = float(self.max_p95_latency_ms)
+        if p95 > budget:
+            problems.append(f"p95 latency {p95:.2f} ms over the {budget} ms budget")
+        summary = {"version": version, "canary_rows": len(canary), "positive_rate": rate, "p95_latency_ms": p95}
+        if problems:
+            raise AirflowFailException(
+                f"smoke test of {self.model_name}@{self.alias} (v{version}) failed: " + "; ".join(problems)
+            )
+        self.log.info("Smoke test passed: %s", summary)
+        return summary
+
+
+class RollbackModelOperator(BaseOperator):
+    """Restore the champion recorded before this run's promotion. Runs when a post-promotion task fails
+    (trigger rule ``one_failed``; set it downstream of the post-promotion checks); skips when this run promoted nothing; refuses to undo a champion change
+    made by someone else since; fails loudly when there is nothing to restore."""
+
+    ui_color = "#f4cccc"
+
+    def __init__(
+        self,
+        *,
+        promote_task_id: str = "promote",
+        reason: str = "post-promotion check failed",
+        mlflow_conn_id: str = "mlflow_default",
+        trigger_rule: str = TriggerRule.ONE_FAILED,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(trigger_rule=trigger_rule, **kwargs)
+        self.promote_task_id = promote_task_id
+        self.reason = reason
+        self.mlflow_conn_id = mlflow_conn_id
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        from gd_provider.core.registry import NO_CHAMPION, RegistryError, rollback
+        from gd_provider.hooks.mlflow import MlflowHook
+
+        # Pulled here rather than passed as an XComArg: when the promotion never ran (an earlier gate
+        # failed) there is no XCom, and that simply means there is nothing to roll back.
+        promotion = context["ti"].xcom_pull(task_ids=self.promote_task_id)
+        if not promotion:
+            raise AirflowSkipException("this run promoted nothing: no rollback needed")
+        if promotion["previous_champion"] == NO_CHAMPION:
+            raise AirflowFailException(
+                f"{promotion['name']} v{promotion['version']} failed after promotion and there is "
+                "no previous champion to restore: the model has a failing champion, act by hand"
+            )
+        client = MlflowHook(self.mlflow_conn_id).get_conn()
+        try:
+            result = rollback(
+                client,
+                promotion["name"],
+                alias=promotion["alias"],
+                to_version=promotion["previous_champion"],
+                expected_current=promotion["version"],
+                actor=actor(context),
+                reason=self.reason,
+                dag_run=run_key(context),
+            )
+        except RegistryError as exc:
+            raise AirflowFailException(f"rollback failed: {exc}") from exc
+        self.log.warning("Rolled back %s@%s: v%s -> v%s", result["name"], result["alias"], result["from"], result["to"])
+        return result
