@@ -33,7 +33,13 @@ def demo(tmp_path_factory):
     repo = create_feature_repo(root / "repo", root / "data")  # idempotent
     from feast import FeatureStore
 
-    return {"root": root, "repo": repo, "paths": paths, "data": data, "store": FeatureStore(repo_path=str(repo))}
+    return {
+        "root": root,
+        "repo": repo,
+        "paths": paths,
+        "data": data,
+        "store": FeatureStore(repo_path=str(repo)),
+    }
 
 
 def _retrieve(demo, entity_df, name, **kwargs):
@@ -152,9 +158,14 @@ def test_same_input_same_digest_and_refs_equal_service(demo):
     entity_df = read_label_source(demo["paths"]["transactions"], _day(3), _day(6))
     first = _retrieve(demo, entity_df, "digest_a")
     shuffled = entity_df.sample(frac=1.0, random_state=7)
-    second = _retrieve(demo, shuffled, "digest_b", feature_service=None, features=list(schema.FEAST_FEATURE_REFS))
+    second = _retrieve(
+        demo, shuffled, "digest_b", feature_service=None, features=list(schema.FEAST_FEATURE_REFS)
+    )
     assert first.sha256 == second.sha256 and first.rows == second.rows
     assert first.feature_refs == second.feature_refs
+    # the demo's snapshots are created at their event time, so Feast's created-timestamp cutoff changes nothing
+    third = _retrieve(demo, entity_df, "digest_c", filter_by_created_timestamp=True)
+    assert third.sha256 == first.sha256
 
 
 def test_duplicate_entity_rows_are_all_kept(demo):
@@ -175,7 +186,11 @@ def test_errors(demo):
         _retrieve(demo, entity_df, "err", feature_service="fraud_model_v9")
     with pytest.raises(FeatureRetrievalError, match="exactly one"):
         _retrieve(
-            demo, entity_df, "err", feature_service=schema.FEATURE_SERVICE, features=list(schema.FEAST_FEATURE_REFS)
+            demo,
+            entity_df,
+            "err",
+            feature_service=schema.FEATURE_SERVICE,
+            features=list(schema.FEAST_FEATURE_REFS),
         )
     with pytest.raises(FeatureRetrievalError, match="exactly one"):
         _retrieve(demo, entity_df, "err", feature_service=None)

@@ -112,7 +112,9 @@ def test_same_seed_same_data_other_seed_other_data(small_data):
     pd.testing.assert_frame_equal(small_data.transactions, again.transactions)
     pd.testing.assert_frame_equal(small_data.card_stats, again.card_stats)
     pd.testing.assert_frame_equal(small_data.merchant_stats, again.merchant_stats)
-    other = generate(GeneratorConfig(seed=SMALL.seed + 1, days=10, n_cards=300, n_merchants=30, txns_per_day=400))
+    other = generate(
+        GeneratorConfig(seed=SMALL.seed + 1, days=10, n_cards=300, n_merchants=30, txns_per_day=400)
+    )
     assert not other.transactions["amount"].equals(small_data.transactions["amount"])
 
 
@@ -168,7 +170,9 @@ def test_label_is_learnable_on_held_out_days(default_data):
     cut = GeneratorConfig().start_timestamp + pd.Timedelta(days=40)
     train, test = df[df["snap"] < cut], df[df["snap"] >= cut]
     model = make_pipeline(
-        ColumnTransformer([("num", StandardScaler(), num), ("cat", OneHotEncoder(handle_unknown="ignore"), cat)]),
+        ColumnTransformer(
+            [("num", StandardScaler(), num), ("cat", OneHotEncoder(handle_unknown="ignore"), cat)]
+        ),
         LogisticRegression(max_iter=1000),
     )
     model.fit(train[num + cat], train[schema.LABEL])

@@ -105,7 +105,9 @@ def read_label_source(
     try:
         combined = pa.concat_tables(tables, promote_options="default")
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-        raise FeatureRetrievalError(f"label files under {os.fspath(path)} have incompatible schemas: {exc}") from exc
+        raise FeatureRetrievalError(
+            f"label files under {os.fspath(path)} have incompatible schemas: {exc}"
+        ) from exc
     df = combined.to_pandas()
     ts = df[timestamp_column]
     if isinstance(ts.dtype, pd.DatetimeTZDtype):
@@ -196,6 +198,7 @@ def retrieve_training_set(
     label_column: str | None,
     data_interval: list[str] | None = None,
     sort_by: list[str] | None = None,
+    filter_by_created_timestamp: bool = False,
 ) -> DatasetManifest:
     """Join Feast features point-in-time onto ``entity_df`` and write the result to ``out_uri``.
 
@@ -205,6 +208,10 @@ def retrieve_training_set(
     features without a value at the row's time (no snapshot <= ts within the view's TTL) are null.
     Rows are sorted by ``sort_by`` (default: timestamp, then entity keys; ties keep the input order),
     so the same input gives the same file and sha256.
+
+    ``filter_by_created_timestamp`` (Feast >= 0.67) also drops feature rows whose created timestamp is
+    after the entity row's event time (values backfilled later). Off by default, as in Feast: with it on,
+    a source whose ``created`` column is its load time yields nulls for every earlier event.
     """
     if not isinstance(entity_df, pd.DataFrame):
         raise FeatureRetrievalError(f"entity_df must be a pandas DataFrame, got {type(entity_df).__name__}")
@@ -238,7 +245,9 @@ def retrieve_training_set(
     try:
         ts = pd.to_datetime(entity_df[timestamp_column], utc=True)
     except (ValueError, TypeError) as exc:
-        raise FeatureRetrievalError(f"timestamp column {timestamp_column!r} is not datetime-like: {exc}") from exc
+        raise FeatureRetrievalError(
+            f"timestamp column {timestamp_column!r} is not datetime-like: {exc}"
+        ) from exc
     if ts.isna().any():
         raise FeatureRetrievalError(f"{int(ts.isna().sum())} entity rows have a null {timestamp_column!r}")
 
@@ -248,11 +257,17 @@ def retrieve_training_set(
     feast_df[_FEAST_TS] = ts.reset_index(drop=True)  # the one datetime column, named as Feast expects
 
     try:
-        result = fs.get_historical_features(entity_df=feast_df, features=feast_features).to_df()
+        result = fs.get_historical_features(
+            entity_df=feast_df,
+            features=feast_features,
+            filter_by_created_timestamp=filter_by_created_timestamp,
+        ).to_df()
     except FeatureRetrievalError:
         raise
     except Exception as exc:  # Feast, ibis and duckdb raise many types; keep the cause chained
-        raise FeatureRetrievalError(f"Feast historical retrieval failed: {type(exc).__name__}: {exc}") from exc
+        raise FeatureRetrievalError(
+            f"Feast historical retrieval failed: {type(exc).__name__}: {exc}"
+        ) from exc
 
     if len(result) != len(left):
         raise FeatureRetrievalError(f"Feast returned {len(result)} rows for {len(left)} entity rows")

@@ -104,7 +104,9 @@ def build_suite(expectations: Sequence[Mapping[str, Any]], name: str = "gd_suite
         etype = spec["type"]
         kwargs = spec.get("kwargs") or {}
         if not isinstance(kwargs, Mapping):
-            raise ValidationConfigError(f"expectation #{i} ({etype}): 'kwargs' must be a dict, got {kwargs!r}")
+            raise ValidationConfigError(
+                f"expectation #{i} ({etype}): 'kwargs' must be a dict, got {kwargs!r}"
+            )
         unknown_keys = set(spec) - {"type", "kwargs", "meta", "notes", "description"}
         if unknown_keys:
             raise ValidationConfigError(f"expectation #{i} ({etype}): unknown keys {sorted(unknown_keys)}")
@@ -173,7 +175,9 @@ def default_expectations(
     if positive_rate_bounds is not None:
         lo, hi = positive_rate_bounds
         if not 0.0 <= lo <= hi <= 1.0:
-            raise ValidationConfigError(f"positive_rate_bounds must satisfy 0 <= lo <= hi <= 1, got {positive_rate_bounds}")
+            raise ValidationConfigError(
+                f"positive_rate_bounds must satisfy 0 <= lo <= hi <= 1, got {positive_rate_bounds}"
+            )
     if positive_rate_bounds is not None and label_column is None:
         raise ValidationConfigError("positive_rate_bounds needs label_column")
     if data_interval_end is not None and timestamp_column is None:
@@ -182,7 +186,9 @@ def default_expectations(
         try:
             pd.Timestamp(data_interval_end)
         except (ValueError, TypeError) as exc:
-            raise ValidationConfigError(f"data_interval_end is not a timestamp: {data_interval_end!r}") from exc
+            raise ValidationConfigError(
+                f"data_interval_end is not a timestamp: {data_interval_end!r}"
+            ) from exc
     unknown_nn = set(non_negative_columns) - set(numeric_columns)
     if unknown_nn:
         raise ValidationConfigError(f"non_negative_columns not in numeric_columns: {sorted(unknown_nn)}")
@@ -207,7 +213,11 @@ def default_expectations(
     for col in columns:
         exps.append(_exp("expect_column_to_exist", "exists", column=col))
     for col in columns:
-        frac = 0.0 if col in strict_cols and col not in overrides else float(overrides.get(col, max_null_fraction))
+        frac = (
+            0.0
+            if col in strict_cols and col not in overrides
+            else float(overrides.get(col, max_null_fraction))
+        )
         kwargs: dict[str, Any] = {"column": col}
         if frac > 0:
             kwargs["mostly"] = round(1.0 - frac, 12)
@@ -215,20 +225,42 @@ def default_expectations(
 
     non_negative = set(non_negative_columns)
     for col in _unique(numeric_columns):
-        exps.append(_exp("expect_column_values_to_be_in_type_list", "numeric_dtype", column=col, type_list=list(NUMERIC_DTYPES)))
         exps.append(
-            _exp("expect_column_values_to_be_between", "finite", column=col, min_value=-MAX_FLOAT, max_value=MAX_FLOAT)
+            _exp(
+                "expect_column_values_to_be_in_type_list",
+                "numeric_dtype",
+                column=col,
+                type_list=list(NUMERIC_DTYPES),
+            )
+        )
+        exps.append(
+            _exp(
+                "expect_column_values_to_be_between",
+                "finite",
+                column=col,
+                min_value=-MAX_FLOAT,
+                max_value=MAX_FLOAT,
+            )
         )
         if col in non_negative:
             exps.append(_exp("expect_column_values_to_be_between", "non_negative", column=col, min_value=0))
 
     for col, values in categorical_sets.items():
-        exps.append(_exp("expect_column_values_to_be_in_set", "category_set", column=col, value_set=list(values)))
+        exps.append(
+            _exp("expect_column_values_to_be_in_set", "category_set", column=col, value_set=list(values))
+        )
 
     if label_column is not None:
-        exps.append(_exp("expect_column_values_to_be_in_set", "binary_label", column=label_column, value_set=[0, 1]))
         exps.append(
-            _exp("expect_column_distinct_values_to_contain_set", "both_classes", column=label_column, value_set=[0, 1])
+            _exp("expect_column_values_to_be_in_set", "binary_label", column=label_column, value_set=[0, 1])
+        )
+        exps.append(
+            _exp(
+                "expect_column_distinct_values_to_contain_set",
+                "both_classes",
+                column=label_column,
+                value_set=[0, 1],
+            )
         )
         if positive_rate_bounds is not None:
             lo, hi = positive_rate_bounds
@@ -385,18 +417,74 @@ def _ephemeral_context() -> Any:
     return gx.get_context(mode="ephemeral", project_config=config)
 
 
+_COLUMN_KWARGS = ("column", "column_A", "column_B")
+_COLUMN_LIST_KWARGS = ("column_list",)
+_ROW_COUNT_ONLY = {"expect_table_row_count_to_be_between", "expect_table_row_count_to_equal"}
+
+
+def _domain_columns(etype: str, kwargs: Mapping[str, Any]) -> tuple[Any, ...] | None:
+    """Columns an expectation reads; ``()`` for row-count-only; ``None`` when it needs the whole frame."""
+    if kwargs.get("row_condition"):
+        return None
+    cols = [kwargs[k] for k in _COLUMN_KWARGS if kwargs.get(k) is not None]
+    for key in _COLUMN_LIST_KWARGS:
+        cols.extend(kwargs.get(key) or [])
+    if cols:
+        return tuple(dict.fromkeys(cols))
+    if etype in _ROW_COUNT_ONLY:
+        return ()
+    return None
+
+
+_TYPE_SENSITIVE = {"expect_column_values_to_be_in_type_list", "expect_column_values_to_be_of_type"}
+_EXACT_UPCAST = {
+    **{t: "int64" for t in ("int8", "int16", "int32", "uint8", "uint16", "uint32", "bool")},
+    **{t: "float64" for t in ("float16", "float32")},
+}
+
+
+def _upcast(frame: pd.DataFrame) -> pd.DataFrame:
+    """Lossless upcast of small numeric/bool dtypes to int64/float64.
+
+    GE 1.24 vectorizes ``column_values.between`` only for int64/float64 columns; other dtypes go
+    through a per-element Python ``map`` (1M rows: ~0.3 s per expectation instead of ~10 ms).
+    """
+    casts = {c: _EXACT_UPCAST[str(t)] for c, t in frame.dtypes.items() if str(t) in _EXACT_UPCAST}
+    return frame.astype(casts) if casts else frame
+
+
+def _group_by_domain(suite: gx.ExpectationSuite, split: bool) -> list[tuple[Any, list[int]]]:
+    """Group expectation indices by (columns read, needs the original dtypes)."""
+    groups: dict[Any, list[int]] = {}
+    for i, exp in enumerate(suite.expectations):
+        etype = exp.expectation_type
+        cols = _domain_columns(etype, exp.configuration.kwargs) if split else None
+        key = (cols, etype in _TYPE_SENSITIVE or cols is None)
+        groups.setdefault(key, []).append(i)
+    return list(groups.items())
+
+
 def validate_dataframe(
     df: pd.DataFrame,
     expectations: Sequence[Mapping[str, Any]] | gx.ExpectationSuite,
     *,
     suite_name: str = "gd_suite",
     result_format: str = "SUMMARY",
+    split_by_column: bool = True,
 ) -> ValidationReport:
     """Validate ``df`` against ``expectations`` (portable dicts or a built suite).
 
     Never raises for bad data: an empty frame or a missing column yields a failing report.
     Raises :class:`ValidationConfigError` for a malformed expectation list, ``TypeError`` for a
     non-DataFrame.
+
+    With ``split_by_column`` (default) expectations are grouped by the columns they read and each
+    group is validated on just those columns: GE 1.24's pandas engine copies the whole batch frame
+    for every column-map metric, so a wide frame costs O(rows x columns x expectations) otherwise
+    (1M rows x 24 columns x 99 expectations: ~25-30 s in one batch, ~4 s split). Results
+    are identical; expectations with a ``row_condition`` or other table-level ones see the whole frame.
+    Column groups other than dtype checks see small int/float/bool dtypes losslessly upcast to
+    int64/float64 (GE only vectorizes range checks for those).
     """
     if not isinstance(df, pd.DataFrame):
         raise TypeError(f"validate_dataframe needs a pandas DataFrame, got {type(df).__name__}")
@@ -410,18 +498,37 @@ def validate_dataframe(
         raise ValidationConfigError(f"suite {suite_name!r} has no expectations")
 
     context = _ephemeral_context()
-    suite = context.suites.add_or_update(suite)
-    asset = context.data_sources.add_or_update_pandas("gd_pandas").add_dataframe_asset(f"{suite_name}_frame")
-    batch_def = asset.add_batch_definition_whole_dataframe("whole")
-    vdef = context.validation_definitions.add_or_update(
-        gx.ValidationDefinition(name=f"{suite_name}_validation", data=batch_def, suite=suite)
+    batch_def = (
+        context.data_sources.add_or_update_pandas("gd_pandas")
+        .add_dataframe_asset("frame")
+        .add_batch_definition_whole_dataframe("whole")
     )
-    gx_result = vdef.run(batch_parameters={"dataframe": df}, result_format=result_format)
+    present = set(df.columns)
+    gx_results: list[tuple[int, Any]] = []
+    for g, ((cols, raw_dtypes), indices) in enumerate(_group_by_domain(suite, split_by_column)):
+        frame = df if cols is None else df[[c for c in cols if c in present]]
+        if not raw_dtypes:
+            frame = _upcast(frame)
+        # Unsaved suites validated on a batch directly: storing suites/validation definitions in the
+        # context costs a YAML dump per add, and add_or_update compares expectations pairwise (O(n^2)).
+        group_suite = gx.ExpectationSuite(
+            name=f"{suite_name}__g{g}",
+            expectations=[suite.expectations[i].copy(update={"id": None}) for i in indices],
+        )
+        for exp, i in zip(group_suite.expectations, indices, strict=True):
+            exp.id = f"gd-{i}"  # to put results back in suite order
+        batch = batch_def.get_batch(batch_parameters={"dataframe": frame})
+        run = batch.validate(group_suite, result_format=result_format)
+        for res in run.results:
+            exp_id = str(res.expectation_config.id or "")
+            index = int(exp_id[3:]) if exp_id.startswith("gd-") else len(suite.expectations)
+            gx_results.append((index, res))
+    n_groups = g + 1
+    gx_results.sort(key=lambda pair: pair[0])
     elapsed = time.perf_counter() - start
 
-    order = {exp.id: i for i, exp in enumerate(suite.expectations)}
-    entries = []
-    for res in gx_result.results:
+    results = []
+    for _, res in gx_results:
         cfg = res.expectation_config
         kwargs = dict(cfg.kwargs)
         column = kwargs.get("column")
@@ -429,23 +536,39 @@ def validate_dataframe(
             column = ",".join(map(str, kwargs["column_list"]))
         error = _exception_message(res.exception_info)
         result = dict(res.result or {})
-        entry = {
-            "expectation": cfg.type,
-            "column": column,
-            "check": (cfg.meta or {}).get(CHECK_KEY),
-            "success": bool(res.success),
-            "kwargs": _jsonable({k: v for k, v in kwargs.items() if k not in ("column", "batch_id")}),
-            "observed": _observed(cfg.type, result, kwargs, error) if not res.success else _observed_ok(cfg.type, result, kwargs),
-            "error": error,
-        }
-        entries.append((order.get(cfg.id, len(order)), entry))
-    entries.sort(key=lambda pair: pair[0])
-    results = [e for _, e in entries]
+        observed = (
+            _observed(cfg.type, result, kwargs, error)
+            if not res.success
+            else _observed_ok(cfg.type, result, kwargs)
+        )
+        results.append(
+            {
+                "expectation": cfg.type,
+                "column": column,
+                "check": (cfg.meta or {}).get(CHECK_KEY),
+                "success": bool(res.success),
+                "kwargs": _jsonable({k: v for k, v in kwargs.items() if k not in ("column", "batch_id")}),
+                "observed": observed,
+                "error": error,
+            }
+        )
     failures = [{k: v for k, v in e.items() if k != "success"} for e in results if not e["success"]]
-
-    result_json = _jsonable(json.loads(json.dumps(gx_result.to_json_dict(), default=str)))
+    n_ok = len(results) - len(failures)
+    result_json = {
+        "success": not failures,
+        "suite_name": suite_name,
+        "statistics": {
+            "evaluated_expectations": len(results),
+            "successful_expectations": n_ok,
+            "unsuccessful_expectations": len(failures),
+            "success_percent": 100.0 * n_ok / len(results) if results else None,
+        },
+        "results": [res.to_json_dict() for _, res in gx_results],
+        "meta": {"great_expectations_version": gx.__version__, "column_groups": n_groups, "rows": len(df)},
+    }
+    result_json = _jsonable(json.loads(json.dumps(result_json, default=str)))
     return ValidationReport(
-        success=bool(gx_result.success) and not failures,
+        success=not failures,
         evaluated=len(results),
         failures=failures,
         result_json=result_json,

@@ -112,14 +112,18 @@ def feast_objects(data_dir: str | os.PathLike[str]) -> list:
     return [card, merchant, card_source, merchant_source, card_view, merchant_view, service]
 
 
-def feature_store_config(repo_dir: str | os.PathLike[str], online_store: dict[str, Any] | None = None) -> dict:
+def feature_store_config(
+    repo_dir: str | os.PathLike[str], online_store: dict[str, Any] | None = None
+) -> dict:
     repo = Path(repo_dir).resolve()
     return {
         "project": PROJECT,
         "provider": "local",
         "registry": str(repo / "registry.db"),
         "offline_store": {"type": "duckdb"},
-        "online_store": dict(online_store) if online_store else {"type": "sqlite", "path": str(repo / "online.db")},
+        "online_store": dict(online_store)
+        if online_store
+        else {"type": "sqlite", "path": str(repo / "online.db")},
         "entity_key_serialization_version": 3,
     }
 

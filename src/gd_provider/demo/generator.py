@@ -213,7 +213,9 @@ def generate(config: GeneratorConfig | None = None) -> DemoData:
     is_online = (channel == schema.CHANNELS.index("online")).astype(np.int64)
     is_atm = channel == schema.CHANNELS.index("atm")
 
-    p_foreign = np.clip(card_travel[card] + 0.18 * (cat == schema.MERCHANT_CATEGORIES.index("travel")), 0, 0.9)
+    p_foreign = np.clip(
+        card_travel[card] + 0.18 * (cat == schema.MERCHANT_CATEGORIES.index("travel")), 0, 0.9
+    )
     p_foreign = np.clip(p_foreign + 0.04 * is_online, 0, 0.9)
     is_foreign = (rng.random(n) < p_foreign).astype(np.int64)
     distance = np.where(
@@ -309,9 +311,7 @@ def generate(config: GeneratorConfig | None = None) -> DemoData:
     fr30 = _window_sums(m_fraud, snap, 30)
     m_avg30 = np.where(cnt30 > 0, sum30 / np.maximum(cnt30, 1), 0.0)
     m_rate30 = np.where(cnt30 > 0, fr30 / np.maximum(cnt30, 1), 0.0)
-    score = _sigmoid(
-        (merch_risk + merch_score_bias)[:, None] + rng.normal(0.0, 0.1, (n_m, n_snap)) - 1.0
-    )
+    score = _sigmoid((merch_risk + merch_score_bias)[:, None] + rng.normal(0.0, 0.1, (n_m, n_snap)) - 1.0)
     categories = np.array(schema.MERCHANT_CATEGORIES, dtype=object)
     merchant_stats = pd.DataFrame(
         {
@@ -331,7 +331,9 @@ def generate(config: GeneratorConfig | None = None) -> DemoData:
     out_day = day[out] - warm
     seq = np.arange(out.sum(), dtype=np.int64) % per_day
     day_str = np.array([d.strftime("%Y%m%d") for d in pd.date_range(cfg.start_timestamp, periods=cfg.days)])
-    txn_id = np.char.add(np.char.add(np.char.add("tx", day_str[out_day]), "-"), np.char.zfill(seq.astype(str), 6))
+    txn_id = np.char.add(
+        np.char.add(np.char.add("tx", day_str[out_day]), "-"), np.char.zfill(seq.astype(str), 6)
+    )
     transactions = pd.DataFrame(
         {
             schema.TRANSACTION_ID: txn_id.astype(object),
@@ -368,7 +370,9 @@ def inject_drift(transactions: pd.DataFrame, strength: float, seed: int = 0) -> 
         out["amount"] = np.round(out["amount"].to_numpy(dtype=np.float64) * factor, 2)
     if "distance_from_home_km" in out:
         factor = np.exp(0.7 * strength + rng.normal(0.0, 0.3 * strength, n))
-        out["distance_from_home_km"] = np.round(out["distance_from_home_km"].to_numpy(dtype=np.float64) * factor, 2)
+        out["distance_from_home_km"] = np.round(
+            out["distance_from_home_km"].to_numpy(dtype=np.float64) * factor, 2
+        )
     if "channel" in out:
         move = (rng.random(n) < min(0.4 * strength, 0.95)) & (out["channel"].to_numpy() != "online")
         out.loc[move, "channel"] = "online"

@@ -58,7 +58,7 @@ class DriftCheckOperator(BaseOperator):
 
     def execute(self, context: Any) -> dict[str, Any]:
         from gd_provider.core.data import DatasetError, DatasetManifest, read_dataset
-        from gd_provider.core.drift import apply_drift_policy, detect_drift
+        from gd_provider.core.drift import DriftConfigError, apply_drift_policy, detect_drift
         from gd_provider.core.lineage import DATASET_SHA256, DATASET_URI
         from gd_provider.core.registry import get_alias_version
         from gd_provider.hooks.mlflow import MlflowHook
@@ -66,7 +66,9 @@ class DriftCheckOperator(BaseOperator):
         client = MlflowHook(self.mlflow_conn_id).get_conn()
         champion = get_alias_version(client, self.model_name, self.alias)
         if champion is None:
-            self.log.info("%s has no %r version yet: no reference data, drift not checked", self.model_name, self.alias)
+            self.log.info(
+                "%s has no %r version yet: no reference data, drift not checked", self.model_name, self.alias
+            )
             return {"status": "no_reference", "policy": self.policy, "champion_version": None}
         tags = client.get_model_version(self.model_name, champion).tags
         if DATASET_URI not in tags:
@@ -79,19 +81,22 @@ class DriftCheckOperator(BaseOperator):
             current = read_dataset(self.dataset)
         except DatasetError as exc:
             raise AirflowFailException(f"drift check cannot read its data: {exc}") from exc
-        report = detect_drift(
-            reference,
-            current,
-            numeric_columns=self.numeric_columns,
-            categorical_columns=self.categorical_columns,
-            numeric_method=self.numeric_method,
-            categorical_method=self.categorical_method,
-            threshold=self.threshold,
-            drift_share=self.drift_share,
-            sample_size=self.sample_size,
-            seed=self.seed,
-            out_dir=str(run_dir(context, "drift")),
-        )
+        try:
+            report = detect_drift(
+                reference,
+                current,
+                numeric_columns=self.numeric_columns,
+                categorical_columns=self.categorical_columns,
+                numeric_method=self.numeric_method,
+                categorical_method=self.categorical_method,
+                threshold=self.threshold,
+                drift_share=self.drift_share,
+                sample_size=self.sample_size,
+                seed=self.seed,
+                out_dir=str(run_dir(context, "drift")),
+            )
+        except DriftConfigError as exc:
+            raise AirflowFailException(f"drift check cannot compare the data: {exc}") from exc
         decision = apply_drift_policy(report, self.policy)
         self.log.info("Drift vs champion v%s: %s", champion, decision.message)
         manifest = {

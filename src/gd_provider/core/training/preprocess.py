@@ -33,7 +33,9 @@ def sort_for_split(
     Stable (mergesort), so rows that tie on everything keep their input order.
     """
     if timestamp_column not in df.columns:
-        raise PreprocessError(f"timestamp column {timestamp_column!r} is not in the data (columns: {list(df.columns)})")
+        raise PreprocessError(
+            f"timestamp column {timestamp_column!r} is not in the data (columns: {list(df.columns)})"
+        )
     keys = [timestamp_column] + [c for c in key_columns if c in df.columns and c != timestamp_column]
     return df.sort_values(keys, kind="mergesort").reset_index(drop=True)
 
@@ -174,7 +176,9 @@ class Preprocessor:
         for col in self.categorical:
             index = self._index[col]
             unknown = len(index)
-            codes = _category_strings(df[col]).map(lambda v, index=index, unknown=unknown: index.get(v, unknown))
+            codes = _category_strings(df[col]).map(
+                lambda v, index=index, unknown=unknown: index.get(v, unknown)
+            )
             out[rows, offset + codes.to_numpy(dtype=np.int64)] = 1.0
             offset += unknown + 1
         return out
@@ -193,13 +197,17 @@ class Preprocessor:
     def from_dict(cls, data: dict[str, Any]) -> Preprocessor:
         version = data.get("version")
         if version != _FORMAT_VERSION:
-            raise PreprocessError(f"unsupported preprocessor format version {version!r} (expected {_FORMAT_VERSION})")
+            raise PreprocessError(
+                f"unsupported preprocessor format version {version!r} (expected {_FORMAT_VERSION})"
+            )
         try:
             pre = cls(data["numeric"], data["categorical"], data["means"], data["stds"], data["categories"])
         except KeyError as exc:
             raise PreprocessError(f"preprocessor state lacks {exc.args[0]!r}") from exc
         if len(pre.means) != len(pre.numeric) or len(pre.stds) != len(pre.numeric):
-            raise PreprocessError("preprocessor state is inconsistent: means/stds do not match numeric columns")
+            raise PreprocessError(
+                "preprocessor state is inconsistent: means/stds do not match numeric columns"
+            )
         return pre
 
     def __eq__(self, other: object) -> bool:

@@ -71,7 +71,11 @@ class GdTorchPyfunc(mlflow.pyfunc.PythonModel):
     def load_context(self, context: Any) -> None:
         self._scorer = FraudScorer(context.artifacts["model_dir"])
 
-    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> np.ndarray:
+    # ``pd.DataFrame`` is a hint MLflow 3 accepts without deriving a schema from it (the logged signature
+    # rules); no hint at all, or ``Any``, makes MLflow warn at import/log time.
+    def predict(
+        self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+    ) -> np.ndarray:
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
         return self._scorer.predict_proba(frame)
 
@@ -100,17 +104,6 @@ def _param_value(value: Any) -> str:
     return "None" if value is None else str(value)
 
 
-def _signature_frame(example: pd.DataFrame, spec: TrainingSpec) -> pd.DataFrame:
-    """Numeric features as float64 (so int or float inputs both pass schema checks), categoricals as str."""
-    out = example.copy()
-    for col in spec.numeric_features:
-        out[col] = pd.to_numeric(out[col], errors="coerce").astype("float64")
-    for col in spec.categorical_features:
-        out[col] = out[col].astype("object").where(out[col].notna(), None)
-        out[col] = out[col].map(lambda v: "" if v is None else str(v))
-    return out[list(spec.features)]
-
-
 def curves_figure(result: TrainingResult) -> Any:
     """Matplotlib figure: per-step loss and gradient norm, and per-epoch train/val loss + val AUC."""
     from matplotlib.figure import Figure  # no pyplot: no GUI backend, nothing global, thread-safe
@@ -130,7 +123,9 @@ def curves_figure(result: TrainingResult) -> Any:
     ax_epoch.plot(epochs, [h["train_loss"] for h in result.history], marker="o", label="train loss")
     ax_epoch.plot(epochs, [h["val_loss"] for h in result.history], marker="o", label="val loss")
     ax_auc = ax_epoch.twinx()
-    ax_auc.plot(epochs, [h["val_roc_auc"] for h in result.history], marker="s", color="tab:green", label="val ROC AUC")
+    ax_auc.plot(
+        epochs, [h["val_roc_auc"] for h in result.history], marker="s", color="tab:green", label="val ROC AUC"
+    )
     ax_auc.set_ylim(0.0, 1.0)
     ax_epoch.set(title="per epoch", xlabel="epoch")
     ax_epoch.legend(loc="center right", fontsize=8)
@@ -181,12 +176,16 @@ def log_training_run(
     from mlflow.tracking import MlflowClient
 
     if result.status != "completed" or not result.model_dir:
-        raise ValueError(f"only completed training runs can be logged (status={result.status!r}, error={result.error!r})")
+        raise ValueError(
+            f"only completed training runs can be logged (status={result.status!r}, error={result.error!r})"
+        )
     scorer = FraudScorer(result.model_dir)
     example = scorer.input_example()
     if example is None:
         raise FileNotFoundError(f"model directory {result.model_dir} lacks {INPUT_EXAMPLE_FILE}")
-    example = _signature_frame(example, spec)
+    # The signature keeps the training data's dtypes: MLflow refuses int64 -> double (unless all 0/1), so
+    # declaring numeric features as double would reject the very frames the model was trained on.
+    example = example[list(spec.features)]
     probs = scorer.predict_proba(example)
 
     client = MlflowClient()
@@ -253,6 +252,11 @@ def log_training_run(
         "model_uri": info.model_uri,
         "run_model_uri": f"runs:/{run_id}/model",
         "model_id": getattr(info, "model_id", None),
-        "metrics": {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in result.metrics.items()},
-        "health": {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in result.health.items()},
+        "metrics": {
+            k: (v if not isinstance(v, float) or math.isfinite(v) else None)
+            for k, v in result.metrics.items()
+        },
+        "health": {
+            k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in result.health.items()
+        },
     }

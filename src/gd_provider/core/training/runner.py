@@ -37,6 +37,8 @@ INPUT_EXAMPLE_FILE = "input_example.parquet"
 INPUTS_DIR = "gd_inputs"
 MODEL_DIR = "gd_model"
 FINGERPRINT_FILE = "fingerprint.json"
+HEALTH_CHECK_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
+DEFAULT_HEALTH_CHECK_INTERVAL_S = "0.25"
 
 
 class TrainingInputError(ValueError):
@@ -114,10 +116,14 @@ def check_columns(columns: Any, spec: TrainingSpec, where: str) -> None:
 def _check_labels(df: pd.DataFrame, spec: TrainingSpec) -> None:
     label = df[spec.label]
     if label.isna().any():
-        raise TrainingInputError(f"label column {spec.label!r} has {int(label.isna().sum())} missing value(s)")
+        raise TrainingInputError(
+            f"label column {spec.label!r} has {int(label.isna().sum())} missing value(s)"
+        )
     values = set(pd.unique(label.astype("float64")))
     if not values <= {0.0, 1.0}:
-        raise TrainingInputError(f"label column {spec.label!r} must be 0/1, found values {sorted(values)[:10]}")
+        raise TrainingInputError(
+            f"label column {spec.label!r} must be 0/1, found values {sorted(values)[:10]}"
+        )
     if df[spec.timestamp_column].isna().any():
         raise TrainingInputError(f"timestamp column {spec.timestamp_column!r} has missing values")
 
@@ -129,11 +135,17 @@ def _time_range(df: pd.DataFrame, column: str) -> list[str] | None:
     return [pd.Timestamp(ts.min()).isoformat(), pd.Timestamp(ts.max()).isoformat()]
 
 
-def holdout_frame(dataset: DatasetManifest | dict[str, Any] | pd.DataFrame, spec: TrainingSpec) -> pd.DataFrame:
+def holdout_frame(
+    dataset: DatasetManifest | dict[str, Any] | pd.DataFrame, spec: TrainingSpec
+) -> pd.DataFrame:
     """Exactly the holdout rows ``run_training`` held out for this dataset and spec (same order)."""
     df = dataset if isinstance(dataset, pd.DataFrame) else read_dataset(_manifest(dataset))
     _, _, holdout = split_by_time(
-        df, spec.timestamp_column, spec.validation_fraction, spec.holdout_fraction, key_columns=spec.key_columns
+        df,
+        spec.timestamp_column,
+        spec.validation_fraction,
+        spec.holdout_fraction,
+        key_columns=spec.key_columns,
     )
     return holdout
 
@@ -222,7 +234,11 @@ def _prepare_inputs(
     df: pd.DataFrame, spec: TrainingSpec, manifest: DatasetManifest, run_dir: Path
 ) -> tuple[Preprocessor, dict[str, Any], dict[str, Any], pd.DataFrame, dict[str, Any]]:
     train, val, holdout = split_by_time(
-        df, spec.timestamp_column, spec.validation_fraction, spec.holdout_fraction, key_columns=spec.key_columns
+        df,
+        spec.timestamp_column,
+        spec.validation_fraction,
+        spec.holdout_fraction,
+        key_columns=spec.key_columns,
     )
     if len(train) < spec.num_workers or len(val) == 0:
         raise TrainingInputError(
@@ -274,7 +290,9 @@ def _prepare_inputs(
         "input_dim": pre.output_dim,
         "pos_weight": pos_weight,
     }
-    example = val[list(spec.features)].head(5).reset_index(drop=True)
+    features = val[list(spec.features)]
+    complete = features[features.notna().all(axis=1)]
+    example = (complete if len(complete) >= 5 else features).head(5).reset_index(drop=True)
     return pre, split, config, example, holdout_info(holdout, spec)
 
 
@@ -361,12 +379,20 @@ def run_training(
             ),
         )
         t_fit = time.perf_counter()
+        # The controller polls workers every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (default 2 s) and each
+        # ray.train.report blocks until polled, so the default adds ~2 s per epoch. The trainer copies this
+        # variable from the driver's environment into the controller's runtime env at fit() time.
+        previous_interval = os.environ.get(HEALTH_CHECK_ENV)
+        if previous_interval is None:
+            os.environ[HEALTH_CHECK_ENV] = DEFAULT_HEALTH_CHECK_INTERVAL_S
         try:
             fit = trainer.fit()
         except Exception as exc:  # TrainingFailedError (worker/controller) and friends
             result.error = f"{type(exc).__name__}: {exc}"
             return result
         finally:
+            if previous_interval is None:
+                os.environ.pop(HEALTH_CHECK_ENV, None)
             result.timings["fit_s"] = time.perf_counter() - t_fit
         if fit.checkpoint is None:
             result.error = "training finished without a checkpoint"

@@ -131,7 +131,9 @@ class TrainingSpec:
             if not all(isinstance(v, str) and v for v in values):
                 raise SpecError(name, f"must be a list of non-empty column names, got {list(values)!r}")
         if not self.numeric_features and not self.categorical_features:
-            raise SpecError("numeric_features", "no features: numeric_features and categorical_features are both empty")
+            raise SpecError(
+                "numeric_features", "no features: numeric_features and categorical_features are both empty"
+            )
         seen: set[str] = set()
         for name in self.features:
             if name in seen:
@@ -156,7 +158,9 @@ class TrainingSpec:
                 raise SpecError("hidden_sizes", f"must be positive integers, got {list(self.hidden_sizes)!r}")
         _check_number("dropout", self.dropout, lo=0.0, hi=1.0, hi_open=True)
         if self.optimizer not in OPTIMIZERS:
-            raise SpecError("optimizer", f"unknown optimizer {self.optimizer!r}; choose one of {list(OPTIMIZERS)}")
+            raise SpecError(
+                "optimizer", f"unknown optimizer {self.optimizer!r}; choose one of {list(OPTIMIZERS)}"
+            )
         _check_number("lr", self.lr, lo=0.0, lo_open=True)
         _check_number("momentum", self.momentum, lo=0.0, hi=1.0, hi_open=True)
         _check_number("weight_decay", self.weight_decay, lo=0.0)
@@ -169,7 +173,9 @@ class TrainingSpec:
                 raise SpecError("pos_weight", f"must be 'auto' or a positive number, got {self.pos_weight!r}")
         else:
             _check_number("pos_weight", self.pos_weight, lo=0.0, lo_open=True)
-        _check_number("validation_fraction", self.validation_fraction, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
+        _check_number(
+            "validation_fraction", self.validation_fraction, lo=0.0, hi=1.0, lo_open=True, hi_open=True
+        )
         _check_number("holdout_fraction", self.holdout_fraction, lo=0.0, hi=1.0, hi_open=True)
         if self.validation_fraction + self.holdout_fraction > 0.9:
             raise SpecError(

@@ -1,0 +1,83 @@
+"""The nightly retraining DAG, three nights, asserting run states and the registry afterwards."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from gd_provider.core.registry import PREVIOUS_CHAMPION_TAG, audit_trail, get_alias_version
+from gd_provider.demo import airflow_env
+from gd_provider.demo.pipeline import MODEL_NAME
+
+from .conftest import night
+
+pytestmark = pytest.mark.dags
+DAG_ID = "gd_nightly_fraud_retraining"
+QUICK = {"training_overrides": {"epochs": 3}}
+
+
+@pytest.fixture(scope="module")
+def dag(demo_home):
+    return airflow_env.load_dag(DAG_ID)
+
+
+def _versions(client) -> list:
+    return sorted(client.search_model_versions(f"name = '{MODEL_NAME}'"), key=lambda v: int(v.version))
+
+
+def test_dag_shape(dag):
+    assert dag.schedule == "@daily" if isinstance(dag.schedule, str) else True
+    assert dag.catchup is False and dag.max_active_runs == 1
+    assert dag.task_dict["rollback"].trigger_rule == "one_failed"
+    assert dag.task_dict["run_report"].trigger_rule == "all_done"
+
+
+def test_three_nights(dag, demo_home, mlflow_client):
+    # night 1: first champion (bootstrap policy)
+    run1 = airflow_env.run_dag(dag, night(1), QUICK)
+    assert run1["state"] == "success", run1
+    assert run1["tasks"]["promote"] == "success" and run1["tasks"]["rollback"] == "skipped"
+    assert run1["tasks"]["drift_check"] == "success"
+    assert get_alias_version(mlflow_client, MODEL_NAME, "champion") == "1"
+    v1 = mlflow_client.get_model_version(MODEL_NAME, "1")
+    tags = v1.tags
+    assert tags["gd.dag_id"] == DAG_ID and tags["gd.airflow_run_id"] == run1["run_id"]
+    assert tags["gd.blessed"] == "true" and tags[PREVIOUS_CHAMPION_TAG] == "none"
+    assert len(tags["gd.dataset_sha256"]) == 64 and tags["gd.dataset_uri"].endswith("training_set.parquet")
+    assert "card_stats:card_txn_count_7d" in tags["gd.feature_refs"]
+    assert float(tags["gd.metric.roc_auc"]) > 0.75
+    assert tags["gd.seed"] == "42" and tags["gd.package_version"] == "0.1.0"
+    assert tags["gd.training_run_id"] == v1.run_id
+
+    # night 2: a challenger against that champion on the same holdout
+    run2 = airflow_env.run_dag(dag, night(2), QUICK)
+    assert run2["state"] == "success", run2
+    versions = _versions(mlflow_client)
+    assert [str(v.version) for v in versions] == ["1", "2"]
+    v2 = versions[1]
+    assert v2.tags["gd.gate.baseline_version"] == "1"
+    assert v2.tags["gd.gate.holdout_sha256"]
+    if v2.tags["gd.blessed"] == "true":
+        assert run2["tasks"]["promote"] == "success"
+        assert get_alias_version(mlflow_client, MODEL_NAME, "champion") == "2"
+        assert v2.tags[PREVIOUS_CHAMPION_TAG] == "1"
+    else:
+        assert run2["tasks"]["promote"] == "skipped" and run2["tasks"]["smoke_test"] == "skipped"
+        assert get_alias_version(mlflow_client, MODEL_NAME, "champion") == "1"
+        assert "FAIL" in v2.tags["gd.gate.reason"]
+    champion_after_2 = get_alias_version(mlflow_client, MODEL_NAME, "champion")
+
+    # night 3: a corrupted day of transactions is stopped at validation; nothing downstream runs
+    from gd_provider.demo.generator import corrupt, transactions_day_path
+
+    path = transactions_day_path(demo_home / "feature_repo" / "data", night(3) - pd.Timedelta(days=1))
+    pd.read_parquet(path).pipe(corrupt, kind="nulls", seed=1).to_parquet(path, index=False)
+    run3 = airflow_env.run_dag(dag, night(3), QUICK)
+    assert run3["state"] == "failed"
+    assert run3["tasks"]["validate"] == "failed"
+    assert run3["tasks"]["train"] == "upstream_failed" and run3["tasks"]["register"] == "upstream_failed"
+    assert len(_versions(mlflow_client)) == 2
+    assert get_alias_version(mlflow_client, MODEL_NAME, "champion") == champion_after_2
+    trail = audit_trail(mlflow_client, MODEL_NAME)
+    assert [e["action"] for e in trail] == ["promote"] * (1 + (champion_after_2 == "2"))
+    assert trail[0]["to"] == "1" and trail[0]["dag_run"] == f"{DAG_ID}/{run1['run_id']}"

@@ -1,0 +1,182 @@
+"""Time-based splitting, the feature preprocessor, and the loop's pure helpers (no Ray)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from gd_provider.core.training.loop import _stop_early, ranking_metrics, shard_rows
+from gd_provider.core.training.preprocess import (
+    UNKNOWN,
+    PreprocessError,
+    Preprocessor,
+    frame_digest,
+    split_by_time,
+    split_sizes,
+)
+
+
+def _frame(n: int = 100, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    # Coarse timestamps (10 distinct) so many rows tie and the transaction_id tie-break matters.
+    ts = pd.Timestamp("2025-03-01", tz="UTC") + pd.to_timedelta(rng.integers(0, 10, n), unit="h")
+    return pd.DataFrame(
+        {
+            "transaction_id": [f"t{i:04d}" for i in rng.permutation(n)],
+            "event_timestamp": ts,
+            "amount": rng.normal(50, 10, n),
+            "count": rng.integers(0, 5, n),
+            "channel": rng.choice(["pos", "online", "atm"], n),
+            "is_fraud": rng.integers(0, 2, n),
+        }
+    )
+
+
+# ---------------------------------------------------------------------------------------------- split
+def test_split_sizes_and_time_order():
+    df = _frame(100)
+    train, val, holdout = split_by_time(df, "event_timestamp", 0.15, 0.2)
+    assert (len(train), len(val), len(holdout)) == split_sizes(100, 0.15, 0.2) == (65, 15, 20)
+    assert train["event_timestamp"].max() <= val["event_timestamp"].min()
+    assert val["event_timestamp"].max() <= holdout["event_timestamp"].min()
+    # holdout is the latest rows
+    assert holdout["event_timestamp"].max() == df["event_timestamp"].max()
+    assert list(holdout.index) == list(range(20))
+    assert sorted(pd.concat([train, val, holdout])["transaction_id"]) == sorted(df["transaction_id"])
+
+
+def test_split_is_deterministic_for_any_input_order():
+    df = _frame(200, seed=1)
+    parts = split_by_time(df, "event_timestamp", 0.15, 0.15)
+    shuffled = df.sample(frac=1.0, random_state=7)
+    again = split_by_time(shuffled, "event_timestamp", 0.15, 0.15)
+    for a, b in zip(parts, again, strict=True):
+        pd.testing.assert_frame_equal(a, b)
+    # ties on the timestamp are broken by transaction_id
+    hold = parts[2]
+    for _, group in hold.groupby("event_timestamp"):
+        assert list(group["transaction_id"]) == sorted(group["transaction_id"])
+
+
+def test_split_without_key_columns_is_stable():
+    df = _frame(50).drop(columns=["transaction_id"])
+    a = split_by_time(df, "event_timestamp", 0.2, 0.2)[2]
+    b = split_by_time(df, "event_timestamp", 0.2, 0.2)[2]
+    pd.testing.assert_frame_equal(a, b)
+
+
+def test_split_rejects_missing_timestamp_and_bad_fractions():
+    with pytest.raises(PreprocessError, match="ts_missing"):
+        split_by_time(_frame(), "ts_missing", 0.1, 0.1)
+    with pytest.raises(PreprocessError, match="fractions"):
+        split_by_time(_frame(), "event_timestamp", 0.0, 0.1)
+
+
+def test_frame_digest_uses_keys_and_detects_changes():
+    df = _frame(60)
+    holdout = split_by_time(df, "event_timestamp", 0.2, 0.3)[2]
+    digest, basis = frame_digest(holdout)
+    assert basis == "keys:transaction_id"
+    same = split_by_time(df.sample(frac=1.0, random_state=3), "event_timestamp", 0.2, 0.3)[2]
+    assert frame_digest(same)[0] == digest
+    assert frame_digest(holdout.iloc[1:])[0] != digest
+    digest_rows, basis_rows = frame_digest(holdout.drop(columns=["transaction_id"]))
+    assert basis_rows.startswith("rows:") and len(digest_rows) == 64
+
+
+# ---------------------------------------------------------------------------------------------- features
+def test_fit_uses_train_statistics_only():
+    train = pd.DataFrame({"a": [1.0, 2.0, 3.0], "c": ["x", "y", "x"]})
+    pre = Preprocessor.fit(train, ["a"], ["c"])
+    assert pre.means.tolist() == [2.0]
+    assert pre.stds[0] == pytest.approx(np.std([1.0, 2.0, 3.0]))
+    assert pre.categories == {"c": ["x", "y"]}
+    assert pre.output_dim == 1 + 3
+    assert pre.feature_names == ["a", "c=x", "c=y", f"c={UNKNOWN}"]
+    out = pre.transform(pd.DataFrame({"a": [2.0, 100.0], "c": ["y", "x"]}))
+    assert out.dtype == np.float32 and out.shape == (2, 4)
+    assert out[0, 0] == 0.0 and out[1, 0] == pytest.approx(98 / np.std([1.0, 2.0, 3.0]), rel=1e-6)
+
+
+def test_missing_values_and_unseen_categories():
+    train = pd.DataFrame({"a": [1.0, np.nan, 3.0], "n": [1, 2, 3], "c": ["x", None, "y"]})
+    pre = Preprocessor.fit(train, ["a", "n"], ["c"])
+    assert pre.means[0] == 2.0  # NaN ignored when fitting
+    assert pre.categories["c"] == ["x", "y"]  # None is not a category
+    test = pd.DataFrame({"a": [np.nan, np.inf, 2.0], "n": [2, 2, 2], "c": [None, "zzz", "x"]})
+    out = pre.transform(test)
+    assert out[:, 0].tolist() == [0.0, 0.0, 0.0]  # NaN/inf -> 0 after standardization (2.0 is the mean)
+    onehot = out[:, 2:]
+    assert onehot.tolist() == [[0, 0, 1], [0, 0, 1], [1, 0, 0]]
+    assert np.all(onehot.sum(axis=1) == 1)
+
+
+def test_constant_and_boolean_columns():
+    train = pd.DataFrame({"k": [5.0, 5.0, 5.0], "b": [True, False, True]})
+    pre = Preprocessor.fit(train, ["k", "b"], [])
+    assert pre.stds[0] == 1.0  # no division by zero
+    out = pre.transform(pd.DataFrame({"k": [5.0, 6.0], "b": [False, True]}))
+    assert out[:, 0].tolist() == [0.0, 1.0]
+    assert np.all(np.isfinite(out))
+
+
+def test_missing_column_at_transform_is_named():
+    pre = Preprocessor.fit(pd.DataFrame({"a": [1.0, 2.0], "c": ["x", "y"]}), ["a"], ["c"])
+    with pytest.raises(PreprocessError, match=r"\['c'\]"):
+        pre.transform(pd.DataFrame({"a": [1.0]}))
+    with pytest.raises(PreprocessError, match="zz"):
+        Preprocessor.fit(pd.DataFrame({"a": [1.0]}), ["a", "zz"], [])
+
+
+def test_non_numeric_values_in_numeric_feature():
+    pre = Preprocessor.fit(pd.DataFrame({"a": [1.0, 2.0]}), ["a"], [])
+    with pytest.raises(PreprocessError, match="'a'"):
+        pre.transform(pd.DataFrame({"a": ["one", "two"]}))
+
+
+def test_round_trip_through_json_gives_identical_output():
+    df = _frame(80)
+    pre = Preprocessor.fit(df, ["amount", "count"], ["channel"])
+    again = Preprocessor.from_dict(json.loads(json.dumps(pre.to_dict())))
+    assert again == pre
+    np.testing.assert_array_equal(pre.transform(df), again.transform(df))
+    assert len(again.feature_names) == again.output_dim == 2 + 4
+    with pytest.raises(PreprocessError, match="version"):
+        Preprocessor.from_dict({**pre.to_dict(), "version": 99})
+
+
+def test_categorical_dtype_and_numbers_as_categories():
+    train = pd.DataFrame({"c": pd.Categorical(["a", "b", "a"]), "m": [1, 2, 1]})
+    pre = Preprocessor.fit(train, [], ["c", "m"])
+    assert pre.categories == {"c": ["a", "b"], "m": ["1", "2"]}
+    out = pre.transform(pd.DataFrame({"c": ["b"], "m": [2]}))
+    assert out.tolist() == [[0, 1, 0, 0, 1, 0]]
+
+
+# ---------------------------------------------------------------------------------------------- loop helpers
+@pytest.mark.parametrize(("n", "world"), [(10, 1), (10, 2), (11, 2), (10, 3), (1025, 4)])
+def test_shards_are_disjoint_and_equal_sized(n, world):
+    shards = [shard_rows(n, r, world) for r in range(world)]
+    assert len({len(s) for s in shards}) == 1 and len(shards[0]) == n // world
+    flat = np.concatenate(shards)
+    assert len(set(flat.tolist())) == len(flat)
+    assert all(np.all(s % world == r) for r, s in enumerate(shards))
+
+
+def test_ranking_metrics_handle_degenerate_labels():
+    roc, pr = ranking_metrics(np.array([0, 1, 0, 1]), np.array([0.1, 0.9, 0.2, 0.8]))
+    assert roc == 1.0 and pr == 1.0
+    assert all(math.isnan(v) for v in ranking_metrics(np.array([0, 0]), np.array([0.1, 0.2])))
+    assert all(math.isnan(v) for v in ranking_metrics(np.array([0, 1]), np.array([np.nan, 0.2])))
+
+
+def test_early_stopping_rule():
+    history = [{"epoch": e, "val_loss": v} for e, v in enumerate([1.0, 0.8, 0.85, 0.9], start=1)]
+    assert not _stop_early(history, None)
+    assert not _stop_early(history[:3], 2)
+    assert _stop_early(history, 2)
+    assert not _stop_early(history, 3)
