@@ -53,3 +53,65 @@ def airflow_db() -> dict[str, str]:
     """A migrated Airflow metadata DB (SQLite) for DAG tests."""
     airflow_env.migrate()
     return AIRFLOW_ENV
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def mlflow_server():
+    """A real ``mlflow server`` process (SQLite backend, proxied artifacts) over HTTP on loopback."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    root = _SESSION_DIR / "mlflow_server"
+    root.mkdir()
+    port = _free_port()
+    mlflow = Path(sys.executable).with_name("mlflow")
+    log = open(root / "server.log", "w")  # noqa: SIM115 - closed in teardown
+    proc = subprocess.Popen(
+        [str(mlflow), "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+         "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(url + "/health", timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"mlflow server did not start:\n{(root / 'server.log').read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture(params=["sqlite", "http"])
+def mlflow_backend(request, gd_home):
+    """The embedded SQLite store, then a real MLflow server over HTTP: registry tests run on both."""
+    from gd_provider.core.registry import MlflowConfig
+
+    if request.param == "sqlite":
+        root = gd_home / "mlflow"
+        (root / "artifacts").mkdir(parents=True)
+        return MlflowConfig(tracking_uri=f"sqlite:///{root / 'mlflow.db'}", artifact_root=str(root / "artifacts"))
+    return MlflowConfig(tracking_uri=request.getfixturevalue("mlflow_server"))

@@ -104,7 +104,12 @@ def register_model(
         client.create_registered_model(model_name, tags={"gd.managed": "true"})
     all_tags = {k: str(v) for k, v in tags.items()}
     all_tags[RUN_KEY_TAG] = run_key
-    mv = client.create_model_version(model_name, model_uri, run_id=run_id, tags=all_tags)
+    from mlflow.store.artifact.utils.models import _parse_model_id_if_present
+
+    # An MLflow server needs the logged model's id with a ``models:/m-…`` source; SQLite stores don't care.
+    mv = client.create_model_version(
+        model_name, model_uri, run_id=run_id, tags=all_tags, model_id=_parse_model_id_if_present(model_uri)
+    )
     return str(mv.version), True
 
 

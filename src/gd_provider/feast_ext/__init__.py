@@ -1,0 +1,1 @@
+"""Extensions to Feast used by gd_provider (importable by the ``feast`` CLI through ``offline_store.type``)."""
