@@ -5,7 +5,8 @@ Data: 10k entities, 20 float features (one view, or two views of 10 with ``--vie
 of 100k and 1M rows with random keys (some without any feature row) and random timestamps over the
 feature range plus 30 days (so some rows are outside the TTL).
 
-Cases, each run in its own subprocess (so the peak RSS it reports — ``ru_maxrss`` — is its own):
+Cases, each run in its own subprocess, so the peak RSS it reports is its own (``VmHWM`` from
+``/proc/self/status``; ``resource.getrusage().ru_maxrss`` where there is no /proc):
 
 * ``asof``     Feast ``get_historical_features(...).to_df()`` with ``AsofDuckDBOfflineStore``;
 * ``baseline`` one DuckDB ``ASOF LEFT JOIN`` per view of the same parquet files with the TTL as a CASE,
@@ -48,14 +49,29 @@ ASOF_TYPE = "gd_provider.feast_ext.asof_store.AsofDuckDBOfflineStore"
 START = "2025-01-01"
 
 
-def _rss_mb() -> float:
-    # Linux reports ru_maxrss in KiB
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+def _status_mb(field: str) -> float | None:
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024.0  # kB
+    except OSError:
+        pass
+    return None
+
+
+def _peak_rss_mb() -> float:
+    """Peak RSS of this process: VmHWM on Linux (ru_maxrss of an exec'd child starts at its parent's RSS at
+    fork time, so it would over-report here); ru_maxrss elsewhere."""
+    hwm = _status_mb("VmHWM")
+    if hwm is not None:
+        return hwm
+    scale = 1024.0 * 1024.0 if sys.platform == "darwin" else 1024.0  # bytes on macOS, KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
 
 
 def _current_rss_mb() -> float:
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    return _status_mb("VmRSS") or 0.0
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -230,7 +246,7 @@ def run_case(case: str, rows: int, work: Path, repeat: int) -> dict:
         "seconds": min(times),
         "all_seconds": [round(t, 4) for t in times],
         "rss_before_mb": round(rss_before, 1),
-        "peak_rss_mb": round(_rss_mb(), 1),
+        "peak_rss_mb": round(_peak_rss_mb(), 1),
         "null_share": round(float(result[refs[0].split(":")[1]].isna().mean()), 4),
     }
 

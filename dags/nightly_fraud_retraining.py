@@ -1,8 +1,10 @@
-"""Nightly retraining of the fraud model: Feast → Great Expectations → Evidently → Ray Train → gate →
-MLflow registry → promotion → smoke test → rollback.
+"""Nightly retraining of the fraud model: Feast → Great Expectations → Evidently → Ray Train → health gate →
+evaluation gate → MLflow registry → promotion → smoke test → rollback.
 
 Every gate stops a bad model from shipping: invalid data fails ``validate``; drift follows the
-``drift_policy`` param; a challenger that is worse than the champion on the same holdout is registered
+``drift_policy`` param; a training run the gradient-descent guards stop fails ``train`` (logged to MLflow,
+never registered) and an unhealthy one (too many clipped or non-finite steps, a failed learning-rate
+sensitivity check) fails ``health_gate``; a challenger that is worse than the champion on the same holdout is registered
 with ``blessed=false`` and ``promote`` skips; a promoted model that fails ``smoke_test`` is rolled back.
 ``run_report`` fails the run whenever any of that failed, so a rescued night never looks green.
 """
@@ -16,6 +18,7 @@ from airflow.sdk import DAG, Param, chain
 from gd_provider.demo import expectations, pipeline
 from gd_provider.operators.drift import DriftCheckOperator
 from gd_provider.operators.features import FeastHistoricalFeaturesOperator
+from gd_provider.operators.health import TrainingHealthGate
 from gd_provider.operators.registry import (
     ModelEvaluationGateOperator,
     ModelSmokeTestOperator,
@@ -64,6 +67,9 @@ with DAG(
         spec_overrides="{{ params.training_overrides }}",
         model_name=pipeline.MODEL_NAME,
     )
+    health_gate = TrainingHealthGate(
+        task_id="health_gate", training=train.output, thresholds=pipeline.HEALTH_THRESHOLDS
+    )
     evaluate = ModelEvaluationGateOperator(
         task_id="evaluate",
         dataset=dataset.output,
@@ -88,4 +94,4 @@ with DAG(
     rollback = RollbackModelOperator(task_id="rollback", promote_task_id="promote")
     report = RunReportOperator(task_id="run_report")
 
-    chain(dataset, validate, drift, train, evaluate, register, promote, smoke_test, rollback, report)
+    chain(dataset, validate, drift, train, health_gate, evaluate, register, promote, smoke_test, rollback, report)

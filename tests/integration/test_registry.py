@@ -88,6 +88,8 @@ def test_rollback_restores_previous_and_refuses_when_nothing_to_restore(client, 
     out = registry.rollback(client, name, expected_current="2", actor="x", reason="smoke test failed")
     assert (out["from"], out["to"]) == ("2", "1")
     assert registry.get_alias_version(client, name, "champion") == "1"
+    with pytest.raises(registry.RegistryError, match="has no version 9"):
+        registry.rollback(client, name, to_version="9", actor="bob", reason="manual")
     out = registry.rollback(client, name, to_version="3", actor="bob", reason="manual")
     assert registry.get_alias_version(client, name, "champion") == "3"
     actions = [(e["action"], e["from"], e["to"]) for e in registry.audit_trail(client, name)]

@@ -338,3 +338,28 @@ def apply_drift_policy(report: DriftReport, policy: str) -> DriftDecision:
     if any_drift:
         return DriftDecision(True, "warn", f"Drift below the dataset-drift threshold, proceeding: {facts}.")
     return DriftDecision(True, "ok", f"No drift detected: {facts}.")
+
+
+def prediction_drift(
+    reference_scores: Sequence[float],
+    current_scores: Sequence[float],
+    *,
+    method: str = "wasserstein",
+    threshold: float = 0.1,
+    seed: int = 0,
+    sample_size: int = 50_000,
+) -> dict[str, Any]:
+    """Drift of the champion's score distribution between the reference and the current data.
+
+    Scored by the same Evidently method machinery as the features (a one-column frame ``prediction``),
+    so methods and thresholds are pinned the same way. Returns ``{method, score, threshold, drifted}``.
+    """
+    ref = pd.DataFrame({"prediction": np.asarray(reference_scores, dtype=float)})
+    cur = pd.DataFrame({"prediction": np.asarray(current_scores, dtype=float)})
+    report = detect_drift(
+        ref, cur, numeric_columns=["prediction"], categorical_columns=[], numeric_method=method,
+        threshold=threshold, drift_share=1.0, sample_size=sample_size, seed=seed,
+    )
+    col = report.columns["prediction"]
+    return {"method": col["method"], "score": col["score"], "threshold": col["threshold"], "drifted": col["drifted"],
+            "reference_mean": float(ref["prediction"].mean()), "current_mean": float(cur["prediction"].mean())}

@@ -30,6 +30,7 @@ class MlflowConfig:
     registry_uri: str | None = None
     artifact_root: str | None = None
     token: str | None = field(default=None, repr=False)  # never in logs
+    ui_url: str | None = None  # where people open the MLflow UI (extra links)
 
     def activate(self) -> None:
         """Point this process's MLflow at this store (MLflow's client API reads process state)."""
@@ -37,6 +38,11 @@ class MlflowConfig:
 
         if self.token:
             os.environ["MLFLOW_TRACKING_TOKEN"] = self.token
+        # MLflow's HTTP client retries 7 times with exponential back-off (minutes) by default; a task
+        # should fail fast and leave retrying to Airflow. An explicit environment setting wins.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "60")
         mlflow.set_tracking_uri(self.tracking_uri)
         mlflow.set_registry_uri(self.registry_uri or self.tracking_uri)
 
@@ -72,6 +78,18 @@ def find_version_by_run_key(client, model_name: str, run_key: str):
     found = client.search_model_versions(f"name = '{model_name}' and tags.`{RUN_KEY_TAG}` = '{escaped}'")
     found = sorted(found, key=lambda v: int(v.version))
     return found[0] if found else None
+
+
+def find_versions_by_tags(client, model_name: str, tags: dict[str, str]) -> list[str]:
+    """Versions of ``model_name`` carrying every tag in ``tags``, oldest first."""
+    if not _model_exists(client, model_name):
+        return []
+    clauses = [f"name = '{model_name}'"]
+    for key, value in tags.items():
+        escaped = str(value).replace("'", "\\'")
+        clauses.append(f"tags.`{key}` = '{escaped}'")
+    found = client.search_model_versions(" and ".join(clauses))
+    return [str(v.version) for v in sorted(found, key=lambda v: int(v.version))]
 
 
 def _model_exists(client, model_name: str) -> bool:
@@ -216,7 +234,14 @@ def rollback(
             )
     else:
         target = str(to_version)
-        client.get_model_version(model_name, target)  # raises when it does not exist
+        from mlflow.exceptions import MlflowException
+
+        try:
+            client.get_model_version(model_name, target)
+        except MlflowException as exc:
+            if getattr(exc, "error_code", "") != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            raise RegistryError(f"{model_name} has no version {target}: nothing to roll back to") from exc
     if target == current:
         raise RegistryError(f"{model_name}@{alias} already is version {target}")
     client.set_registered_model_alias(model_name, alias, target)

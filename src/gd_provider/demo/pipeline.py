@@ -26,6 +26,14 @@ TRAINING_SPEC: dict = {
     "cpus_per_worker": 0.5,
 }
 
+# What the training health gate tolerates (gd_provider.core.training.health.HealthThresholds).
+HEALTH_THRESHOLDS: dict = {
+    "allow_diverged": False,
+    "max_nonfinite_steps": 0,
+    "max_clipped_share": 0.5,
+    "require_sensitivity_pass": True,
+}
+
 GATE_POLICY: dict = {
     "decision_threshold": 0.5,
     "value_thresholds": {"roc_auc": 0.75, "pr_auc": 0.15},

@@ -39,9 +39,8 @@ from typing import Any
 import ibis
 import numpy as np
 import pandas as pd
-from ibis.expr import datatypes as dt
-from pydantic import StrictStr
-
+import pyarrow as pa
+import pyarrow.compute as pc
 from feast.feature_view import FeatureView
 from feast.infra.offline_stores import offline_utils
 from feast.infra.offline_stores.duckdb import (
@@ -61,6 +60,8 @@ from feast.infra.offline_stores.offline_store import RetrievalJob, RetrievalMeta
 from feast.infra.registry.base_registry import BaseRegistry
 from feast.on_demand_feature_view import OnDemandFeatureView
 from feast.repo_config import RepoConfig
+from ibis.expr import datatypes as dt
+from pydantic import StrictStr
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +177,7 @@ def _historical_features_asof(
     entity_columns = list(entity_df.columns)
 
     left_df = entity_df
+    keep_entity_order = keep_entity_order and _ROW not in entity_columns
     if keep_entity_order:
         left_df = entity_df.assign(**{_ROW: np.arange(len(entity_df), dtype="int64")})
     left = ibis.memtable(left_df)
@@ -212,15 +214,14 @@ def _historical_features_asof(
                 value = fresh.ifelse(value, ibis.null(value.type()))
             selections[feature] = value
     result = joined.select(**selections)
-    if keep_entity_order:
-        result = result.order_by(_ROW).drop(_ROW)
 
     odfvs = OnDemandFeatureView.get_requested_odfvs(feature_refs, project, registry)
     for odfv in [fv for fv in odfvs if fv.mode == "substrait"]:
         result = odfv.transform_ibis(result, full_feature_names)
 
-    return IbisRetrievalJob(
+    return _AsofRetrievalJob(
         result,
+        _ROW if keep_entity_order and _ROW in result.columns else None,
         [fv for fv in odfvs if fv.mode != "substrait"],
         full_feature_names,
         metadata=RetrievalMetadata(
@@ -234,3 +235,26 @@ def _historical_features_asof(
         staging_location_endpoint_override=config.offline_store.staging_location_endpoint_override,
         repo_path=str(config.repo_path),
     )
+
+
+class _AsofRetrievalJob(IbisRetrievalJob):
+    """Feast's ibis job; with ``row_column`` the rows come back in entity-frame order (sorted in Arrow,
+    which is cheaper than an ``ORDER BY`` of the whole result in DuckDB) and that column is dropped."""
+
+    def __init__(self, table: ibis.Table, row_column: str | None, *args: Any, **kwargs: Any) -> None:
+        self._row_column = row_column
+        if row_column is not None:
+            self._with_rows = table
+            table = table.drop(row_column)  # what persist() / to_remote_storage() write
+        super().__init__(table, *args, **kwargs)
+
+    def _to_arrow_internal(self, timeout: int | None = None) -> pa.Table:
+        if self._row_column is None:
+            return super()._to_arrow_internal(timeout=timeout)
+        table = self._with_rows.to_pyarrow()
+        rows = table.column(self._row_column)
+        table = table.drop_columns([self._row_column])
+        return table.take(pc.sort_indices(rows))
+
+    def _to_df_internal(self, timeout: int | None = None) -> pd.DataFrame:
+        return self._to_arrow_internal(timeout=timeout).to_pandas()

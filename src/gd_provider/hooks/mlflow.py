@@ -8,6 +8,8 @@ from gd_provider import settings
 from gd_provider.core.registry import MlflowConfig
 from gd_provider.hooks._base import GdBaseHook
 
+EMBEDDED_UI_URL = "http://localhost:5000"
+
 
 class MlflowHook(GdBaseHook):
     """Connection type ``mlflow``.
@@ -17,7 +19,9 @@ class MlflowHook(GdBaseHook):
     * ``host`` (with ``schema``/``port``) → an MLflow server, e.g. host ``mlflow``, port 5000,
       schema ``http``; or ``extra.tracking_uri`` to give the full URI (``postgresql://…``, ``sqlite:///…``);
     * ``extra.registry_uri`` when the registry lives elsewhere; ``extra.artifact_root`` for the artifact
-      location of experiments this package creates (a shared volume or object store on the stack).
+      location of experiments this package creates (a shared volume or object store on the stack);
+      ``extra.ui_url`` for the extra links (default: the server itself, or ``http://localhost:5000``,
+      where ``mlflow ui`` serves the embedded store).
     """
 
     conn_name_attr = "mlflow_conn_id"
@@ -51,6 +55,8 @@ class MlflowHook(GdBaseHook):
                 tracking_uri=extra.get("tracking_uri", tracking),
                 registry_uri=extra.get("registry_uri"),
                 artifact_root=extra.get("artifact_root", str(settings.subdir("mlflow", "artifacts"))),
+                # the README's `mlflow ui` command serves the embedded store here
+                ui_url=extra.get("ui_url", EMBEDDED_UI_URL),
             )
         tracking = extra.get("tracking_uri")
         if not tracking:
@@ -62,6 +68,7 @@ class MlflowHook(GdBaseHook):
             registry_uri=extra.get("registry_uri"),
             artifact_root=extra.get("artifact_root"),
             token=conn.password or None,
+            ui_url=extra.get("ui_url") or (tracking if tracking.startswith(("http://", "https://")) else None),
         )
 
     def get_conn(self) -> Any:

@@ -8,19 +8,27 @@ from typing import Any
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
 
-from gd_provider.operators._common import run_dir
+from gd_provider.links import MlflowRunLink, ReportLink, mlflow_run_url, push_link
+from gd_provider.operators._common import run_dir, run_key
 
 
 class DriftCheckOperator(BaseOperator):
-    """Compare the dataset of ``dataset`` with the training data of ``<model_name>@<alias>``, found through
-    the champion's lineage tags (uri + sha256, verified). Methods and threshold are pinned.
+    """Compare this run's dataset (``dataset`` manifest) with the training data of ``<model_name>@<alias>``,
+    found through the champion's lineage tags (uri + sha256, verified before use).
 
-    ``policy``: ``retrain`` (drift is reported and is the reason to retrain), ``warn`` (proceed, warn),
-    ``block`` (fail the run when the dataset drifted). Without a champion there is no reference: the task
-    says so and returns ``status="no_reference"``.
+    * Methods and thresholds are pinned (``numeric_method``/``categorical_method``/``threshold``) and can be
+      set per column: ``per_column={"amount": {"method": "psi", "threshold": 0.2}}``.
+    * Frames larger than ``sample_size`` rows are sampled with ``seed`` (reported in the manifest).
+    * Prediction drift: the champion scores both frames; its score distribution is compared the same way.
+    * ``policy``: ``retrain`` (drift is reported and is the reason to retrain), ``warn`` (proceed, warn),
+      ``block`` (fail the run when the dataset drifted or the champion's predictions drifted).
+    * The HTML and JSON reports go to the run's folder and to an MLflow run (extra links "MLflow run",
+      "Report"). Without a champion there is no reference: the task says so and returns
+      ``status="no_reference"``.
     """
 
     template_fields: Sequence[str] = ("dataset", "policy")
+    operator_extra_links = (MlflowRunLink(), ReportLink())
     ui_color = "#f0e6c0"
 
     def __init__(
@@ -35,7 +43,11 @@ class DriftCheckOperator(BaseOperator):
         numeric_method: str = "wasserstein",
         categorical_method: str = "jensenshannon",
         threshold: float = 0.1,
+        per_column: dict[str, dict[str, Any]] | None = None,
         drift_share: float = 0.5,
+        prediction_drift: bool = True,
+        prediction_method: str = "wasserstein",
+        prediction_threshold: float = 0.1,
         sample_size: int = 50_000,
         seed: int = 0,
         mlflow_conn_id: str = "mlflow_default",
@@ -51,29 +63,37 @@ class DriftCheckOperator(BaseOperator):
         self.numeric_method = numeric_method
         self.categorical_method = categorical_method
         self.threshold = threshold
+        self.per_column = per_column
         self.drift_share = drift_share
+        self.prediction_drift = prediction_drift
+        self.prediction_method = prediction_method
+        self.prediction_threshold = prediction_threshold
         self.sample_size = sample_size
         self.seed = seed
         self.mlflow_conn_id = mlflow_conn_id
 
     def execute(self, context: Any) -> dict[str, Any]:
+        from gd_provider.core import drift as core
         from gd_provider.core.data import DatasetError, DatasetManifest, read_dataset
-        from gd_provider.core.drift import DriftConfigError, apply_drift_policy, detect_drift
         from gd_provider.core.lineage import DATASET_SHA256, DATASET_URI
-        from gd_provider.core.registry import get_alias_version
+        from gd_provider.core.registry import ensure_experiment, get_alias_version
+        from gd_provider.core.tracking import log_check_run
         from gd_provider.hooks.mlflow import MlflowHook
 
-        client = MlflowHook(self.mlflow_conn_id).get_conn()
+        if self.policy not in core.POLICIES:  # the earliest gate for a bad param: before any work
+            raise AirflowFailException(f"drift policy {self.policy!r} is not one of {list(core.POLICIES)}")
+        mlflow_config = MlflowHook(self.mlflow_conn_id).get_config()
+        client = mlflow_config.client()
         champion = get_alias_version(client, self.model_name, self.alias)
         if champion is None:
-            self.log.info(
-                "%s has no %r version yet: no reference data, drift not checked", self.model_name, self.alias
-            )
-            return {"status": "no_reference", "policy": self.policy, "champion_version": None}
+            self.log.info("%s has no %r version yet: no reference data, drift not checked", self.model_name, self.alias)
+            return {"status": "no_reference", "policy": self.policy, "champion_version": None,
+                    "message": "no champion yet: nothing to compare"}
         tags = client.get_model_version(self.model_name, champion).tags
-        if DATASET_URI not in tags:
+        if DATASET_URI not in tags or DATASET_SHA256 not in tags:
             raise AirflowFailException(
-                f"champion {self.model_name} v{champion} has no {DATASET_URI} lineage tag: no reference data"
+                f"champion {self.model_name} v{champion} has no {DATASET_URI}/{DATASET_SHA256} lineage tags: "
+                "no reference data"
             )
         ref_manifest = DatasetManifest(uri=tags[DATASET_URI], sha256=tags[DATASET_SHA256], rows=0, columns={})
         try:
@@ -81,8 +101,10 @@ class DriftCheckOperator(BaseOperator):
             current = read_dataset(self.dataset)
         except DatasetError as exc:
             raise AirflowFailException(f"drift check cannot read its data: {exc}") from exc
+        out_dir = run_dir(context, "drift")
+        per_column = self.per_column or {}
         try:
-            report = detect_drift(
+            report = core.detect_drift(
                 reference,
                 current,
                 numeric_columns=self.numeric_columns,
@@ -90,25 +112,73 @@ class DriftCheckOperator(BaseOperator):
                 numeric_method=self.numeric_method,
                 categorical_method=self.categorical_method,
                 threshold=self.threshold,
+                per_column=per_column,
                 drift_share=self.drift_share,
                 sample_size=self.sample_size,
                 seed=self.seed,
-                out_dir=str(run_dir(context, "drift")),
+                out_dir=str(out_dir),
             )
-        except DriftConfigError as exc:
+            prediction = None
+            if self.prediction_drift:
+                prediction = self._prediction_drift(core, reference, current, champion)
+        except core.DriftConfigError as exc:
             raise AirflowFailException(f"drift check cannot compare the data: {exc}") from exc
-        decision = apply_drift_policy(report, self.policy)
-        self.log.info("Drift vs champion v%s: %s", champion, decision.message)
+        decision = core.apply_drift_policy(report, self.policy)
+        proceed, message = decision.proceed, decision.message
+        if prediction is not None:
+            message += (
+                f" Champion v{champion} prediction drift ({prediction['method']}): score {prediction['score']:.4f} "
+                f"vs threshold {prediction['threshold']} → {'DRIFTED' if prediction['drifted'] else 'stable'} "
+                f"(mean score {prediction['reference_mean']:.4f} → {prediction['current_mean']:.4f})."
+            )
+            if prediction["drifted"] and self.policy == "block":
+                proceed = False
+
+        experiment_id = ensure_experiment(client, self.model_name, mlflow_config.artifact_root)
+        metrics = {"share_drifted": report.share_drifted, "dataset_drift": float(report.dataset_drift)}
+        metrics.update({f"drift_score.{c}": v["score"] for c, v in report.columns.items() if v["score"] is not None})
+        if prediction is not None:
+            metrics["prediction_drift_score"] = prediction["score"]
+        mlflow_run_id = log_check_run(
+            client, experiment_id, run_key=run_key(context), kind="drift_check", metrics=metrics,
+            tags={"gd.champion_version": champion, "gd.drift.policy": self.policy, "gd.drift.method": report.method,
+                  "gd.drift.decision": decision.level if proceed else "block"},
+            artifacts=[p for p in (report.html_path, report.json_path) if p],
+        )
+        push_link(context, MlflowRunLink, mlflow_run_url(mlflow_config.ui_url, experiment_id, mlflow_run_id))
+        push_link(context, ReportLink, f"file://{report.html_path}" if report.html_path else None)
+        self.log.info("Drift vs champion v%s: %s", champion, message)
         manifest = {
-            "status": decision.level,
+            "status": decision.level if proceed else "block",
             "policy": self.policy,
             "champion_version": champion,
             "share_drifted": report.share_drifted,
+            "dataset_drift": report.dataset_drift,
             "drifted_columns": report.drifted_columns,
             "method": report.method,
+            "sampled": report.sampled,
+            "reference_rows": report.reference_rows,
+            "current_rows": report.current_rows,
+            "sample_rows": [report.reference_sample_rows, report.current_sample_rows],
+            "seed": self.seed,
+            "prediction_drift": prediction,
             "report_uri": report.html_path,
-            "message": decision.message,
+            "mlflow_run_id": mlflow_run_id,
+            "message": message,
         }
-        if not decision.proceed:
-            raise AirflowFailException(f"drift gate blocked the run: {decision.message}")
+        if not proceed:
+            raise AirflowFailException(f"drift gate blocked the run: {message}")
         return manifest
+
+    def _prediction_drift(self, core: Any, reference: Any, current: Any, champion: str) -> dict[str, Any]:
+        import mlflow
+        import numpy as np
+
+        model = mlflow.pyfunc.load_model(f"models:/{self.model_name}/{champion}")
+        n = self.sample_size
+        ref = reference.sample(n=n, random_state=self.seed) if len(reference) > n else reference
+        cur = current.sample(n=n, random_state=self.seed) if len(current) > n else current
+        return core.prediction_drift(
+            np.asarray(model.predict(ref)), np.asarray(model.predict(cur)), method=self.prediction_method,
+            threshold=self.prediction_threshold, seed=self.seed, sample_size=n,
+        )

@@ -9,9 +9,15 @@ from typing import Any
 
 import numpy as np
 from airflow.sdk import BaseOperator, TriggerRule
-from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 
+from gd_provider.links import MlflowModelVersionLink, mlflow_model_version_url, push_link
 from gd_provider.operators._common import actor, run_key
+
+
+def _registry_failure(what: str, tracking_uri: str, exc: Exception) -> AirflowException:
+    """A clear, retryable error when MLflow cannot be reached or refuses mid-operation."""
+    return AirflowException(f"{what} failed talking to MLflow at {tracking_uri}: {type(exc).__name__}: {exc}")
 
 
 def _frame_sha256(df) -> str:
@@ -85,6 +91,7 @@ class RegisterModelOperator(BaseOperator):
     training run, health) and the gate decision."""
 
     template_fields: Sequence[str] = ("dataset", "training", "gate")
+    operator_extra_links = (MlflowModelVersionLink(),)
     ui_color = "#d0e0e3"
 
     def __init__(
@@ -110,7 +117,8 @@ class RegisterModelOperator(BaseOperator):
         from gd_provider.hooks.mlflow import MlflowHook
 
         dag_run = context["dag_run"]
-        client = MlflowHook(self.mlflow_conn_id).get_conn()
+        config = MlflowHook(self.mlflow_conn_id).get_config()
+        client = config.client()
         tags = lineage_tags(
             dag_id=dag_run.dag_id,
             run_id=dag_run.run_id,
@@ -129,6 +137,7 @@ class RegisterModelOperator(BaseOperator):
             tags=tags,
         )
         self.log.info("%s %s version %s", "Registered" if created else "Reused", self.model_name, version)
+        push_link(context, MlflowModelVersionLink, mlflow_model_version_url(config.ui_url, self.model_name, version))
         return {"name": self.model_name, "version": version, "created": created,
                 "blessed": bool(self.gate["blessed"])}
 
@@ -139,6 +148,7 @@ class PromoteModelOperator(BaseOperator):
     depends on it) with the gate's reason; the champion is untouched."""
 
     template_fields: Sequence[str] = ("model", "gate", "reason")
+    operator_extra_links = (MlflowModelVersionLink(),)
     ui_color = "#b6d7a8"
 
     def __init__(
@@ -167,26 +177,39 @@ class PromoteModelOperator(BaseOperator):
             raise AirflowSkipException(
                 f"challenger {self.model['name']} v{self.model['version']} not promoted: {reasons}"
             )
-        client = MlflowHook(self.mlflow_conn_id).get_conn()
-        result = promote(
-            client,
-            self.model["name"],
-            self.model["version"],
-            alias=self.alias,
-            actor=actor(context),
-            reason=f"{self.reason}: {reasons}",
-            dag_run=run_key(context),
-        )
+        config = MlflowHook(self.mlflow_conn_id).get_config()
+        try:
+            result = promote(
+                config.client(),
+                self.model["name"],
+                self.model["version"],
+                alias=self.alias,
+                actor=actor(context),
+                reason=f"{self.reason}: {reasons}",
+                dag_run=run_key(context),
+            )
+        except Exception as exc:
+            raise _registry_failure(
+                f"promotion of {self.model['name']} v{self.model['version']} to @{self.alias}", config.tracking_uri, exc
+            ) from exc
+        push_link(context, MlflowModelVersionLink,
+                  mlflow_model_version_url(config.ui_url, result["name"], result["version"]))
         self.log.info("%s@%s: %s -> %s", result["name"], self.alias, result["previous_champion"], result["version"])
         return result
 
 
 class ModelSmokeTestOperator(BaseOperator):
-    """Post-promotion check: load ``models:/<name>@<alias>`` from the registry, score a canary sample of
-    the run's dataset, and fail when a score is NaN/outside [0, 1], the positive-prediction rate is out
-    of bounds, or the p95 single-row latency exceeds its budget."""
+    """Post-promotion check of what serving would load: ``models:/<name>@<alias>`` from the registry.
+
+    Scores a canary sample of the run's dataset and fails when
+    * a score is NaN/inf or outside [0, 1];
+    * the positive-prediction rate is outside ``positive_rate_bounds``, or differs from the previous
+      champion's rate on the same canary by more than ``max_positive_rate_change`` (absolute);
+    * the p95 latency of single-row predictions exceeds ``max_p95_latency_ms``.
+    """
 
     template_fields: Sequence[str] = ("dataset", "max_p95_latency_ms")
+    operator_extra_links = (MlflowModelVersionLink(),)
     ui_color = "#fff2cc"
 
     def __init__(
@@ -199,7 +222,9 @@ class ModelSmokeTestOperator(BaseOperator):
         latency_probes: int = 50,
         max_p95_latency_ms: float = 250.0,
         positive_rate_bounds: tuple[float, float] = (0.0, 0.5),
+        max_positive_rate_change: float | None = 0.05,
         decision_threshold: float = 0.5,
+        seed: int = 0,
         mlflow_conn_id: str = "mlflow_default",
         **kwargs: Any,
     ) -> None:
@@ -211,36 +236,50 @@ class ModelSmokeTestOperator(BaseOperator):
         self.latency_probes = latency_probes
         self.max_p95_latency_ms = max_p95_latency_ms
         self.positive_rate_bounds = positive_rate_bounds
+        self.max_positive_rate_change = max_positive_rate_change
         self.decision_threshold = decision_threshold
+        self.seed = seed
         self.mlflow_conn_id = mlflow_conn_id
 
     def execute(self, context: Any) -> dict[str, Any]:
         import mlflow
 
         from gd_provider.core.data import read_dataset
-        from gd_provider.core.registry import get_alias_version
+        from gd_provider.core.registry import NO_CHAMPION, PREVIOUS_CHAMPION_TAG, get_alias_version
         from gd_provider.hooks.mlflow import MlflowHook
 
-        client = MlflowHook(self.mlflow_conn_id).get_conn()
+        config = MlflowHook(self.mlflow_conn_id).get_config()
+        client = config.client()
         version = get_alias_version(client, self.model_name, self.alias)
         if version is None:
             raise AirflowFailException(f"{self.model_name} has no {self.alias!r} alias to smoke-test")
+        push_link(context, MlflowModelVersionLink, mlflow_model_version_url(config.ui_url, self.model_name, version))
         model = mlflow.pyfunc.load_model(f"models:/{self.model_name}@{self.alias}")
         df = read_dataset(self.dataset)
-        canary = df.sample(n=min(self.canary_rows, len(df)), random_state=0)
+        canary = df.sample(n=min(self.canary_rows, len(df)), random_state=self.seed)
         proba = np.asarray(model.predict(canary), dtype=float)
         problems = []
         if not np.all(np.isfinite(proba)):
             problems.append(f"{int((~np.isfinite(proba)).sum())} of {len(proba)} scores are NaN/inf")
-        elif proba.min() < 0 or proba.max() > 1:
+        elif len(proba) and (proba.min() < 0 or proba.max() > 1):
             problems.append(f"scores outside [0, 1]: min {proba.min():.4f}, max {proba.max():.4f}")
         rate = float(np.mean(proba >= self.decision_threshold)) if len(proba) else 0.0
         lo, hi = self.positive_rate_bounds
         if not lo <= rate <= hi:
             problems.append(f"positive-prediction rate {rate:.4f} outside [{lo}, {hi}]")
+        previous = client.get_model_version(self.model_name, version).tags.get(PREVIOUS_CHAMPION_TAG, NO_CHAMPION)
+        previous_rate = None
+        if previous != NO_CHAMPION and self.max_positive_rate_change is not None:
+            prev_model = mlflow.pyfunc.load_model(f"models:/{self.model_name}/{previous}")
+            previous_rate = float(np.mean(np.asarray(prev_model.predict(canary)) >= self.decision_threshold))
+            if abs(rate - previous_rate) > self.max_positive_rate_change:
+                problems.append(
+                    f"positive-prediction rate {rate:.4f} vs previous champion v{previous}'s {previous_rate:.4f} "
+                    f"on the same canary: change above {self.max_positive_rate_change}"
+                )
         latencies = []
-        rows = [canary.iloc[[i % len(canary)]] for i in range(self.latency_probes)]
-        for row in rows:
+        for i in range(self.latency_probes):
+            row = canary.iloc[[i % len(canary)]]
             t0 = time.perf_counter()
             model.predict(row)
             latencies.append((time.perf_counter() - t0) * 1000)
@@ -248,7 +287,8 @@ class ModelSmokeTestOperator(BaseOperator):
         budget = float(self.max_p95_latency_ms)
         if p95 > budget:
             problems.append(f"p95 latency {p95:.2f} ms over the {budget} ms budget")
-        summary = {"version": version, "canary_rows": len(canary), "positive_rate": rate, "p95_latency_ms": p95}
+        summary = {"version": version, "canary_rows": len(canary), "positive_rate": rate,
+                   "previous_champion": previous, "previous_positive_rate": previous_rate, "p95_latency_ms": p95}
         if problems:
             raise AirflowFailException(
                 f"smoke test of {self.model_name}@{self.alias} (v{version}) failed: " + "; ".join(problems)
@@ -258,23 +298,40 @@ class ModelSmokeTestOperator(BaseOperator):
 
 
 class RollbackModelOperator(BaseOperator):
-    """Restore the champion recorded before this run's promotion. Runs when a post-promotion task fails
-    (trigger rule ``one_failed``; set it downstream of the post-promotion checks); skips when this run promoted nothing; refuses to undo a champion change
-    made by someone else since; fails loudly when there is nothing to restore."""
+    """Point the champion alias back at an earlier version, with an audit entry.
 
+    *Automatic* (``promote_task_id`` set, the default ``"promote"``): runs when a post-promotion task fails
+    (put it downstream of those checks with trigger rule ``one_failed``, the default here); restores the
+    champion recorded by this run's promotion; skips when this run promoted nothing; refuses to undo a
+    champion change made by someone else since; fails loudly when there is nothing to restore.
+
+    *Manual* (``promote_task_id=None``): rolls ``model_name``'s alias back to ``to_version`` — a version
+    number or ``"previous"`` (the previous champion recorded on the current one) — with ``reason``.
+    """
+
+    template_fields: Sequence[str] = ("model_name", "to_version", "reason", "alias")
+    operator_extra_links = (MlflowModelVersionLink(),)
     ui_color = "#f4cccc"
 
     def __init__(
         self,
         *,
-        promote_task_id: str = "promote",
+        promote_task_id: str | None = "promote",
+        model_name: str | None = None,
+        to_version: str = "previous",
+        alias: str = "champion",
         reason: str = "post-promotion check failed",
         mlflow_conn_id: str = "mlflow_default",
-        trigger_rule: str = TriggerRule.ONE_FAILED,
+        trigger_rule: str | None = None,
         **kwargs: Any,
     ) -> None:
+        if trigger_rule is None:
+            trigger_rule = TriggerRule.ONE_FAILED if promote_task_id else TriggerRule.ALL_SUCCESS
         super().__init__(trigger_rule=trigger_rule, **kwargs)
         self.promote_task_id = promote_task_id
+        self.model_name = model_name
+        self.to_version = to_version
+        self.alias = alias
         self.reason = reason
         self.mlflow_conn_id = mlflow_conn_id
 
@@ -282,29 +339,42 @@ class RollbackModelOperator(BaseOperator):
         from gd_provider.core.registry import NO_CHAMPION, RegistryError, rollback
         from gd_provider.hooks.mlflow import MlflowHook
 
-        # Pulled here rather than passed as an XComArg: when the promotion never ran (an earlier gate
-        # failed) there is no XCom, and that simply means there is nothing to roll back.
-        promotion = context["ti"].xcom_pull(task_ids=self.promote_task_id)
-        if not promotion:
-            raise AirflowSkipException("this run promoted nothing: no rollback needed")
-        if promotion["previous_champion"] == NO_CHAMPION:
-            raise AirflowFailException(
-                f"{promotion['name']} v{promotion['version']} failed after promotion and there is "
-                "no previous champion to restore: the model has a failing champion, act by hand"
-            )
-        client = MlflowHook(self.mlflow_conn_id).get_conn()
+        expected_current = None
+        if self.promote_task_id:
+            # Pulled here rather than passed as an XComArg: when the promotion never ran (an earlier gate
+            # failed) there is no XCom, and that simply means there is nothing to roll back.
+            promotion = context["ti"].xcom_pull(task_ids=self.promote_task_id)
+            if not promotion:
+                raise AirflowSkipException("this run promoted nothing: no rollback needed")
+            if promotion["previous_champion"] == NO_CHAMPION:
+                raise AirflowFailException(
+                    f"{promotion['name']} v{promotion['version']} failed after promotion and there is no "
+                    "previous champion to restore: the model has a failing champion, act by hand"
+                )
+            name, alias, target = promotion["name"], promotion["alias"], promotion["previous_champion"]
+            expected_current = promotion["version"]
+        else:
+            if not self.model_name or not str(self.reason).strip():
+                raise AirflowFailException("a manual rollback needs a model name and a reason")
+            name, alias, target = self.model_name, self.alias, str(self.to_version).strip() or "previous"
+            if target != "previous" and not target.isdigit():
+                raise AirflowFailException(f"to_version must be a version number or 'previous', got {target!r}")
+        config = MlflowHook(self.mlflow_conn_id).get_config()
         try:
             result = rollback(
-                client,
-                promotion["name"],
-                alias=promotion["alias"],
-                to_version=promotion["previous_champion"],
-                expected_current=promotion["version"],
+                config.client(),
+                name,
+                alias=alias,
+                to_version=target,
+                expected_current=expected_current,
                 actor=actor(context),
                 reason=self.reason,
                 dag_run=run_key(context),
             )
         except RegistryError as exc:
-            raise AirflowFailException(f"rollback failed: {exc}") from exc
-        self.log.warning("Rolled back %s@%s: v%s -> v%s", result["name"], result["alias"], result["from"], result["to"])
+            raise AirflowFailException(f"rollback of {name}@{alias} refused: {exc}") from exc
+        except Exception as exc:
+            raise _registry_failure(f"rollback of {name}@{alias}", config.tracking_uri, exc) from exc
+        push_link(context, MlflowModelVersionLink, mlflow_model_version_url(config.ui_url, name, result["to"]))
+        self.log.warning("Rolled back %s@%s: v%s -> v%s (%s)", name, alias, result["from"], result["to"], self.reason)
         return result

@@ -17,7 +17,12 @@ class RayTrainOperator(BaseOperator):
 
     ``spec_overrides`` (templated; e.g. ``{{ params.training_overrides }}`` with native rendering) lets a
     manual run change the learning rate or epochs; the spec is validated before Ray starts.
-    Returns the training manifest ``{mlflow_run_id, model_uri, metrics, health, spec}``.
+    Returns the training manifest ``{mlflow_run_id, model_uri, metrics, health, spec, ...}``; ``health``
+    is what ``TrainingHealthGate`` judges.
+
+    When the gradient-descent guards stop the run (``status="diverged"``), the MLflow run is still logged
+    with the telemetry up to the stop and tagged ``gd.health.status=diverged``, but no model is logged, and
+    the task fails with ``AirflowFailException`` (no retry) naming the reason - so nothing gets registered.
     """
 
     template_fields: Sequence[str] = ("dataset", "spec_overrides")
@@ -56,7 +61,9 @@ class RayTrainOperator(BaseOperator):
             spec = TrainingSpec.from_dict(self.spec)
             if self.spec_overrides:
                 if not isinstance(self.spec_overrides, dict):
-                    raise SpecError(f"spec_overrides must be a mapping, got {self.spec_overrides!r}")
+                    raise SpecError(
+                        "spec_overrides", f"must be a mapping, got {self.spec_overrides!r}"
+                    )
                 spec = spec.with_overrides(self.spec_overrides)
             spec.validate()
         except SpecError as exc:
@@ -75,7 +82,9 @@ class RayTrainOperator(BaseOperator):
             run_name=safe_name(f"train-{key}"),
             ray_address=address,
         )
-        if result.status != "completed":
+        if result.sensitivity:
+            self.log.info("Learning-rate sensitivity check %s: %s", result.sensitivity["status"], result.sensitivity["reason"])
+        if result.status not in ("completed", "diverged"):
             raise AirflowFailException(f"training did not complete ({result.status}): {result.error}")
         dag_run = context["dag_run"]
         logged = log_training_run(
@@ -86,5 +95,13 @@ class RayTrainOperator(BaseOperator):
             run_name=f"{dag_run.dag_id}:{dag_run.run_id}",
             tags={"gd.dag_id": dag_run.dag_id, "gd.airflow_run_id": dag_run.run_id, "gd.run_key": key},
         )
+        if result.status == "diverged":
+            guard = result.guard
+            raise AirflowFailException(
+                f"training diverged at step {guard.get('step')} (epoch {guard.get('epoch')}, batch "
+                f"{guard.get('batch')}, rank {guard.get('rank')}): {guard.get('reason')}. Nothing was "
+                f"registered; telemetry is in MLflow run {logged['mlflow_run_id']} (gd.health.status=diverged)"
+            )
         self.log.info("Training finished: %s, MLflow run %s", logged["metrics"], logged["mlflow_run_id"])
+        self.log.info("Training health: %s", logged["health"])
         return {**logged, "spec": spec.to_dict(), "holdout": result.holdout}

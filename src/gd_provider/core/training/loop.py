@@ -1,26 +1,39 @@
-"""The per-worker Ray Train loop (runs inside Ray Train workers; no Airflow here).
+"""The guarded training loop: one engine for Ray Train workers and for plain in-process runs.
 
-The driver (``runner.run_training``) preprocesses once and writes ``train.npz`` / ``val.npz`` (arrays ``x``
-float32 and ``y`` float32) to ``config["data_dir"]``. Every worker loads them itself and takes rows
+``TrainingSession`` runs epochs of (guarded) gradient descent on tensors already on the device; the
+collective operations it needs go through a ``Collective`` (identity in a single process, torch.distributed
+in Ray Train workers). ``train_loop_per_worker`` is the Ray Train entry point; ``fit_plain`` runs the same
+engine in the calling process (the sensitivity check and the benchmarks use it).
+
+Data: the driver (``runner.run_training``) preprocesses once and writes ``train.npz`` / ``val.npz`` (arrays
+``x`` float32 and ``y`` float32) to ``config["data_dir"]``. Every worker loads them itself and takes rows
 ``rank::world_size`` of the training set, truncated so all ranks run the same number of steps (DDP and
 ``ray.train.report`` are collective: every rank must do each step and each report).
 
-Per step the loop records loss, gradient norm (what ``clip_grad_norm_`` returns), learning rate, whether
-the gradient was clipped and whether the loss/norm was non-finite, in a tensor on the device; it is moved
-to the host once per epoch (after one all-reduce across ranks). Per epoch every rank calls
-``ray.train.report``; rank 0 attaches a checkpoint with ``model.pt`` (state dict of the unwrapped module),
-``optimizer.pt``, ``history.json`` (per-epoch metrics so far) and ``steps.json`` (per-step telemetry so far).
-A restarted run resumes from the latest checkpoint.
+Per step the loop keeps loss and gradient norm (what ``clip_grad_norm_`` returns, i.e. before clipping) in
+a tensor on the device; learning rate, clipped flag and non-finite flag are derived on the host. Every
+``spec.sync_every_k_steps`` steps and at the end of each epoch the new rows are copied to the host, each rank
+runs its ``TrainingGuard`` on its own losses, and the ranks agree on a stop decision with one int64
+all-reduce (MAX) - so all ranks stop after the same step and call ``ray.train.report`` equally often.
+
+Per epoch every rank calls ``ray.train.report``; rank 0 attaches a checkpoint with ``model.pt`` (state dict
+of the unwrapped module), ``optimizer.pt``, ``history.json`` (per-epoch metrics so far), ``steps.json``
+(per-step telemetry so far) and ``run_state.json`` (status, resumes, timeline). When the guards stop a run,
+every rank reports once more; rank 0's checkpoint then holds the telemetry and ``run_state.json`` with
+``status="diverged"`` and the trip, but no model. A restarted run resumes from the latest checkpoint.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import random
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,26 +41,44 @@ import numpy as np
 import torch
 from torch import nn
 
+from gd_provider.core.training.guards import (
+    GuardTrip,
+    StepVerdict,
+    TrainingGuard,
+    check_validation,
+    decide_collectively,
+    describe,
+)
 from gd_provider.core.training.model import build_model
-from gd_provider.core.training.spec import TrainingSpec
+from gd_provider.core.training.schedule import schedule_for
+from gd_provider.core.training.spec import VALIDATION_METRICS, TrainingSpec
 
 MODEL_FILE = "model.pt"
 OPTIMIZER_FILE = "optimizer.pt"
 HISTORY_FILE = "history.json"
 STEPS_FILE = "steps.json"
+RUN_STATE_FILE = "run_state.json"
 TRAIN_ARRAYS = "train.npz"
 VAL_ARRAYS = "val.npz"
 
-# Columns of the per-step telemetry buffer.
-_LOSS, _GRAD_NORM, _LR, _CLIPPED, _NONFINITE, _ROWS = range(6)
 STEP_KEYS = ("step", "epoch", "loss", "grad_norm", "lr", "clipped", "nonfinite")
 _EVAL_CHUNK = 65536
 
+ModelFactory = Callable[[TrainingSpec, int], nn.Module]
 
+
+# ---------------------------------------------------------------------------------------------- basics
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
+
+
+def configure_determinism(enabled: bool, device: torch.device | None = None) -> None:
+    """``torch.use_deterministic_algorithms(enabled)``; on cuda also the cuBLAS workspace it requires."""
+    if enabled and device is not None and device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(enabled)
 
 
 def epoch_seed(seed: int, rank: int, epoch: int) -> int:
@@ -66,14 +97,21 @@ def shard_rows(n: int, rank: int, world_size: int) -> np.ndarray:
     return np.arange(rank, n, world_size)[:per_rank]
 
 
-def make_optimizer(spec: TrainingSpec, params: Any) -> torch.optim.Optimizer:
+def make_optimizer(spec: TrainingSpec, params: Any, lr: float | None = None) -> torch.optim.Optimizer:
+    lr = spec.lr if lr is None else lr
     if spec.optimizer == "adam":
-        return torch.optim.Adam(params, lr=spec.lr, weight_decay=spec.weight_decay)
+        return torch.optim.Adam(params, lr=lr, weight_decay=spec.weight_decay)
     if spec.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=spec.weight_decay)
     if spec.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
+        return torch.optim.SGD(params, lr=lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
     raise ValueError(f"unknown optimizer {spec.optimizer!r}")
+
+
+def make_loss(spec: TrainingSpec, pos_weight: float, device: torch.device) -> nn.Module:
+    if spec.loss == "bce":
+        return nn.BCEWithLogitsLoss(pos_weight=torch.tensor(float(pos_weight), device=device))
+    raise ValueError(f"unknown loss {spec.loss!r}")
 
 
 def ranking_metrics(y_true: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
@@ -93,15 +131,15 @@ def evaluate(
     module.eval()
     try:
         logits = torch.cat([module(x[i : i + _EVAL_CHUNK]) for i in range(0, len(x), _EVAL_CHUNK)])
-        loss = float(loss_fn(logits, y).item()) if len(x) else math.nan
-        probs = torch.sigmoid(logits).cpu().numpy()
+        loss = float(loss_fn(logits.float(), y).item()) if len(x) else math.nan
+        probs = torch.sigmoid(logits.float()).cpu().numpy()
     finally:
         module.train()
     roc, pr = ranking_metrics(y.cpu().numpy(), probs)
     return loss, roc, pr
 
 
-def _empty_steps() -> dict[str, list]:
+def empty_steps() -> dict[str, list]:
     return {k: [] for k in STEP_KEYS}
 
 
@@ -110,25 +148,497 @@ def _finite_or_nan(values: np.ndarray, fn: Any) -> float:
     return float(fn(finite)) if len(finite) else math.nan
 
 
-def _stop_early(history: list[dict[str, Any]], patience: int | None) -> bool:
-    """True when val loss has not improved for ``patience`` epochs (derived from history, so it survives resume)."""
+def best_epoch(history: list[dict[str, Any]], spec: TrainingSpec) -> dict[str, Any] | None:
+    """The epoch with the best ``spec.early_stopping_metric`` (earliest on ties); ``None`` if none is finite."""
+    metric = spec.early_stopping_metric
+    sign = -1.0 if VALIDATION_METRICS[metric] else 1.0
+    finite = [h for h in history if isinstance(h.get(metric), float) and math.isfinite(h[metric])]
+    if not finite:
+        return None
+    return min(finite, key=lambda h: (sign * h[metric], h["epoch"]))
+
+
+def stop_early(history: list[dict[str, Any]], spec: TrainingSpec) -> bool:
+    """True when ``early_stopping_metric`` has not improved by more than ``early_stopping_min_delta`` for
+    ``early_stopping_patience`` epochs (derived from the history, so it survives a resume)."""
+    patience = spec.early_stopping_patience
     if not patience or not history:
         return False
-    best_epoch, best = None, math.inf
+    metric = spec.early_stopping_metric
+    bigger_is_better = VALIDATION_METRICS[metric]
+    best, best_epoch_no = None, None
     for entry in history:
-        loss = entry.get("val_loss", math.nan)
-        if math.isfinite(loss) and loss < best:
-            best, best_epoch = loss, entry["epoch"]
-    if best_epoch is None:
+        value = entry.get(metric, math.nan)
+        if not isinstance(value, float) or not math.isfinite(value):
+            continue
+        improved = (
+            best is None
+            or (value > best + spec.early_stopping_min_delta if bigger_is_better else value < best - spec.early_stopping_min_delta)
+        )
+        if improved:
+            best, best_epoch_no = value, entry["epoch"]
+    if best_epoch_no is None:
         return False
-    return history[-1]["epoch"] - best_epoch >= patience
+    return history[-1]["epoch"] - best_epoch_no >= patience
 
 
-def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
+# ---------------------------------------------------------------------------------------------- collectives
+class Collective:
+    """Collectives of a single process: all identities. ``TorchDistCollective`` is the distributed one."""
+
+    rank = 0
+    world_size = 1
+
+    def max_int(self, value: int) -> int:
+        return value
+
+    def sum_floats(self, values: list[float]) -> list[float]:
+        return list(values)
+
+    def mean_(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor
+
+    def gather_ints(self, values: list[int]) -> list[list[int]]:
+        return [list(values)]
+
+    def broadcast_flag(self, flag: bool) -> bool:
+        return flag
+
+
+class TorchDistCollective(Collective):
+    """Collectives over the default ``torch.distributed`` process group (every rank must call each one)."""
+
+    def __init__(self, rank: int, world_size: int, device: torch.device):
+        self.rank, self.world_size, self.device = rank, world_size, device
+
+    def max_int(self, value: int) -> int:
+        import torch.distributed as dist
+
+        t = torch.tensor([value], dtype=torch.int64, device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return int(t.item())
+
+    def sum_floats(self, values: list[float]) -> list[float]:
+        import torch.distributed as dist
+
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return [float(v) for v in t.cpu().tolist()]
+
+    def mean_(self, tensor: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        tensor /= self.world_size
+        return tensor
+
+    def gather_ints(self, values: list[int]) -> list[list[int]]:
+        import torch.distributed as dist
+
+        t = torch.zeros((self.world_size, len(values)), dtype=torch.int64, device=self.device)
+        t[self.rank] = torch.tensor(values, dtype=torch.int64, device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return [[int(v) for v in row] for row in t.cpu().tolist()]
+
+    def broadcast_flag(self, flag: bool) -> bool:
+        import torch.distributed as dist
+
+        t = torch.tensor([1 if flag else 0], dtype=torch.int64, device=self.device)
+        dist.broadcast(t, src=0)
+        return bool(t.item())
+
+
+# ---------------------------------------------------------------------------------------------- engine
+@dataclass
+class EpochOutcome:
+    steps: int  # optimizer steps done in this epoch (fewer than planned when a guard tripped)
+    losses: np.ndarray  # per step, mean over ranks
+    norms: np.ndarray  # per step (pre-clip global norm: the same on every rank under DDP)
+    lrs: np.ndarray
+    trip: GuardTrip | None = None
+    seconds: float = 0.0
+
+
+class EpochRunner:
+    """Runs the optimizer steps of one epoch, recording telemetry and checking guards every k steps."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        loss_fn: nn.Module,
+        xs: torch.Tensor,
+        ys: torch.Tensor,
+        *,
+        spec: TrainingSpec,
+        lr_fn: Callable[[int], float],
+        device: torch.device,
+        collective: Collective,
+        guard: TrainingGuard | None,
+        telemetry: bool = True,
+    ):
+        self.model, self.optimizer, self.loss_fn = model, optimizer, loss_fn
+        self.xs, self.ys = xs, ys
+        self.spec = spec
+        self.n_rows = len(xs)
+        self.batch_rows = spec.batch_rows(self.n_rows)
+        self.steps_per_epoch = math.ceil(self.n_rows / self.batch_rows)
+        self.lr_fn = lr_fn
+        self.device = device
+        self.collective = collective
+        self.guard = guard
+        self.telemetry = telemetry or guard is not None
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.max_norm = spec.grad_clip_norm
+        self.sync_every = spec.sync_every_k_steps
+        self.bf16 = spec.precision == "bf16" and device.type == "cuda"
+        self._lr: float | None = None
+
+    def _set_lr(self, lr: float) -> None:
+        if lr != self._lr:
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            self._lr = lr
+
+    def _step(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.optimizer.zero_grad(set_to_none=True)
+        ctx = torch.autocast("cuda", dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
+        with ctx:
+            loss = self.loss_fn(self.model(xb), yb)
+        loss.backward()
+        if self.max_norm is not None:
+            norm = torch.nn.utils.clip_grad_norm_(self.params, self.max_norm)
+        else:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None])
+        self.optimizer.step()
+        return loss.detach(), norm.detach()
+
+    def _check(
+        self, buf: torch.Tensor, start: int, stop: int, epoch: int, steps_before: int
+    ) -> GuardTrip | None:
+        assert self.guard is not None
+        host = buf[start:stop].cpu().numpy().astype(np.float64)
+        local = self.guard.check(host[:, 0], host[:, 1])
+        return self.decide(local, epoch=epoch, first_step=steps_before + start + 1, steps_before=steps_before)
+
+    def decide(
+        self,
+        local: tuple[int, StepVerdict] | None,
+        *,
+        epoch: int,
+        first_step: int,
+        steps_before: int,
+    ) -> GuardTrip | None:
+        """The collective decision for a window of steps starting at 1-based step ``first_step``."""
+        code, step, rank, value, threshold = decide_collectively(
+            local,
+            rank=self.collective.rank,
+            first_step=first_step,
+            reduce_max=self.collective.max_int,
+            share_floats=self.collective.sum_floats,
+        )
+        if not code:
+            return None
+        assert self.guard is not None
+        return GuardTrip(
+            code=code,
+            reason=describe(code, value, threshold, self.guard.config),
+            step=step,
+            epoch=epoch,
+            batch=step - steps_before - 1,
+            rank=rank,
+            value=value,
+            threshold=threshold,
+        )
+
+    def run_epoch(self, epoch: int, steps_before: int, order: torch.Tensor) -> EpochOutcome:
+        """``steps_before``: optimizer steps done before this epoch (the schedule's position)."""
+        started = time.perf_counter()
+        n, bs = self.steps_per_epoch, self.batch_rows
+        full = bs >= self.n_rows
+        buf = torch.zeros((n, 2), dtype=torch.float32, device=self.device) if self.telemetry else None
+        lrs = np.empty(n, dtype=np.float64)
+        trip: GuardTrip | None = None
+        checked = done = 0
+        for i in range(n):
+            lr = self.lr_fn(steps_before + i)
+            self._set_lr(lr)
+            lrs[i] = lr
+            if full:
+                xb, yb = self.xs, self.ys
+            else:
+                idx = order[i * bs : (i + 1) * bs]
+                xb, yb = self.xs[idx], self.ys[idx]
+            loss, norm = self._step(xb, yb)
+            done = i + 1
+            if buf is not None:
+                torch.stack((loss.float(), norm.float()), out=buf[i])
+            if self.guard is not None and (done % self.sync_every == 0 or done == n):
+                trip = self._check(buf, checked, done, epoch, steps_before)
+                checked = done
+                if trip is not None:
+                    break
+        if buf is None:
+            empty = np.zeros(0)
+            return EpochOutcome(done, empty, empty, lrs[:done], None, time.perf_counter() - started)
+        part = buf[:done].clone()
+        if self.collective.world_size > 1:
+            # Losses are per rank; report their mean (norms are identical on every rank under DDP).
+            self.collective.mean_(part)
+        host = part.cpu().numpy().astype(np.float64)
+        return EpochOutcome(done, host[:, 0], host[:, 1], lrs[:done], trip, time.perf_counter() - started)
+
+
+@dataclass
+class TrainingSession:
+    """Epochs of guarded training; holds the run's history and per-step telemetry.
+
+    ``model`` may be a DDP wrapper; ``core`` is the unwrapped module (evaluation, state dict).
+    """
+
+    spec: TrainingSpec
+    model: nn.Module
+    core: nn.Module
+    optimizer: torch.optim.Optimizer
+    loss_fn: nn.Module
+    xs: torch.Tensor
+    ys: torch.Tensor
+    xv: torch.Tensor
+    yv: torch.Tensor
+    device: torch.device
+    collective: Collective = field(default_factory=Collective)
+    guarded: bool = True
+    telemetry: bool = True
+    lr: float | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    steps: dict[str, list] = field(default_factory=empty_steps)
+    trip: GuardTrip | None = None
+    partial_epoch: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        spec = self.spec
+        guard = None
+        if self.guarded and spec.guards.enabled:
+            guard = TrainingGuard(spec.guards, statistical_rules=spec.batch_mode != "sgd")
+            window = max(spec.guards.median_window, spec.guards.spike_window, spec.guards.vanishing_steps)
+            guard.prime(self.steps["loss"][-window:], self.steps["grad_norm"][-window:])
+        self.guard = guard
+        probe = spec.batch_rows(len(self.xs))
+        self.total_steps = spec.epochs * math.ceil(len(self.xs) / probe)
+        self.runner = EpochRunner(
+            self.model,
+            self.optimizer,
+            self.loss_fn,
+            self.xs,
+            self.ys,
+            spec=spec,
+            lr_fn=schedule_for(spec, self.total_steps, self.lr),
+            device=self.device,
+            collective=self.collective,
+            guard=guard,
+            telemetry=self.telemetry,
+        )
+
+    @property
+    def global_step(self) -> int:
+        return len(self.steps["step"])
+
+    def _record_steps(self, epoch: int, outcome: EpochOutcome) -> None:
+        if not len(outcome.losses):
+            return
+        start = self.global_step
+        clip = self.spec.grad_clip_norm
+        s = self.steps
+        s["step"] += list(range(start + 1, start + outcome.steps + 1))
+        s["epoch"] += [epoch] * outcome.steps
+        s["loss"] += outcome.losses.tolist()
+        s["grad_norm"] += outcome.norms.tolist()
+        s["lr"] += outcome.lrs.tolist()
+        s["clipped"] += [int(clip is not None and v > clip) for v in outcome.norms.tolist()]
+        s["nonfinite"] += [
+            int(not (math.isfinite(a) and math.isfinite(b)))
+            for a, b in zip(outcome.losses.tolist(), outcome.norms.tolist(), strict=True)
+        ]
+
+    def run(
+        self,
+        epochs: int | None = None,
+        *,
+        on_epoch_start: Callable[[int], None] | None = None,
+        on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
+    ) -> GuardTrip | None:
+        """Train up to epoch ``epochs`` (default ``spec.epochs``); returns the guard trip that stopped it."""
+        spec, rank = self.spec, self.collective.rank
+        n_rows = len(self.xs)
+        last_epoch = spec.epochs if epochs is None else epochs
+        self.model.train()
+        for epoch in range(len(self.history) + 1, last_epoch + 1):
+            # Rank 0 decides for everyone: a rank that stops alone would hang the others' next collective.
+            if self.collective.broadcast_flag(stop_early(self.history, spec)):
+                break
+            if on_epoch_start is not None:
+                on_epoch_start(epoch)
+            gen_seed = epoch_seed(spec.seed, rank, epoch)
+            torch.manual_seed(gen_seed)  # dropout
+            order = torch.randperm(n_rows, generator=torch.Generator().manual_seed(gen_seed)).to(self.device)
+            steps_before = self.global_step
+            outcome = self.runner.run_epoch(epoch, steps_before, order)
+            self._record_steps(epoch, outcome)
+            if outcome.trip is not None:
+                self.trip = outcome.trip
+                self.partial_epoch = {
+                    "epoch": epoch,
+                    "steps_done": outcome.steps,
+                    "steps_planned": self.runner.steps_per_epoch,
+                    "train_loss": _finite_or_nan(outcome.losses, np.mean),
+                    "epoch_seconds": outcome.seconds,
+                }
+                return self.trip
+            metrics = self._epoch_metrics(epoch, outcome, n_rows)
+            self.history.append(metrics)
+            if self.guard is not None:
+                verdict = check_validation(metrics["val_loss"])
+                trip = self.runner.decide(
+                    (0, verdict) if verdict.code else None,
+                    epoch=epoch,
+                    first_step=self.global_step,
+                    steps_before=steps_before,
+                )
+                if trip is not None:
+                    self.trip = trip
+                    return trip
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, metrics)
+        return None
+
+    def _epoch_metrics(self, epoch: int, outcome: EpochOutcome, n_rows: int) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        val_loss, val_roc, val_pr = evaluate(self.core, self.xv, self.yv, self.loss_fn)
+        losses, norms = outcome.losses, outcome.norms
+        bs = self.runner.batch_rows
+        if len(losses):
+            rows = np.full(len(losses), float(bs))
+            rows[-1] = n_rows - bs * (len(losses) - 1)
+            train_loss = float(np.sum(losses * rows) / np.sum(rows))
+        else:
+            train_loss = math.nan
+        nonfinite = ~(np.isfinite(losses) & np.isfinite(norms))
+        clip = self.spec.grad_clip_norm
+        return {
+            "epoch": epoch,
+            "train_loss": train_loss,
+            "val_loss": val_loss,
+            "val_roc_auc": val_roc,
+            "val_pr_auc": val_pr,
+            "lr": float(outcome.lrs[-1]) if len(outcome.lrs) else math.nan,
+            "steps": outcome.steps,
+            "global_step": self.global_step,
+            "nonfinite_steps": int(nonfinite.sum()),
+            "max_grad_norm": _finite_or_nan(norms, np.max),
+            "mean_grad_norm": _finite_or_nan(norms, np.mean),
+            "clipped_steps": int((norms > clip).sum()) if clip is not None else 0,
+            "epoch_seconds": outcome.seconds + (time.perf_counter() - t0),
+            "world_size": self.collective.world_size,
+            "train_rows_per_worker": n_rows,
+            "batch_rows": bs,
+        }
+
+
+# ---------------------------------------------------------------------------------------------- in-process
+@dataclass
+class PlainFit:
+    history: list[dict[str, Any]]
+    steps: dict[str, list]
+    trip: GuardTrip | None
+    model: nn.Module
+    seconds: float
+
+
+def fit_plain(
+    spec: TrainingSpec,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    *,
+    pos_weight: float,
+    lr: float | None = None,
+    epochs: int | None = None,
+    guarded: bool = True,
+    telemetry: bool = True,
+    model_factory: ModelFactory | None = None,
+    device: str | torch.device = "cpu",
+) -> PlainFit:
+    """The same engine as the Ray workers, in this process (single rank, no checkpoints, no Ray).
+
+    ``guarded=False, telemetry=False`` is the bare loop (benchmark baseline). ``lr``/``epochs`` override
+    the spec's (sensitivity runs). Seeds exactly like rank 0 of a one-worker Ray run.
+    """
+    t0 = time.perf_counter()
+    dev = torch.device(device)
+    configure_determinism(spec.deterministic, dev)
+    seed_everything(spec.seed)
+    input_dim = int(x_train.shape[1])
+    model = (model_factory or build_model)(spec, input_dim).to(dev)
+    optimizer = make_optimizer(spec, model.parameters(), lr)
+    session = TrainingSession(
+        spec=spec,
+        model=model,
+        core=model,
+        optimizer=optimizer,
+        loss_fn=make_loss(spec, pos_weight, dev),
+        xs=torch.from_numpy(np.ascontiguousarray(x_train, dtype=np.float32)).to(dev),
+        ys=torch.from_numpy(np.ascontiguousarray(y_train, dtype=np.float32)).to(dev),
+        xv=torch.from_numpy(np.ascontiguousarray(x_val, dtype=np.float32)).to(dev),
+        yv=torch.from_numpy(np.ascontiguousarray(y_val, dtype=np.float32)).to(dev),
+        device=dev,
+        guarded=guarded,
+        telemetry=telemetry,
+        lr=lr,
+    )
+    trip = session.run(epochs)
+    return PlainFit(session.history, session.steps, trip, model, time.perf_counter() - t0)
+
+
+# ---------------------------------------------------------------------------------------------- Ray worker
+def _save_checkpoint_files(
+    directory: Path,
+    *,
+    history: list[dict[str, Any]],
+    steps: dict[str, list],
+    run_state: dict[str, Any],
+    model: nn.Module | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+) -> None:
+    if model is not None:
+        torch.save(model.state_dict(), directory / MODEL_FILE)
+    if optimizer is not None:
+        torch.save(optimizer.state_dict(), directory / OPTIMIZER_FILE)
+    (directory / HISTORY_FILE).write_text(json.dumps(history))
+    (directory / STEPS_FILE).write_text(json.dumps(steps))
+    (directory / RUN_STATE_FILE).write_text(json.dumps(run_state))
+
+
+def _maybe_inject_failure(fault: dict[str, Any] | None, epoch: int, rank: int) -> None:
+    """Test hook: ``{"epoch": e, "rank": r, "marker": path, "mode": "exit" | "raise"}`` kills rank ``r`` at
+    the start of epoch ``e`` once (the marker file records that it happened)."""
+    if not fault or epoch != int(fault["epoch"]) or rank != int(fault.get("rank", 0)):
+        return
+    marker = Path(fault["marker"])
+    if marker.exists():
+        return
+    marker.write_text(json.dumps({"epoch": epoch, "rank": rank, "unix": time.time()}))
+    if fault.get("mode", "exit") == "exit":
+        os._exit(1)
+    raise RuntimeError(f"injected failure at epoch {epoch} on rank {rank}")
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
     import torch.distributed as dist
 
+    entered = time.time()
     spec = TrainingSpec.from_dict(config["spec"])
     data_dir = Path(config["data_dir"])
     pos_weight = float(config["pos_weight"])
@@ -136,7 +646,34 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     ctx = ray.train.get_context()
     rank, world_size = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
+    configure_determinism(spec.deterministic, device)
     seed_everything(spec.seed)
+    distributed = world_size > 1 and dist.is_available() and dist.is_initialized()
+    collective: Collective = TorchDistCollective(rank, world_size, device) if distributed else Collective()
+
+    history: list[dict[str, Any]] = []
+    steps = empty_steps()
+    run_state: dict[str, Any] = {"status": "running", "resumes": [], "timeline": {}}
+    model_state = optimizer_state = None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as ckpt_dir:
+            ckpt = Path(ckpt_dir)
+            history = json.loads((ckpt / HISTORY_FILE).read_text())
+            steps = json.loads((ckpt / STEPS_FILE).read_text())
+            if (ckpt / RUN_STATE_FILE).is_file():
+                run_state = json.loads((ckpt / RUN_STATE_FILE).read_text())
+            if run_state.get("status") != "diverged":
+                model_state = torch.load(ckpt / MODEL_FILE, map_location="cpu", weights_only=True)
+                optimizer_state = torch.load(ckpt / OPTIMIZER_FILE, map_location="cpu", weights_only=True)
+    if run_state.get("status") == "diverged":
+        # A diverged run that is resumed stays diverged: report its final state once more and stop.
+        _report(ray, rank, history=history, steps=steps, run_state=run_state, metrics=_abort_metrics(run_state))
+        return
+    if checkpoint is not None:
+        run_state["resumes"].append(
+            {"from_epoch": len(history), "from_step": len(steps["step"]), "unix": entered, "world_size": world_size}
+        )
 
     x_train, y_train = load_arrays(data_dir / TRAIN_ARRAYS)
     x_val, y_val = load_arrays(data_dir / VAL_ARRAYS)
@@ -150,114 +687,95 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     del x_train, y_train
 
     # Same initial weights on every rank (DDP also broadcasts rank 0's), independent of world size.
-    model = build_model(spec, int(config["input_dim"]))
-    history: list[dict[str, Any]] = []
-    steps = _empty_steps()
-    optimizer_state = None
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as ckpt_dir:
-            ckpt = Path(ckpt_dir)
-            model.load_state_dict(torch.load(ckpt / MODEL_FILE, map_location="cpu", weights_only=True))
-            optimizer_state = torch.load(ckpt / OPTIMIZER_FILE, map_location="cpu", weights_only=True)
-            history = json.loads((ckpt / HISTORY_FILE).read_text())
-            steps = json.loads((ckpt / STEPS_FILE).read_text())
-
+    factory: ModelFactory = config.get("model_factory") or build_model
+    model = factory(spec, int(config["input_dim"]))
+    if model_state is not None:
+        model.load_state_dict(model_state)
     model = ray.train.torch.prepare_model(model)
     core = model.module if hasattr(model, "module") else model
     optimizer = make_optimizer(spec, model.parameters())
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)
-    loss_fn = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(pos_weight, device=device))
-    clip = spec.grad_clip_norm
-    max_norm = float(clip) if clip is not None else math.inf
-    distributed = world_size > 1 and dist.is_available() and dist.is_initialized()
 
-    n_rows, batch_size = len(rows), spec.batch_size
-    steps_per_epoch = math.ceil(n_rows / batch_size)
-    global_step = len(steps["step"])
-    start_epoch = len(history)
-    model.train()
+    session = TrainingSession(
+        spec=spec,
+        model=model,
+        core=core,
+        optimizer=optimizer,
+        loss_fn=make_loss(spec, pos_weight, device),
+        xs=xs,
+        ys=ys,
+        xv=xv,
+        yv=yv,
+        device=device,
+        collective=collective,
+        history=history,
+        steps=steps,
+    )
+    fault = config.get("fault_injection")
+    timeline = run_state.setdefault("timeline", {})
+    timeline.setdefault("loop_entered_unix", entered)
 
-    for epoch in range(start_epoch + 1, spec.epochs + 1):
-        stop = _stop_early(history, spec.early_stopping_patience)
-        if distributed:
-            # Rank 0 decides for everyone: a rank that stops alone would hang the others' next collective.
-            flag = torch.tensor([1.0 if stop else 0.0], device=device)
-            dist.broadcast(flag, src=0)
-            stop = bool(flag.item() > 0)
-        if stop:
-            break
-        started = time.perf_counter()
-        gen_seed = epoch_seed(spec.seed, rank, epoch)
-        torch.manual_seed(gen_seed)  # dropout
-        order = torch.randperm(n_rows, generator=torch.Generator().manual_seed(gen_seed)).to(device)
-        buf = torch.zeros((steps_per_epoch, 6), dtype=torch.float32, device=device)
+    def on_epoch_start(epoch: int) -> None:
+        _maybe_inject_failure(fault, epoch, rank)
+        timeline.setdefault("first_epoch_started_unix", time.time())
 
-        for i in range(steps_per_epoch):
-            idx = order[i * batch_size : (i + 1) * batch_size]
-            xb, yb = xs[idx], ys[idx]
-            optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(model(xb), yb)
-            loss.backward()
-            # Returns the total norm before clipping; with max_norm=inf it only measures.
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-            optimizer.step()
-            loss_d = loss.detach()
-            buf[i, _LOSS] = loss_d
-            buf[i, _GRAD_NORM] = grad_norm.detach()
-            buf[i, _LR] = optimizer.param_groups[0]["lr"]
-            buf[i, _CLIPPED] = (grad_norm > max_norm).float()
-            buf[i, _NONFINITE] = (~torch.isfinite(loss_d) | ~torch.isfinite(grad_norm)).float()
-            buf[i, _ROWS] = len(idx)
+    def on_epoch_end(epoch: int, metrics: dict[str, Any]) -> None:
+        timeline["last_epoch_ended_unix"] = time.time()
+        _report(
+            ray,
+            rank,
+            history=session.history,
+            steps=session.steps,
+            run_state=run_state,
+            metrics=metrics,
+            model=core,
+            optimizer=optimizer,
+        )
 
-        if distributed:
-            # One collective per epoch: mean over ranks (grad norm / lr / clipped are already equal on all ranks).
-            dist.all_reduce(buf, op=dist.ReduceOp.SUM)
-            buf /= world_size
-        host = buf.cpu().numpy().astype(np.float64)
+    trip = session.run(on_epoch_start=on_epoch_start, on_epoch_end=on_epoch_end)
+    if trip is None:
+        return
+    # Every rank got here after the same step; prove it (and keep it for the post-mortem).
+    stopped = collective.gather_ints([session.global_step])
+    run_state.update(
+        status="diverged",
+        trip=trip.to_dict(),
+        stopped_at_step=session.global_step,
+        stopped_steps_by_rank=[row[0] for row in stopped],
+        partial_epoch=session.partial_epoch,
+    )
+    timeline["last_epoch_ended_unix"] = time.time()
+    _report(ray, rank, history=session.history, steps=session.steps, run_state=run_state, metrics=_abort_metrics(run_state))
 
-        loss_col, norm_col, rows_col = host[:, _LOSS], host[:, _GRAD_NORM], host[:, _ROWS]
-        nonfinite = host[:, _NONFINITE] > 0
-        train_loss = float(np.sum(loss_col * rows_col) / np.sum(rows_col))
-        val_loss, val_roc, val_pr = evaluate(core, xv, yv, loss_fn)
-        step_ids = list(range(global_step + 1, global_step + steps_per_epoch + 1))
-        global_step += steps_per_epoch
-        steps["step"] += step_ids
-        steps["epoch"] += [epoch] * steps_per_epoch
-        steps["loss"] += loss_col.tolist()
-        steps["grad_norm"] += norm_col.tolist()
-        steps["lr"] += host[:, _LR].tolist()
-        steps["clipped"] += [int(v > 0.5) for v in host[:, _CLIPPED]]
-        steps["nonfinite"] += [int(v) for v in nonfinite]
 
-        metrics = {
-            "epoch": epoch,
-            "train_loss": train_loss,
-            "val_loss": val_loss,
-            "val_roc_auc": val_roc,
-            "val_pr_auc": val_pr,
-            "lr": float(optimizer.param_groups[0]["lr"]),
-            "steps": steps_per_epoch,
-            "global_step": global_step,
-            "nonfinite_steps": int(nonfinite.sum()),
-            "max_grad_norm": _finite_or_nan(norm_col, np.max),
-            "mean_grad_norm": _finite_or_nan(norm_col, np.mean),
-            "clipped_steps": int((host[:, _CLIPPED] > 0.5).sum()),
-            "epoch_seconds": time.perf_counter() - started,
-            "world_size": world_size,
-            "train_rows_per_worker": n_rows,
-        }
-        history.append(metrics)
+def _abort_metrics(run_state: dict[str, Any]) -> dict[str, Any]:
+    trip = run_state.get("trip") or {}
+    return {
+        "diverged": 1,
+        "guard_code": int(trip.get("code", 0)),
+        "guard_step": int(trip.get("step", -1)),
+        "stopped_at_step": int(run_state.get("stopped_at_step", -1)),
+    }
 
-        if rank == 0:
-            with tempfile.TemporaryDirectory() as tmp:
-                torch.save(core.state_dict(), Path(tmp) / MODEL_FILE)
-                torch.save(optimizer.state_dict(), Path(tmp) / OPTIMIZER_FILE)
-                (Path(tmp) / HISTORY_FILE).write_text(json.dumps(history))
-                (Path(tmp) / STEPS_FILE).write_text(json.dumps(steps))
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-        else:
-            ray.train.report(metrics, checkpoint=None)
 
-    return {"epochs_run": len(history), "global_step": global_step}
+def _report(
+    ray: Any,
+    rank: int,
+    *,
+    history: list[dict[str, Any]],
+    steps: dict[str, list],
+    run_state: dict[str, Any],
+    metrics: dict[str, Any],
+    model: nn.Module | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+) -> None:
+    """Every rank reports; rank 0 attaches the checkpoint."""
+    if rank != 0:
+        ray.train.report(metrics, checkpoint=None)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        _save_checkpoint_files(
+            Path(tmp), history=history, steps=steps, run_state=run_state, model=model, optimizer=optimizer
+        )
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))

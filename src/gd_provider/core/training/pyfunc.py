@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import json
 import math
@@ -22,10 +23,17 @@ import torch
 from gd_provider.core.training.loop import MODEL_FILE
 from gd_provider.core.training.model import build_model
 from gd_provider.core.training.preprocess import Preprocessor
-from gd_provider.core.training.runner import INPUT_EXAMPLE_FILE, PREPROCESSOR_FILE, SPEC_FILE, TrainingResult
+from gd_provider.core.training.runner import (
+    INPUT_EXAMPLE_FILE,
+    PREPROCESSOR_FILE,
+    SPEC_FILE,
+    TrainingResult,
+    _json_safe,
+)
 from gd_provider.core.training.spec import TrainingSpec
 
 _CHUNK = 65536
+MAX_STEP_POINTS = 20000  # per-step metric points logged per key; longer runs are strided (last step kept)
 _PIP_PACKAGES = ("torch", "numpy", "pandas", "pyarrow", "mlflow")
 
 
@@ -104,6 +112,17 @@ def _param_value(value: Any) -> str:
     return "None" if value is None else str(value)
 
 
+def spec_params(spec: TrainingSpec) -> dict[str, str]:
+    """MLflow params ``spec.<field>``; nested configs are flattened (``spec.guards.max_grad_norm``)."""
+    out = {}
+    for key, value in spec.to_dict().items():
+        if isinstance(value, dict):
+            out.update({f"spec.{key}.{k}": _param_value(v) for k, v in value.items()})
+        else:
+            out[f"spec.{key}"] = _param_value(value)
+    return out
+
+
 def curves_figure(result: TrainingResult) -> Any:
     """Matplotlib figure: per-step loss and gradient norm, and per-epoch train/val loss + val AUC."""
     from matplotlib.figure import Figure  # no pyplot: no GUI backend, nothing global, thread-safe
@@ -119,6 +138,14 @@ def curves_figure(result: TrainingResult) -> Any:
         ax_norm.axhline(clip, ls="--", lw=0.8, color="grey", label=f"clip {clip:g}")
         ax_norm.legend(loc="upper right")
     ax_norm.set(title="gradient norm (pre-clip)", xlabel="step")
+    trip = result.guard or {}
+    if trip.get("step") is not None:
+        for ax in (ax_loss, ax_norm):
+            ax.axvline(trip["step"], color="red", lw=1.0, ls=":")
+        ax_loss.set_title(f"train loss per step - stopped: {trip.get('kind', 'guard')} @ step {trip['step']}")
+    if result.steps.get("grad_norm") and any(v is not None and v > 0 for v in result.steps["grad_norm"]):
+        with contextlib.suppress(ValueError):
+            ax_norm.set_yscale("log")
     epochs = [h["epoch"] for h in result.history]
     ax_epoch.plot(epochs, [h["train_loss"] for h in result.history], marker="o", label="train loss")
     ax_epoch.plot(epochs, [h["val_loss"] for h in result.history], marker="o", label="val loss")
@@ -148,14 +175,23 @@ def _epoch_metrics(result: TrainingResult, now_ms: int) -> list[Any]:
     return out
 
 
-def _step_metrics(result: TrainingResult, now_ms: int) -> list[Any]:
+def _step_metrics(result: TrainingResult, now_ms: int, max_points: int = MAX_STEP_POINTS) -> list[Any]:
     from mlflow.entities import Metric
 
     out = []
     steps = result.steps
-    for key, name in (("loss", "step_loss"), ("grad_norm", "step_grad_norm"), ("lr", "step_lr")):
-        for step, value in zip(steps.get("step", []), steps.get(key, []), strict=False):
-            if value is None or not math.isfinite(value):
+    n = len(steps.get("step", []))
+    stride = max(1, math.ceil(n / max_points)) if max_points else 1
+    keep = set(range(0, n, stride)) | ({n - 1} if n else set())
+    for key, name in (
+        ("loss", "step_loss"),
+        ("grad_norm", "step_grad_norm"),
+        ("lr", "step_lr"),
+        ("clipped", "step_clipped"),
+    ):
+        values = steps.get(key, [])
+        for i, (step, value) in enumerate(zip(steps.get("step", []), values, strict=False)):
+            if i not in keep or value is None or not math.isfinite(value):
                 continue  # non-finite steps are counted in gd.health.nonfinite_steps
             out.append(Metric(key=name, value=float(value), timestamp=now_ms, step=int(step)))
     return out
@@ -170,36 +206,47 @@ def log_training_run(
     run_name: str,
     tags: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Log a completed training run to MLflow (current tracking URI) and return its ids and URIs."""
+    """Log a training run to MLflow (current tracking URI) and return its ids and URIs.
+
+    A ``completed`` run is logged with its model. A ``diverged`` run (the guards stopped it) is logged for
+    the post-mortem - params, the telemetry up to the stop, curves, guard details, tags
+    ``gd.health.status=diverged`` and ``gd.health.guard_*`` - but WITHOUT a model (``model_uri`` is None).
+    """
     from mlflow.entities import Metric, Param, RunTag
     from mlflow.models import infer_signature
     from mlflow.tracking import MlflowClient
 
-    if result.status != "completed" or not result.model_dir:
+    if result.status not in ("completed", "diverged"):
         raise ValueError(
-            f"only completed training runs can be logged (status={result.status!r}, error={result.error!r})"
+            f"only completed or diverged training runs can be logged (status={result.status!r}, "
+            f"error={result.error!r})"
         )
-    scorer = FraudScorer(result.model_dir)
-    example = scorer.input_example()
-    if example is None:
-        raise FileNotFoundError(f"model directory {result.model_dir} lacks {INPUT_EXAMPLE_FILE}")
-    # The signature keeps the training data's dtypes: MLflow refuses int64 -> double (unless all 0/1), so
-    # declaring numeric features as double would reject the very frames the model was trained on.
-    example = example[list(spec.features)]
-    probs = scorer.predict_proba(example)
+    with_model = result.status == "completed"
+    if with_model:
+        if not result.model_dir:
+            raise ValueError("a completed training run without a model directory cannot be logged")
+        scorer = FraudScorer(result.model_dir)
+        example = scorer.input_example()
+        if example is None:
+            raise FileNotFoundError(f"model directory {result.model_dir} lacks {INPUT_EXAMPLE_FILE}")
+        # The signature keeps the training data's dtypes: MLflow refuses int64 -> double (unless all 0/1), so
+        # declaring numeric features as double would reject the very frames the model was trained on.
+        example = example[list(spec.features)]
+        probs = scorer.predict_proba(example)
 
     client = MlflowClient()
+    health = {"status": result.status, **result.health}
     all_tags = {
         "gd.run_kind": "training",
         "gd.train.run_name": result.run_name,
         "gd.dataset.sha256": str(dataset_manifest.get("sha256", "")),
         "gd.holdout.sha256": str(result.holdout.get("sha256", "")),
-        **{f"gd.health.{k}": _param_value(v) for k, v in result.health.items()},
+        **{f"gd.health.{k}": _param_value(v)[:5000] for k, v in health.items()},
         **(tags or {}),
     }
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=all_tags) as run:
         run_id = run.info.run_id
-        params = {f"spec.{k}": _param_value(v) for k, v in spec.to_dict().items()}
+        params = spec_params(spec)
         params.update(
             {
                 "seed": str(spec.seed),
@@ -235,28 +282,39 @@ def log_training_run(
             )
 
         mlflow.log_figure(curves_figure(result), "plots/training_curves.png")
-        mlflow.log_dict(result.history, "training/history.json")
-        mlflow.log_dict(result.steps, "training/steps.json")
+        safe = result.to_dict()
+        mlflow.log_dict(safe["history"], "training/history.json")
+        mlflow.log_dict(safe["steps"], "training/steps.json")
         mlflow.log_dict({"holdout": result.holdout, "split": result.split}, "training/split.json")
-
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=GdTorchPyfunc(),
-            artifacts={"model_dir": str(result.model_dir)},
-            signature=infer_signature(example, probs),
-            input_example=example,
-            pip_requirements=_pip_requirements(),
+        mlflow.log_dict(
+            {"status": result.status, "error": result.error, "guard": safe["guard"], "run_state": safe["run_state"]},
+            "training/guard.json",
         )
+        if result.sensitivity:
+            mlflow.log_dict(safe["sensitivity"], "training/sensitivity.json")
+
+        info = None
+        if with_model:
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=GdTorchPyfunc(),
+                artifacts={"model_dir": str(result.model_dir)},
+                signature=infer_signature(example, probs),
+                input_example=example,
+                pip_requirements=_pip_requirements(),
+            )
     return {
         "mlflow_run_id": run_id,
-        "model_uri": info.model_uri,
-        "run_model_uri": f"runs:/{run_id}/model",
+        "status": result.status,
+        "model_uri": info.model_uri if info is not None else None,
+        "run_model_uri": f"runs:/{run_id}/model" if info is not None else None,
         "model_id": getattr(info, "model_id", None),
+        "guard": _json_safe(result.guard),
+        "sensitivity": _json_safe(result.sensitivity),
         "metrics": {
             k: (v if not isinstance(v, float) or math.isfinite(v) else None)
             for k, v in result.metrics.items()
         },
-        "health": {
-            k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in result.health.items()
-        },
+        "health": _json_safe(health),
     }
+

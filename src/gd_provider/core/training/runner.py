@@ -1,7 +1,11 @@
 """Driver side of a training run: validate, split, preprocess once, train on Ray, collect the model.
 
-``run_training`` checks everything it can *before* starting Ray (spec, columns, labels), so a bad input
-fails in seconds with a message naming the problem instead of after a cluster start.
+``run_training`` checks everything it can *before* starting Ray (spec, columns, labels, device), so a bad
+input fails in seconds with a message naming the problem instead of after a cluster start. When
+``spec.sensitivity.enabled``, the learning-rate sensitivity check runs in this process before Ray starts.
+
+Outcomes (``TrainingResult.status``): ``completed`` (a model directory), ``diverged`` (the guards stopped
+the run: telemetry up to the stop, ``guard`` says why, no model) or ``failed`` (an exception in Ray).
 """
 
 from __future__ import annotations
@@ -20,16 +24,21 @@ import numpy as np
 import pandas as pd
 
 from gd_provider.core.data import DatasetManifest, read_dataset
+from gd_provider.core.training.health import health_summary
 from gd_provider.core.training.loop import (
     HISTORY_FILE,
     MODEL_FILE,
+    RUN_STATE_FILE,
     STEPS_FILE,
     TRAIN_ARRAYS,
     VAL_ARRAYS,
+    ModelFactory,
+    best_epoch,
+    load_arrays,
     train_loop_per_worker,
 )
 from gd_provider.core.training.preprocess import Preprocessor, frame_digest, split_by_time
-from gd_provider.core.training.spec import TrainingSpec
+from gd_provider.core.training.spec import SpecError, TrainingSpec
 
 PREPROCESSOR_FILE = "preprocessor.json"
 SPEC_FILE = "spec.json"
@@ -47,7 +56,7 @@ class TrainingInputError(ValueError):
 
 @dataclass
 class TrainingResult:
-    status: str  # "completed" | "failed"
+    status: str  # "completed" | "diverged" | "failed"
     run_name: str
     run_dir: str
     model_dir: str | None = None
@@ -61,6 +70,9 @@ class TrainingResult:
     dataset: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     error: str | None = None
+    guard: dict[str, Any] = field(default_factory=dict)  # the trip that stopped a diverged run
+    sensitivity: dict[str, Any] = field(default_factory=dict)
+    run_state: dict[str, Any] = field(default_factory=dict)  # resumes, per-rank stop steps, timeline
 
     @property
     def ok(self) -> bool:
@@ -164,26 +176,30 @@ def holdout_info(holdout: pd.DataFrame, spec: TrainingSpec) -> dict[str, Any]:
     }
 
 
-def _health(steps: dict[str, list]) -> dict[str, Any]:
-    norms = np.asarray(steps.get("grad_norm", []), dtype=np.float64)
-    finite = norms[np.isfinite(norms)]
-    losses = np.asarray(steps.get("loss", []), dtype=np.float64)
-    return {
-        "steps": len(norms),
-        "nonfinite_steps": int(sum(steps.get("nonfinite", []))),
-        "max_grad_norm": float(finite.max()) if len(finite) else math.nan,
-        "clipped_steps": int(sum(steps.get("clipped", []))),
-        "final_loss": float(losses[-1]) if len(losses) else math.nan,
-    }
-
-
 def _pick_epoch(history: list[dict[str, Any]], spec: TrainingSpec) -> dict[str, Any]:
-    """The epoch whose weights become the model: best val loss with early stopping, else the last."""
+    """The epoch whose weights become the model: the best on the early-stopping metric, else the last."""
     if spec.early_stopping_patience:
-        finite = [h for h in history if isinstance(h.get("val_loss"), float) and math.isfinite(h["val_loss"])]
-        if finite:
-            return min(finite, key=lambda h: (h["val_loss"], h["epoch"]))
+        chosen = best_epoch(history, spec)
+        if chosen is not None:
+            return chosen
     return history[-1]
+
+
+def resolve_device(spec: TrainingSpec) -> str:
+    """``cpu`` or ``cuda`` for ``spec.device`` here; raises naming the field when it cannot be honoured."""
+    import torch
+
+    has_cuda = torch.cuda.is_available()
+    if spec.device == "cuda" and not has_cuda:
+        raise SpecError("device", "device='cuda' but no CUDA device is available")
+    device = "cuda" if spec.device == "cuda" or (spec.device == "auto" and has_cuda) else "cpu"
+    if spec.precision == "bf16" and device != "cuda":
+        raise SpecError(
+            "precision",
+            f"precision='bf16' needs cuda but device={spec.device!r} resolves to cpu here; "
+            "use precision='fp32' (bf16 is never silently downgraded)",
+        )
+    return device
 
 
 # ---------------------------------------------------------------------------------------------- Ray
@@ -217,15 +233,21 @@ def init_local_ray(num_cpus: int | None = None, **kwargs: Any) -> None:
             os.environ["PYTHONPATH"] = previous
 
 
-def _check_ray_resources(spec: TrainingSpec) -> None:
+def _check_ray_resources(spec: TrainingSpec, use_gpu: bool = False) -> None:
     import ray
 
+    resources = ray.cluster_resources()
     need = spec.num_workers * spec.cpus_per_worker
-    have = float(ray.cluster_resources().get("CPU", 0.0))
+    have = float(resources.get("CPU", 0.0))
     if need > have + 1e-9:
         raise TrainingInputError(
             f"num_workers={spec.num_workers} x cpus_per_worker={spec.cpus_per_worker:g} needs {need:g} CPUs "
             f"but the Ray cluster has {have:g}; Ray Train would wait forever"
+        )
+    gpus = float(resources.get("GPU", 0.0))
+    if use_gpu and spec.num_workers > gpus + 1e-9:
+        raise TrainingInputError(
+            f"num_workers={spec.num_workers} on cuda needs {spec.num_workers} GPUs but the Ray cluster has {gpus:g}"
         )
 
 
@@ -315,15 +337,23 @@ def run_training(
     storage_path: str,
     run_name: str,
     ray_address: str = "local",
+    model_factory: ModelFactory | None = None,
+    fault_injection: dict[str, Any] | None = None,
 ) -> TrainingResult:
     """Train ``spec`` on ``dataset`` with Ray Train; the run lives in ``<storage_path>/<run_name>``.
 
     Re-running with the same ``storage_path``/``run_name`` resumes from the latest checkpoint (same spec
     and dataset required). Input problems raise ``SpecError``/``TrainingInputError`` before Ray starts;
-    a failure during training returns a result with ``status="failed"`` and ``error``.
+    a run the guards stop returns ``status="diverged"`` (reason in ``error`` and ``guard``); a failure
+    during training returns ``status="failed"`` and ``error``.
+
+    ``model_factory(spec, input_dim) -> nn.Module`` replaces ``build_model`` (experiments, tests; it must
+    be picklable, and the saved model directory can only be scored when the spec's own model matches).
+    ``fault_injection`` is a test hook (see ``loop._maybe_inject_failure``).
     """
     t0 = time.perf_counter()
     spec.validate()
+    device = resolve_device(spec)
     manifest = _manifest(dataset)
     if ray_address != "local":
         raise NotImplementedError(
@@ -353,9 +383,28 @@ def run_training(
     t_prep = time.perf_counter()
     result.timings["prepare_s"] = t_prep - t0
 
+    if spec.sensitivity.enabled:
+        from gd_provider.core.training.sensitivity import run_sensitivity
+
+        inputs = Path(config["data_dir"])
+        x_train, y_train = load_arrays(inputs / TRAIN_ARRAYS)
+        x_val, y_val = load_arrays(inputs / VAL_ARRAYS)
+        result.sensitivity = run_sensitivity(
+            spec, x_train, y_train, x_val, y_val, pos_weight=config["pos_weight"], model_factory=model_factory
+        )
+        del x_train, y_train, x_val, y_val
+        t_prep = time.perf_counter()
+        result.timings["sensitivity_s"] = result.sensitivity["seconds"]
+
     import ray
-    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
+
+    if model_factory is not None:
+        config["model_factory"] = model_factory
+    if fault_injection is not None:
+        config["fault_injection"] = fault_injection
+    use_gpu = device == "cuda"
 
     started_ray = False
     try:
@@ -363,22 +412,23 @@ def run_training(
             init_local_ray()
             started_ray = True
         result.timings["ray_init_s"] = time.perf_counter() - t_prep
-        _check_ray_resources(spec)
+        _check_ray_resources(spec, use_gpu)
+        resources = {"CPU": spec.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}
         trainer = TorchTrainer(
             train_loop_per_worker,
             train_loop_config=config,
             scaling_config=ScalingConfig(
-                num_workers=spec.num_workers,
-                use_gpu=False,
-                resources_per_worker={"CPU": spec.cpus_per_worker},
+                num_workers=spec.num_workers, use_gpu=use_gpu, resources_per_worker=resources
             ),
             run_config=RunConfig(
                 name=run_name,
                 storage_path=str(storage),
                 checkpoint_config=CheckpointConfig(num_to_keep=None),
+                failure_config=FailureConfig(max_failures=spec.max_failures),
             ),
         )
         t_fit = time.perf_counter()
+        fit_started_unix = time.time()
         # The controller polls workers every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (default 2 s) and each
         # ray.train.report blocks until polled, so the default adds ~2 s per epoch. The trainer copies this
         # variable from the driver's environment into the controller's runtime env at fit() time.
@@ -401,6 +451,28 @@ def run_training(
         with fit.checkpoint.as_directory() as latest:
             history = json.loads((Path(latest) / HISTORY_FILE).read_text())
             steps = json.loads((Path(latest) / STEPS_FILE).read_text())
+            state_file = Path(latest) / RUN_STATE_FILE
+            run_state = json.loads(state_file.read_text()) if state_file.is_file() else {}
+        result.history, result.steps, result.run_state = history, steps, run_state
+        timeline = run_state.get("timeline", {})
+        if "first_epoch_started_unix" in timeline and not run_state.get("resumes"):
+            result.timings["worker_startup_s"] = timeline["first_epoch_started_unix"] - fit_started_unix
+        if "first_epoch_started_unix" in timeline and "last_epoch_ended_unix" in timeline:
+            result.timings["train_loop_s"] = timeline["last_epoch_ended_unix"] - timeline["first_epoch_started_unix"]
+        restarts = len(run_state.get("resumes", []))
+
+        if run_state.get("status") == "diverged":
+            trip = run_state.get("trip") or {}
+            result.status = "diverged"
+            result.guard = trip
+            result.error = f"training diverged: {trip.get('reason', 'unknown reason')}"
+            result.health = health_summary(
+                steps, status="diverged", spec=spec, trip=trip, restarts=restarts, sensitivity=result.sensitivity
+            )
+            return result
+        if not history:
+            result.error = "training finished without a completed epoch"
+            return result
         chosen = _pick_epoch(history, spec)
         checkpoint = fit.checkpoint
         if chosen is not history[-1]:
@@ -416,8 +488,6 @@ def run_training(
 
         result.status = "completed"
         result.model_dir = str(model_dir)
-        result.history = history
-        result.steps = steps
         result.metrics = {
             "epoch": chosen["epoch"],
             "val_roc_auc": chosen["val_roc_auc"],
@@ -425,7 +495,9 @@ def run_training(
             "val_loss": chosen["val_loss"],
             "train_loss": chosen["train_loss"],
         }
-        result.health = _health(steps)
+        result.health = health_summary(
+            steps, status="completed", spec=spec, restarts=restarts, sensitivity=result.sensitivity
+        )
         return result
     finally:
         if started_ray:

@@ -1,0 +1,178 @@
+"""The health summary of a training run, and the health gate's decision on it (plain Python).
+
+``health_summary`` condenses the per-step telemetry, the guard trip and the sensitivity check into a flat,
+JSON-safe dict of scalars (it becomes MLflow tags ``gd.health.<key>`` and travels over XCom).
+``assess_health(health, thresholds)`` returns ``(ok, reasons)``; every check adds one ``PASS``/``FAIL`` line.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class HealthThresholds:
+    """What the health gate tolerates. ``None`` switches a check off."""
+
+    allow_diverged: bool = False
+    max_nonfinite_steps: int | None = 0
+    max_clipped_share: float | None = 0.5
+    require_sensitivity_pass: bool = True
+    max_restarts: int | None = None
+
+    @classmethod
+    def from_value(cls, value: HealthThresholds | Mapping[str, Any] | None) -> HealthThresholds:
+        if value is None:
+            return cls()
+        if isinstance(value, cls):
+            return value
+        if not isinstance(value, Mapping):
+            raise ValueError(f"health thresholds must be a mapping, got {type(value).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise ValueError(f"unknown health threshold(s) {unknown}; known: {sorted(known)}")
+        out = cls(**dict(value))
+        if out.max_clipped_share is not None and not 0 <= out.max_clipped_share <= 1:
+            raise ValueError(f"max_clipped_share must be in [0, 1], got {out.max_clipped_share!r}")
+        for name in ("max_nonfinite_steps", "max_restarts"):
+            v = getattr(out, name)
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
+                raise ValueError(f"{name} must be a non-negative integer or null, got {v!r}")
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _num(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return math.nan
+    return float(value)
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def health_summary(
+    steps: Mapping[str, list],
+    *,
+    status: str,
+    spec: Any = None,
+    trip: Mapping[str, Any] | None = None,
+    restarts: int = 0,
+    sensitivity: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A flat dict of scalars (``None`` for undefined numbers)."""
+    norms = np.asarray(steps.get("grad_norm", []), dtype=np.float64)
+    losses = np.asarray(steps.get("loss", []), dtype=np.float64)
+    finite_norms = norms[np.isfinite(norms)]
+    n = len(norms)
+    clipped = int(sum(steps.get("clipped", [])))
+    out: dict[str, Any] = {
+        "status": status,
+        "steps": n,
+        "nonfinite_steps": int(sum(steps.get("nonfinite", []))),
+        "max_grad_norm": _finite(float(finite_norms.max())) if len(finite_norms) else None,
+        "median_grad_norm": _finite(float(np.median(finite_norms))) if len(finite_norms) else None,
+        "clipped_steps": clipped,
+        "clipped_share": round(clipped / n, 6) if n else 0.0,
+        "final_loss": _finite(float(losses[-1])) if len(losses) else None,
+        "restarts": int(restarts),
+    }
+    if spec is not None:
+        out["guards_enabled"] = bool(spec.guards.enabled)
+        out["batch_mode"] = spec.batch_mode
+    trip = trip or {}
+    out["guard_tripped"] = bool(trip)
+    if trip:
+        out.update(
+            guard_kind=trip.get("kind"),
+            guard_reason=trip.get("reason"),
+            guard_step=trip.get("step"),
+            guard_epoch=trip.get("epoch"),
+            guard_batch=trip.get("batch"),
+            guard_rank=trip.get("rank"),
+        )
+    sens = sensitivity or {}
+    out["sensitivity_status"] = sens.get("status", "skipped")
+    if sens:
+        out.update(
+            sensitivity_metric=sens.get("metric"),
+            sensitivity_spread=_finite(_num(sens.get("spread"))),
+            sensitivity_max_spread=sens.get("max_spread"),
+            sensitivity_values=",".join(
+                f"{f:g}:{'nan' if v is None or not math.isfinite(v) else format(v, '.4f')}"
+                for f, v in zip(sens.get("factors", []), sens.get("values", []), strict=False)
+            ),
+        )
+    return out
+
+
+def assess_health(
+    health: Mapping[str, Any] | None, thresholds: HealthThresholds | Mapping[str, Any] | None = None
+) -> tuple[bool, list[str]]:
+    """``(ok, reasons)``: one ``PASS ...``/``FAIL ...`` line per check; ``ok`` when nothing FAILs.
+
+    A health summary without the keys a check needs fails that check (a gate must not pass by omission).
+    """
+    t = HealthThresholds.from_value(thresholds)
+    if not isinstance(health, Mapping) or not health:
+        return False, ["FAIL no health summary to assess"]
+    reasons: list[str] = []
+
+    def check(ok: bool, text: str) -> None:
+        reasons.append(("PASS " if ok else "FAIL ") + text)
+
+    status = health.get("status")
+    if status is None:
+        check(False, "health summary lacks 'status'")
+    elif status == "diverged":
+        why = health.get("guard_reason") or "no reason recorded"
+        where = f" at step {health.get('guard_step')} (epoch {health.get('guard_epoch')}, batch {health.get('guard_batch')})"
+        check(t.allow_diverged, f"training diverged{where}: {why}")
+    else:
+        check(status == "completed", f"training status is {status!r}")
+
+    if t.max_nonfinite_steps is not None:
+        value = health.get("nonfinite_steps")
+        if not isinstance(value, int | float):
+            check(False, "health summary lacks 'nonfinite_steps'")
+        else:
+            check(value <= t.max_nonfinite_steps, f"non-finite steps {value} (max {t.max_nonfinite_steps})")
+
+    if t.max_clipped_share is not None:
+        share = health.get("clipped_share")
+        if share is None and isinstance(health.get("steps"), int) and health.get("clipped_steps") is not None:
+            share = health["clipped_steps"] / health["steps"] if health["steps"] else 0.0
+        if not isinstance(share, int | float):
+            check(False, "health summary lacks 'clipped_share'")
+        else:
+            check(
+                share <= t.max_clipped_share,
+                f"share of clipped steps {share:.3f} (max {t.max_clipped_share:g})",
+            )
+
+    sens = health.get("sensitivity_status", "skipped")
+    if sens == "failed":
+        detail = (
+            f"spread {health.get('sensitivity_spread')} > {health.get('sensitivity_max_spread')} "
+            f"on {health.get('sensitivity_metric')} [{health.get('sensitivity_values')}]"
+        )
+        check(not t.require_sensitivity_pass, f"learning-rate sensitivity check failed: {detail}")
+    elif sens == "passed":
+        check(True, f"learning-rate sensitivity spread {health.get('sensitivity_spread')} "
+              f"(max {health.get('sensitivity_max_spread')})")
+
+    if t.max_restarts is not None:
+        restarts = health.get("restarts", 0)
+        check(restarts <= t.max_restarts, f"worker restarts {restarts} (max {t.max_restarts})")
+
+    ok = not any(r.startswith("FAIL") for r in reasons)
+    return ok, reasons
