@@ -4,6 +4,7 @@ operators against a real MLflow store (embedded SQLite; the promotion-failure te
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -97,7 +98,7 @@ def test_drift_same_distribution_and_per_column_override(gd_home, client, champi
     out = _drift_op("warn", same, per_column={"distance_from_home_km": {"method": "psi", "threshold": 1e-9}}).execute(
         fake_context())
     assert out["drifted_columns"] == ["distance_from_home_km"]
-    report = json.loads(open(out["report_uri"].replace(".html", ".json")).read())
+    report = json.loads(Path(out["report_uri"]).with_suffix(".json").read_text())
     assert "psi" in json.dumps(report).lower()
 
 
