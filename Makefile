@@ -10,7 +10,7 @@ export RAY_USAGE_STATS_ENABLED = 0
 export GX_ANALYTICS_ENABLED = false
 export FEAST_USAGE = False
 
-.PHONY: install demo test test-fast lint clean-demo
+.PHONY: install demo test test-fast lint bench clean-demo
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,9 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not integration and not dags"
+
+bench: $(STAMP)
+	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 lint: $(STAMP)
 	$(PY) -m ruff check src dags example_dags tests scripts benchmarks

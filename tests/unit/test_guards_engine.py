@@ -168,7 +168,7 @@ def test_early_stopping_on_a_validation_metric():
 
 
 def test_sensitivity_check_passes_and_fails():
-    spec = BASE.with_overrides(sensitivity={"enabled": True, "sample_rows": 400, "epochs": 1, "max_spread": 0.05})
+    spec = BASE.with_overrides(sensitivity={"enabled": True, "sample_rows": 400, "epochs": 4, "max_spread": 0.05})
     out = run_sensitivity(spec, X, Y, XV, YV, pos_weight=1.0)
     assert out["status"] == "passed", out
     assert out["factors"] == [0.5, 1.0, 2.0] and len(out["values"]) == 3 and out["train_rows"] == 400

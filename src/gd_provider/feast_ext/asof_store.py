@@ -73,9 +73,9 @@ class AsofDuckDBOfflineStoreConfig(DuckDBOfflineStoreConfig):
     """``offline_store`` section of ``feature_store.yaml`` (the DuckDB store's options, plus one)."""
 
     type: StrictStr = STORE_TYPE
-    # Return rows in the order of the entity frame (Feast's stores do not promise any order). Costs one
-    # sort of the result; turn off for the last bit of speed.
-    keep_entity_order: bool = True
+    # Return rows in the order of the entity frame. Feast's stores promise no order (nor does this one by
+    # default); on, it costs one reordering of the result in Arrow (~0.3 s per 1M rows x 20 features).
+    keep_entity_order: bool = False
 
 
 class AsofDuckDBOfflineStore(DuckDBOfflineStore):
@@ -117,7 +117,7 @@ class AsofDuckDBOfflineStore(DuckDBOfflineStore):
             registry=registry,
             project=project,
             full_feature_names=full_feature_names,
-            keep_entity_order=getattr(config.offline_store, "keep_entity_order", True),
+            keep_entity_order=getattr(config.offline_store, "keep_entity_order", False),
         )
 
 
@@ -252,9 +252,10 @@ class _AsofRetrievalJob(IbisRetrievalJob):
         if self._row_column is None:
             return super()._to_arrow_internal(timeout=timeout)
         table = self._with_rows.to_pyarrow()
-        rows = table.column(self._row_column)
-        table = table.drop_columns([self._row_column])
-        return table.take(pc.sort_indices(rows))
+        rows = table.column(self._row_column).to_numpy()
+        order = np.empty(len(rows), dtype="int64")  # rows is a permutation of 0..n-1: invert it, no sort
+        order[rows] = np.arange(len(rows), dtype="int64")
+        return table.drop_columns([self._row_column]).take(pa.array(order))
 
     def _to_df_internal(self, timeout: int | None = None) -> pd.DataFrame:
         return self._to_arrow_internal(timeout=timeout).to_pandas()
