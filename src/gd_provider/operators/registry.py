@@ -11,7 +11,13 @@ import numpy as np
 from airflow.sdk import BaseOperator, TriggerRule
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 
-from gd_provider.links import MlflowModelVersionLink, mlflow_model_version_url, push_link
+from gd_provider.links import (
+    MlflowModelVersionLink,
+    MlflowRunLink,
+    mlflow_model_version_url,
+    mlflow_run_url,
+    push_link,
+)
 from gd_provider.operators._common import actor, run_key
 
 
@@ -33,6 +39,7 @@ class ModelEvaluationGateOperator(BaseOperator):
     decision is registered and the promotion skipped with the reason)."""
 
     template_fields: Sequence[str] = ("dataset", "training")
+    operator_extra_links = (MlflowRunLink(),)
     ui_color = "#cfe2f3"
 
     def __init__(
@@ -58,7 +65,8 @@ class ModelEvaluationGateOperator(BaseOperator):
         import mlflow
 
         from gd_provider.core.gate import GateConfigError, GatePolicy, classification_metrics, decide
-        from gd_provider.core.registry import get_alias_version
+        from gd_provider.core.registry import ensure_experiment, get_alias_version
+        from gd_provider.core.tracking import log_check_run
         from gd_provider.core.training.runner import holdout_frame
         from gd_provider.core.training.spec import TrainingSpec
         from gd_provider.hooks.mlflow import MlflowHook
@@ -67,7 +75,8 @@ class ModelEvaluationGateOperator(BaseOperator):
             policy = GatePolicy.from_dict(self.policy)
         except GateConfigError as exc:
             raise AirflowFailException(f"evaluation gate misconfigured: {exc}") from exc
-        client = MlflowHook(self.mlflow_conn_id).get_conn()
+        config = MlflowHook(self.mlflow_conn_id).get_config()
+        client = config.client()
         spec = TrainingSpec.from_dict(self.training["spec"])
         holdout = holdout_frame(self.dataset, spec)
         y = holdout[spec.label].to_numpy()
@@ -82,7 +91,17 @@ class ModelEvaluationGateOperator(BaseOperator):
         decision.holdout_rows = len(holdout)
         decision.holdout_sha256 = _frame_sha256(holdout)
         self.log.info("Evaluation on %d holdout rows: %s", len(holdout), decision.summary())
-        return decision.to_dict()
+        metrics = {f"challenger.{k}": v for k, v in challenger.items()}
+        metrics.update({f"champion.{k}": v for k, v in (champion or {}).items()})
+        experiment_id = ensure_experiment(client, self.model_name, config.artifact_root)
+        run_id = log_check_run(
+            client, experiment_id, run_key=run_key(context), kind="evaluation", metrics=metrics,
+            tags={"gd.blessed": str(decision.blessed).lower(), "gd.gate.reason": "; ".join(decision.reasons)[:4000],
+                  "gd.gate.baseline_version": champion_version or "none",
+                  "gd.gate.holdout_sha256": decision.holdout_sha256, "gd.gate.holdout_rows": len(holdout)},
+        )
+        push_link(context, MlflowRunLink, mlflow_run_url(config.ui_url, experiment_id, run_id))
+        return {**decision.to_dict(), "mlflow_run_id": run_id}
 
 
 class RegisterModelOperator(BaseOperator):
