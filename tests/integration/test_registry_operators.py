@@ -4,6 +4,7 @@ operators against a real MLflow store (embedded SQLite; the promotion-failure te
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -25,18 +26,44 @@ from gd_provider.sensors.registry import ModelVersionSensor
 from ..support import FakeTI, fake_context, register_scorer
 
 pytestmark = pytest.mark.integration
-NAME = "fraud_test"
 
 
 def _frame(n: int, shift: float = 0.0, seed: int = 0) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
-    return pd.DataFrame({
-        "transaction_id": [f"t{seed}-{i}" for i in range(n)],
-        "amount": rng.gamma(2.0, 60.0, n) * (1 + shift),
-        "distance_from_home_km": rng.exponential(10.0, n),
-        "channel": rng.choice(["pos", "online", "atm"], n, p=[0.6 - shift / 3, 0.3 + shift / 3, 0.1]),
-        "is_fraud": (rng.random(n) < 0.05).astype("int64"),
-    })
+    return pd.DataFrame(
+        {
+            "transaction_id": [f"t{seed}-{i}" for i in range(n)],
+            "amount": rng.gamma(2.0, 60.0, n) * (1 + shift),
+            "distance_from_home_km": rng.exponential(10.0, n),
+            "channel": rng.choice(["pos", "online", "atm"], n, p=[0.6 - shift / 3, 0.3 + shift / 3, 0.1]),
+            "is_fraud": (rng.random(n) < 0.05).astype("int64"),
+        }
+    )
+
+
+@pytest.fixture(autouse=True)
+def backend(request, mlflow_backend, monkeypatch):
+    """Every operator test runs on the embedded SQLite store and on a real MLflow server over HTTP."""
+    if mlflow_backend.tracking_uri.startswith("http"):
+        host, port = mlflow_backend.tracking_uri.removeprefix("http://").split(":")
+        monkeypatch.setenv(
+            "AIRFLOW_CONN_MLFLOW_DEFAULT",
+            json.dumps({"conn_type": "mlflow", "host": host, "port": int(port), "schema": "http"}),
+        )
+    return mlflow_backend
+
+
+@pytest.fixture
+def name(request) -> str:
+    """One registered model per test (the HTTP server is shared by the session)."""
+    return "m_" + re.sub(r"\W", "_", request.node.name)
+
+
+@pytest.fixture
+def mlflow_config(backend):
+    from gd_provider.hooks.mlflow import MlflowHook
+
+    return MlflowHook().get_config()
 
 
 @pytest.fixture
@@ -45,35 +72,41 @@ def client(mlflow_config):
 
 
 @pytest.fixture
-def experiment(client, mlflow_config):
-    return registry.ensure_experiment(client, NAME, mlflow_config.artifact_root)
+def experiment(client, mlflow_config, name):
+    return registry.ensure_experiment(client, name, mlflow_config.artifact_root)
 
 
 @pytest.fixture
-def champion(client, experiment, gd_home):
+def champion(client, experiment, gd_home, name):
     """v1 is the champion, trained (so its lineage says) on reference.parquet."""
     ref = write_dataset(_frame(3000, seed=1), str(gd_home / "reference.parquet"))
-    v = register_scorer(client, experiment, NAME, "d/r1", {DATASET_URI: ref.uri, DATASET_SHA256: ref.sha256})
-    registry.promote(client, NAME, v, actor="scheduler", reason="first")
+    v = register_scorer(client, experiment, name, "d/r1", {DATASET_URI: ref.uri, DATASET_SHA256: ref.sha256})
+    registry.promote(client, name, v, actor="scheduler", reason="first")
     return v
 
 
-def _drift_op(policy: str, dataset: dict, **kw) -> DriftCheckOperator:
-    return DriftCheckOperator(task_id="drift_check", dataset=dataset, model_name=NAME, policy=policy,
-                              numeric_columns=["amount", "distance_from_home_km"], categorical_columns=["channel"],
-                              **kw)
+def _drift_op(name: str, policy: str, dataset: dict, **kw) -> DriftCheckOperator:
+    return DriftCheckOperator(
+        task_id="drift_check",
+        dataset=dataset,
+        model_name=name,
+        policy=policy,
+        numeric_columns=["amount", "distance_from_home_km"],
+        categorical_columns=["channel"],
+        **kw,
+    )
 
 
-def test_drift_without_champion_says_so(gd_home, client):
+def test_drift_without_champion_says_so(gd_home, client, name):
     current = write_dataset(_frame(500), str(gd_home / "cur.parquet")).to_dict()
-    out = _drift_op("block", current).execute(fake_context())
+    out = _drift_op(name, "block", current).execute(fake_context())
     assert out["status"] == "no_reference" and out["champion_version"] is None
 
 
-def test_drift_policies_on_drifted_data(gd_home, client, champion):
+def test_drift_policies_on_drifted_data(gd_home, client, champion, name):
     drifted = write_dataset(_frame(3000, shift=0.9, seed=2), str(gd_home / "cur.parquet")).to_dict()
     ctx = fake_context()
-    out = _drift_op("retrain", drifted).execute(ctx)
+    out = _drift_op(name, "retrain", drifted).execute(ctx)
     assert out["status"] == "ok" and out["dataset_drift"] is True
     assert "amount" in out["drifted_columns"] and "amount" in out["message"]
     assert out["prediction_drift"]["drifted"] is True and "prediction drift" in out["message"]
@@ -83,90 +116,114 @@ def test_drift_policies_on_drifted_data(gd_home, client, champion):
     assert {"drift.html", "drift.json"} <= artifacts
     assert any(k[1].startswith("_link_") for k in ctx["ti"].xcoms)
 
-    assert _drift_op("warn", drifted).execute(fake_context())["status"] == "warn"
+    assert _drift_op(name, "warn", drifted).execute(fake_context())["status"] == "warn"
     with pytest.raises(AirflowFailException, match="drift gate blocked the run: Dataset drift detected"):
-        _drift_op("block", drifted).execute(fake_context())
+        _drift_op(name, "block", drifted).execute(fake_context())
     with pytest.raises(AirflowFailException, match="drift policy 'yolo'"):
-        _drift_op("yolo", drifted).execute(fake_context())
+        _drift_op(name, "yolo", drifted).execute(fake_context())
 
 
-def test_drift_same_distribution_and_per_column_override(gd_home, client, champion):
+def test_drift_same_distribution_and_per_column_override(gd_home, client, champion, name):
     same = write_dataset(_frame(3000, seed=3), str(gd_home / "same.parquet")).to_dict()
-    out = _drift_op("block", same).execute(fake_context())
+    out = _drift_op(name, "block", same).execute(fake_context())
     assert out["status"] == "ok" and out["drifted_columns"] == []
     # a tiny threshold on one column makes exactly that column drift, with its pinned method
-    out = _drift_op("warn", same, per_column={"distance_from_home_km": {"method": "psi", "threshold": 1e-9}}).execute(
-        fake_context())
+    out = _drift_op(
+        name, "warn", same, per_column={"distance_from_home_km": {"method": "psi", "threshold": 1e-9}}
+    ).execute(fake_context())
     assert out["drifted_columns"] == ["distance_from_home_km"]
     report = json.loads(Path(out["report_uri"]).with_suffix(".json").read_text())
     assert "psi" in json.dumps(report).lower()
 
 
-def test_drift_refuses_a_tampered_reference(gd_home, client, champion):
-    ref = registry.get_alias_version(client, NAME, "champion")
-    path = client.get_model_version(NAME, ref).tags[DATASET_URI]
+def test_drift_refuses_a_tampered_reference(gd_home, client, champion, name):
+    ref = registry.get_alias_version(client, name, "champion")
+    path = client.get_model_version(name, ref).tags[DATASET_URI]
     _frame(10, seed=9).to_parquet(path)
     current = write_dataset(_frame(500), str(gd_home / "cur.parquet")).to_dict()
     with pytest.raises(AirflowFailException, match="changed since it was written"):
-        _drift_op("warn", current).execute(fake_context())
+        _drift_op(name, "warn", current).execute(fake_context())
 
 
-def test_promotion_fails_clearly_when_mlflow_drops_and_alias_stays(monkeypatch, gd_home, mlflow_server):
+def test_promotion_fails_clearly_when_mlflow_drops_and_alias_stays(monkeypatch, gd_home, mlflow_server, name):
     from mlflow import MlflowClient
 
     from gd_provider.core.registry import MlflowConfig
 
-    monkeypatch.setenv("AIRFLOW_CONN_MLFLOW_DEFAULT", json.dumps({"conn_type": "mlflow", "host": "127.0.0.1",
-                       "port": int(mlflow_server.rsplit(":", 1)[1]), "schema": "http"}))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_MLFLOW_DEFAULT",
+        json.dumps(
+            {
+                "conn_type": "mlflow",
+                "host": "127.0.0.1",
+                "port": int(mlflow_server.rsplit(":", 1)[1]),
+                "schema": "http",
+            }
+        ),
+    )
     client = MlflowConfig(tracking_uri=mlflow_server).client()
-    name = "promotion_failure"
     exp = registry.ensure_experiment(client, name, None)
     v1 = register_scorer(client, exp, name, "d/r1", {})
     v2 = register_scorer(client, exp, name, "d/r2", {})
     registry.promote(client, name, v1, actor="scheduler", reason="first")
-    op = PromoteModelOperator(task_id="promote", model={"name": name, "version": v2}, gate={"blessed": True,
-                              "reasons": ["ok"]})
+    op = PromoteModelOperator(
+        task_id="promote", model={"name": name, "version": v2}, gate={"blessed": True, "reasons": ["ok"]}
+    )
 
     def network_drop(self, *args, **kwargs):
         raise ConnectionError("connection reset by peer")
 
     monkeypatch.setattr(MlflowClient, "set_registered_model_alias", network_drop)
-    with pytest.raises(AirflowException, match=rf"promotion of {name} v{v2} to @champion failed talking to MLflow "
-                                               rf"at {mlflow_server}: ConnectionError"):
+    with pytest.raises(
+        AirflowException,
+        match=rf"promotion of {name} v{v2} to @champion failed talking to MLflow "
+        rf"at {mlflow_server}: ConnectionError",
+    ):
         op.execute(fake_context())
     monkeypatch.undo()
     assert registry.get_alias_version(client, name, "champion") == v1
     assert [e["to"] for e in registry.audit_trail(client, name)] == [v1]
 
     # and a server that cannot be reached at all: a clear error, quickly
-    monkeypatch.setenv("AIRFLOW_CONN_MLFLOW_DEFAULT", json.dumps({"conn_type": "mlflow", "host": "127.0.0.1",
-                       "port": 9, "schema": "http"}))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_MLFLOW_DEFAULT",
+        json.dumps({"conn_type": "mlflow", "host": "127.0.0.1", "port": 9, "schema": "http"}),
+    )
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     with pytest.raises(AirflowException, match="failed talking to MLflow at http://127.0.0.1:9"):
         op.execute(fake_context())
     assert registry.get_alias_version(client, name, "champion") == v1
 
 
-def test_rejected_challenger_is_not_promoted(gd_home, client, champion):
-    op = PromoteModelOperator(task_id="promote", model={"name": NAME, "version": "2"},
-                              gate={"blessed": False, "reasons": ["pr_auc 0.1 vs champion 0.3: FAIL"]})
+def test_rejected_challenger_is_not_promoted(gd_home, client, champion, name):
+    op = PromoteModelOperator(
+        task_id="promote",
+        model={"name": name, "version": "2"},
+        gate={"blessed": False, "reasons": ["pr_auc 0.1 vs champion 0.3: FAIL"]},
+    )
     with pytest.raises(AirflowSkipException, match="not promoted: pr_auc 0.1 vs champion 0.3: FAIL"):
         op.execute(fake_context())
-    assert registry.get_alias_version(client, NAME, "champion") == champion
+    assert registry.get_alias_version(client, name, "champion") == champion
 
 
-def test_audit_after_promote_rollback_and_manual_rollback(gd_home, client, experiment, champion):
-    v2 = register_scorer(client, experiment, NAME, "d/r2", {})
+def test_audit_after_promote_rollback_and_manual_rollback(gd_home, client, experiment, champion, name):
+    v2 = register_scorer(client, experiment, name, "d/r2", {})
     ti = FakeTI()
-    promoted = PromoteModelOperator(task_id="promote", model={"name": NAME, "version": v2},
-                                    gate={"blessed": True, "reasons": ["better"]}).execute(fake_context(ti=ti))
+    promoted = PromoteModelOperator(
+        task_id="promote", model={"name": name, "version": v2}, gate={"blessed": True, "reasons": ["better"]}
+    ).execute(fake_context(ti=ti))
     ti.xcoms[("promote", "return_value")] = promoted
     auto = RollbackModelOperator(task_id="rollback").execute(fake_context(ti=ti, user=None))
     assert (auto["from"], auto["to"]) == (v2, champion)
-    manual = RollbackModelOperator(task_id="rollback", promote_task_id=None, model_name=NAME, to_version=v2,
-                                   reason="v1 misbehaves in prod").execute(fake_context(user="alice"))
+    manual = RollbackModelOperator(
+        task_id="rollback",
+        promote_task_id=None,
+        model_name=name,
+        to_version=v2,
+        reason="v1 misbehaves in prod",
+    ).execute(fake_context(user="alice"))
     assert manual["to"] == v2
-    trail = registry.audit_trail(client, NAME)
+    trail = registry.audit_trail(client, name)
     assert [(e["action"], e["from"], e["to"], e["actor"]) for e in trail] == [
         ("promote", "none", champion, "scheduler"),
         ("promote", champion, v2, "tester"),
@@ -175,40 +232,53 @@ def test_audit_after_promote_rollback_and_manual_rollback(gd_home, client, exper
     ]
     assert trail[-1]["reason"] == "v1 misbehaves in prod"
     with pytest.raises(AirflowFailException, match="version number or 'previous'"):
-        RollbackModelOperator(task_id="rb", promote_task_id=None, model_name=NAME, to_version="v1",
-                              reason="typo").execute(fake_context())
+        RollbackModelOperator(
+            task_id="rb", promote_task_id=None, model_name=name, to_version="v1", reason="typo"
+        ).execute(fake_context())
 
 
-def test_automatic_rollback_skips_when_nothing_was_promoted(gd_home, client, champion):
+def test_automatic_rollback_skips_when_nothing_was_promoted(gd_home, client, champion, name):
     with pytest.raises(AirflowSkipException, match="promoted nothing"):
         RollbackModelOperator(task_id="rollback").execute(fake_context())
-    ti = FakeTI({("promote", "return_value"): {"name": NAME, "version": champion, "alias": "champion",
-                                               "previous_champion": "none"}})
+    ti = FakeTI(
+        {
+            ("promote", "return_value"): {
+                "name": name,
+                "version": champion,
+                "alias": "champion",
+                "previous_champion": "none",
+            }
+        }
+    )
     with pytest.raises(AirflowFailException, match="no previous champion to restore"):
         RollbackModelOperator(task_id="rollback").execute(fake_context(ti=ti))
 
 
-def test_smoke_test_compares_positive_rate_with_previous_champion(gd_home, client, experiment, champion):
+def test_smoke_test_compares_positive_rate_with_previous_champion(
+    gd_home, client, experiment, champion, name
+):
     canary = write_dataset(_frame(1000, seed=4), str(gd_home / "canary.parquet")).to_dict()
-    ok = ModelSmokeTestOperator(task_id="smoke", dataset=canary, model_name=NAME, positive_rate_bounds=(0, 1))
+    ok = ModelSmokeTestOperator(task_id="smoke", dataset=canary, model_name=name, positive_rate_bounds=(0, 1))
     assert ok.execute(fake_context())["previous_champion"] == "none"
     # a challenger that flags far more transactions than the champion did on the same canary
-    v2 = register_scorer(client, experiment, NAME, "d/r2", {}, scale=20.0)
-    registry.promote(client, NAME, v2, actor="s", reason="r")
-    with pytest.raises(AirflowFailException, match=rf"vs previous champion v{champion}'s .* change above 0.05"):
+    v2 = register_scorer(client, experiment, name, "d/r2", {}, scale=20.0)
+    registry.promote(client, name, v2, actor="s", reason="r")
+    with pytest.raises(
+        AirflowFailException, match=rf"vs previous champion v{champion}'s .* change above 0.05"
+    ):
         ok.execute(fake_context())
 
 
-def test_model_version_sensor(gd_home, client, experiment):
-    by_tags = ModelVersionSensor(task_id="wait", model_name=NAME, tags={"gd.blessed": "true"})
-    by_alias = ModelVersionSensor(task_id="wait2", model_name=NAME, alias="champion", alias_changes_from="1")
+def test_model_version_sensor(gd_home, client, experiment, name):
+    by_tags = ModelVersionSensor(task_id="wait", model_name=name, tags={"gd.blessed": "true"})
+    by_alias = ModelVersionSensor(task_id="wait2", model_name=name, alias="champion", alias_changes_from="1")
     assert not by_tags.poke(fake_context()).is_done
-    register_scorer(client, experiment, NAME, "d/r1", {"gd.blessed": "false"})
+    register_scorer(client, experiment, name, "d/r1", {"gd.blessed": "false"})
     assert not by_tags.poke(fake_context()).is_done
-    v2 = register_scorer(client, experiment, NAME, "d/r2", {"gd.blessed": "true"})
+    v2 = register_scorer(client, experiment, name, "d/r2", {"gd.blessed": "true"})
     done = by_tags.poke(fake_context())
     assert done.is_done and done.xcom_value["version"] == v2
-    registry.promote(client, NAME, "1", actor="s", reason="r")
+    registry.promote(client, name, "1", actor="s", reason="r")
     assert not by_alias.poke(fake_context()).is_done
-    registry.promote(client, NAME, v2, actor="s", reason="r")
-    assert by_alias.poke(fake_context()).xcom_value == {"name": NAME, "version": v2, "alias": "champion"}
+    registry.promote(client, name, v2, actor="s", reason="r")
+    assert by_alias.poke(fake_context()).xcom_value == {"name": name, "version": v2, "alias": "champion"}
