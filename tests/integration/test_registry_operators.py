@@ -282,3 +282,30 @@ def test_model_version_sensor(gd_home, client, experiment, name):
     assert not by_alias.poke(fake_context()).is_done
     registry.promote(client, name, v2, actor="s", reason="r")
     assert by_alias.poke(fake_context()).xcom_value == {"name": name, "version": v2, "alias": "champion"}
+
+
+def test_register_three_times_in_one_dag_run_gives_one_version(gd_home, client, experiment, name):
+    import mlflow
+
+    from gd_provider.operators.registry import RegisterModelOperator
+
+    from ..support import AmountScorer
+
+    with mlflow.start_run(experiment_id=experiment) as run:
+        info = mlflow.pyfunc.log_model(name="model", python_model=AmountScorer(), pip_requirements=["mlflow"])
+    dataset = write_dataset(_frame(100), str(gd_home / "train.parquet"), feature_refs=["card_stats:x"]).to_dict()
+    training = {"model_uri": info.model_uri, "mlflow_run_id": run.info.run_id, "spec": {"seed": 7},
+                "health": {"status": "completed", "nonfinite_steps": 0}}
+    gate = {"blessed": True, "reasons": ["roc_auc 0.9 >= 0.8: pass"], "champion_version": None,
+            "holdout_sha256": "abc", "holdout_rows": 10, "challenger_metrics": {"roc_auc": 0.9}}
+    op = RegisterModelOperator(task_id="register", dataset=dataset, training=training, gate=gate, model_name=name)
+    results = [op.execute(fake_context(run_id="scheduled__2026-02-01")) for _ in range(3)]
+    assert [(r["version"], r["created"]) for r in results] == [("1", True), ("1", False), ("1", False)]
+    assert len(client.search_model_versions(f"name = '{name}'")) == 1
+    tags = client.get_model_version(name, "1").tags
+    assert tags["gd.airflow_run_id"] == "scheduled__2026-02-01" and tags["gd.dataset_sha256"] == dataset["sha256"]
+    assert tags["gd.seed"] == "7" and tags["gd.metric.roc_auc"] == "0.900000" and tags["gd.blessed"] == "true"
+    assert tags["gd.health.nonfinite_steps"] == "0" and tags["gd.training_run_id"] == run.info.run_id
+    # a different DAG run is a different version
+    other = op.execute(fake_context(run_id="scheduled__2026-02-02"))
+    assert (other["version"], other["created"]) == ("2", True)
