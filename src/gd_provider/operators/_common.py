@@ -10,7 +10,8 @@ from gd_provider import settings
 
 
 def safe_name(value: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", value).strip("_") or "run"
+    # no path separators, and no leading dots: "." / ".." must never become a path component
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", value).lstrip("._").rstrip("_") or "run"
 
 
 def run_key(context: Any) -> str:
@@ -27,10 +28,26 @@ def run_dir(context: Any, *parts: str) -> Path:
     return path
 
 
-def resolve_home_path(path: str) -> Path:
-    """Relative paths are relative to the project home, so DAGs stay portable between setups."""
-    p = Path(path).expanduser()
-    return p if p.is_absolute() else settings.project_home() / p
+class StoragePathError(ValueError):
+    """A path from a Param, a config or a DAG argument points outside the configured storage root."""
+
+
+def resolve_home_path(path: str, *, root: Path | None = None) -> Path:
+    """Resolve a data path against the project home (the storage root) and refuse to leave it.
+
+    Relative paths are relative to the root, so DAGs stay portable between setups. ``..`` escapes,
+    absolute paths elsewhere and URI schemes are refused with a clear error: paths can come from
+    trigger-time Params, and a Param must not make a task read or write outside the storage root.
+    """
+    raw = str(path)
+    if "://" in raw or raw.startswith("file:"):
+        raise StoragePathError(f"path {raw!r}: URI schemes are not accepted here; give a path under the storage root")
+    base = (root or settings.project_home()).resolve()
+    p = Path(raw).expanduser()
+    resolved = (p if p.is_absolute() else base / p).resolve()
+    if resolved != base and base not in resolved.parents:
+        raise StoragePathError(f"path {raw!r} resolves to {resolved}, outside the storage root {base}")
+    return resolved
 
 
 def actor(context: Any) -> str:
