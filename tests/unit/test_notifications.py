@@ -1,0 +1,75 @@
+"""Alerts: the log notifier, and a webhook notifier against a real HTTP server on loopback."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from types import SimpleNamespace
+
+import pytest
+
+from gd_provider.notifications import LogNotifier, WebhookNotifier
+
+
+@pytest.fixture
+def webhook():
+    received: list[dict] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            length = int(self.headers["Content-Length"])
+            received.append({"path": self.path, "body": json.loads(self.rfile.read(length))})
+            self.send_response(200 if "/ok" in self.path else 500)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[1], received
+    server.shutdown()
+
+
+def _context(reason: str) -> dict:
+    return {
+        "dag_run": SimpleNamespace(dag_id="gd_nightly", run_id="scheduled__2026-03-01"),
+        "ti": SimpleNamespace(task_id="validate", try_number=1, log_url="http://airflow/log/validate"),
+        "exception": RuntimeError(reason),
+    }
+
+
+def test_log_notifier_writes_one_structured_line(caplog):
+    with caplog.at_level(logging.WARNING):
+        LogNotifier("gate failed").notify(_context("3 expectations failed"))
+    line = next(r.getMessage() for r in caplog.records if "GD-ALERT" in r.getMessage())
+    payload = json.loads(line.split("GD-ALERT ", 1)[1])
+    assert payload["task_id"] == "validate" and payload["reason"] == "3 expectations failed"
+    assert payload["links"]["task_log"] == "http://airflow/log/validate"
+
+
+def test_webhook_notifier_posts_json_and_slack_text(webhook, monkeypatch):
+    port, received = webhook
+    monkeypatch.setenv("AIRFLOW_CONN_ALERTS", json.dumps({
+        "conn_type": "http", "host": "127.0.0.1", "port": port, "schema": "http", "password": "tok3n",
+        "extra": {"endpoint": "/ok/{password}"}}))
+    WebhookNotifier("alerts", "rollback").notify(_context("smoke test failed"))
+    WebhookNotifier("alerts", slack=True).notify(_context("drift blocked"))
+    assert received[0]["path"] == "/ok/tok3n"
+    assert received[0]["body"]["event"] == "rollback" and received[0]["body"]["reason"] == "smoke test failed"
+    assert received[1]["body"]["text"].startswith("[gd_provider] gate failed: gd_nightly / validate")
+    assert "tok3n" not in json.dumps([r["body"] for r in received])
+
+
+def test_webhook_failure_is_logged_without_the_secret_url(webhook, monkeypatch, caplog):
+    port, received = webhook
+    monkeypatch.setenv("AIRFLOW_CONN_ALERTS", json.dumps({
+        "conn_type": "http", "host": f"http://127.0.0.1:{port}/fail/s3cret"}))
+    with caplog.at_level(logging.ERROR):
+        WebhookNotifier("alerts").notify(_context("x"))  # must not raise
+    assert len(received) == 1
+    text = caplog.text
+    assert "webhook 'alerts' failed: HTTPError" in text and "s3cret" not in text
