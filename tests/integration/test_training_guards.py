@@ -39,7 +39,9 @@ def separable_frame(n: int, seed: int = 0) -> pd.DataFrame:
     df = pd.DataFrame(x, columns=FEATURES)
     df["label"] = (x[:, 0] + 0.5 * x[:, 1] - 0.3 * x[:, 2] > 0.2).astype("int64")
     df["transaction_id"] = [f"t{i:06d}" for i in range(n)]
-    df["event_timestamp"] = pd.Timestamp("2025-01-01", tz="UTC") + pd.to_timedelta(np.arange(n) * 60, unit="s")
+    df["event_timestamp"] = pd.Timestamp("2025-01-01", tz="UTC") + pd.to_timedelta(
+        np.arange(n) * 60, unit="s"
+    )
     return df
 
 
@@ -161,7 +163,9 @@ def test_exploding_lr_aborts_collectively_on_two_workers(local_ray, manifest, wo
         assert len(client.get_metric_history(logged.info.run_id, "step_loss")) == finite_steps
         paths = {a.path for a in client.list_artifacts(logged.info.run_id)}
         assert "model" not in paths and {"plots", "training"} <= paths
-        assert {a.path for a in client.list_artifacts(logged.info.run_id, "training")} >= {"training/guard.json"}
+        assert {a.path for a in client.list_artifacts(logged.info.run_id, "training")} >= {
+            "training/guard.json"
+        }
         assert client.search_registered_models() == []
     finally:
         mlflow.set_tracking_uri(None)
@@ -197,9 +201,17 @@ def test_dead_gradient_model_trips_vanishing(local_ray, manifest, workdir):
 
 # ---------------------------------------------------------------------------------------------- batch modes
 def test_full_batch_converges(local_ray, manifest, workdir):
-    spec = base_spec(batch_mode="full", lr=0.3, epochs=25)
+    # with the learning-rate sensitivity check on (in the driver, before Ray starts)
+    spec = base_spec(
+        batch_mode="full", lr=0.3, epochs=25, sensitivity={"enabled": True, "epochs": 15, "max_spread": 0.1}
+    )
     result = run(manifest, spec, workdir, "full")
     assert result.status == "completed", result.error
+    sens = result.sensitivity
+    assert sens["status"] == "passed", sens
+    assert sens["lrs"] == pytest.approx([0.15, 0.3, 0.6]) and len(sens["values"]) == 3
+    assert result.health["sensitivity_status"] == "passed"
+    assert result.health["sensitivity_spread"] == pytest.approx(sens["spread"])
     assert result.health["steps"] == 25  # one step per epoch
     assert result.history[-1]["batch_rows"] == result.split["train_rows"]
     assert result.metrics["val_roc_auc"] > 0.98

@@ -72,18 +72,24 @@ def test_absolute_explosion():
     norm[3] = 2e4  # before any history: only the absolute bound can catch it
     index, verdict = first_trip(TrainingGuard(GuardConfig(max_grad_norm=1e4)), loss, norm)
     assert (index, verdict.code, verdict.value, verdict.threshold) == (3, TripCode.GRAD_EXPLOSION, 2e4, 1e4)
-    assert first_trip(TrainingGuard(GuardConfig(max_grad_norm=None, explosion_factor=None)), loss, norm) is None
+    assert (
+        first_trip(TrainingGuard(GuardConfig(max_grad_norm=None, explosion_factor=None)), loss, norm) is None
+    )
 
 
 def test_relative_explosion_against_running_median():
     loss = np.full(80, 0.5)
     norm = np.full(80, 2.0)
     norm[60] = 2.0 * 50 + 1  # just above 50 x median
-    index, verdict = first_trip(TrainingGuard(GuardConfig(explosion_factor=50.0, max_grad_norm=None)), loss, norm)
+    index, verdict = first_trip(
+        TrainingGuard(GuardConfig(explosion_factor=50.0, max_grad_norm=None)), loss, norm
+    )
     assert (index, verdict.code) == (60, TripCode.GRAD_EXPLOSION_RELATIVE)
     assert verdict.threshold == pytest.approx(100.0)
     norm[60] = 99.0  # just below: no trip
-    assert first_trip(TrainingGuard(GuardConfig(explosion_factor=50.0, max_grad_norm=None)), loss, norm) is None
+    assert (
+        first_trip(TrainingGuard(GuardConfig(explosion_factor=50.0, max_grad_norm=None)), loss, norm) is None
+    )
 
 
 def test_relative_explosion_needs_history():
@@ -391,7 +397,9 @@ def test_sensitivity_spread():
     ok, spread, reason = judge_sensitivity([0.5, 1, 2], [0.90, 0.91, 0.92], 0.05, "val_roc_auc")
     assert ok and spread == pytest.approx(0.02) and "0.9100" in reason
     ok, spread, reason = judge_sensitivity([0.5, 1, 2], [0.90, 0.91, 0.70], 0.05, "val_roc_auc")
-    assert not ok and spread == pytest.approx(0.21) and "lr x 2: 0.7000" in reason and "> max_spread" in reason
+    assert (
+        not ok and spread == pytest.approx(0.21) and "lr x 2: 0.7000" in reason and "> max_spread" in reason
+    )
     ok, _, reason = judge_sensitivity([0.5, 1, 2], [0.9, math.nan, 0.9], 0.05)
     assert not ok and "[1]" in reason
 
@@ -410,9 +418,23 @@ def _steps(n=100, clipped=0, nonfinite=0):
 
 def test_health_summary_is_flat_and_complete():
     spec = TrainingSpec.for_demo()
-    trip = {"code": 4, "kind": "grad_explosion", "reason": "boom", "step": 7, "epoch": 1, "batch": 6, "rank": 1}
-    sens = {"status": "failed", "metric": "val_roc_auc", "spread": 0.2, "max_spread": 0.05,
-            "factors": [0.5, 1.0, 2.0], "values": [0.9, 0.91, 0.71]}
+    trip = {
+        "code": 4,
+        "kind": "grad_explosion",
+        "reason": "boom",
+        "step": 7,
+        "epoch": 1,
+        "batch": 6,
+        "rank": 1,
+    }
+    sens = {
+        "status": "failed",
+        "metric": "val_roc_auc",
+        "spread": 0.2,
+        "max_spread": 0.05,
+        "factors": [0.5, 1.0, 2.0],
+        "values": [0.9, 0.91, 0.71],
+    }
     health = health_summary(_steps(10, clipped=4), status="diverged", spec=spec, trip=trip, sensitivity=sens)
     assert health["clipped_share"] == 0.4 and health["guard_kind"] == "grad_explosion"
     assert health["guard_step"] == 7 and health["sensitivity_values"] == "0.5:0.9000,1:0.9100,2:0.7100"

@@ -11,7 +11,15 @@ import torch
 from torch import nn
 
 from gd_provider.core.training.guards import TripCode
-from gd_provider.core.training.loop import best_epoch, fit_plain, stop_early
+from gd_provider.core.training.loop import (
+    _save_checkpoint_files,
+    best_epoch,
+    checkpoint_for_epoch,
+    fit_plain,
+    latest_checkpoint_on_disk,
+    read_progress,
+    stop_early,
+)
 from gd_provider.core.training.schedule import lr_at
 from gd_provider.core.training.sensitivity import run_sensitivity
 from gd_provider.core.training.spec import TrainingSpec
@@ -70,10 +78,14 @@ def test_telemetry_per_step():
     assert steps["step"] == list(range(1, n + 1))
     assert set(steps) == {"step", "epoch", "loss", "grad_norm", "lr", "clipped", "nonfinite"}
     assert all(len(v) == n for v in steps.values())
-    assert steps["lr"] == pytest.approx([lr_at(i, base_lr=0.05, schedule="step", step_size=10, gamma=0.5) for i in range(n)])
+    assert steps["lr"] == pytest.approx(
+        [lr_at(i, base_lr=0.05, schedule="step", step_size=10, gamma=0.5) for i in range(n)]
+    )
     assert steps["clipped"] == [int(g > 0.05) for g in steps["grad_norm"]]
     assert sum(steps["clipped"]) > 0 and sum(steps["nonfinite"]) == 0
-    assert result.history[-1]["clipped_steps"] == sum(c for c, e in zip(steps["clipped"], steps["epoch"], strict=True) if e == 3)
+    assert result.history[-1]["clipped_steps"] == sum(
+        c for c, e in zip(steps["clipped"], steps["epoch"], strict=True) if e == 3
+    )
 
 
 def test_same_seed_same_run_and_sync_interval_does_not_change_results():
@@ -93,14 +105,24 @@ def test_unguarded_loop_trains_the_same_weights():
 
 def test_explosion_stops_at_the_recorded_step():
     spec = BASE.with_overrides(
-        model="mlp", hidden_sizes=[16], optimizer="sgd", lr=10.0, momentum=0.9, grad_clip_norm=None,
+        model="mlp",
+        hidden_sizes=[16],
+        optimizer="sgd",
+        lr=10.0,
+        momentum=0.9,
+        grad_clip_norm=None,
         sync_every_k_steps=4,
     )
     result = fit(spec, x=X * 30)
     trip = result.trip
     assert trip is not None
-    assert trip.code in {TripCode.GRAD_EXPLOSION, TripCode.GRAD_EXPLOSION_RELATIVE, TripCode.NONFINITE_LOSS,
-                         TripCode.NONFINITE_GRAD, TripCode.LOSS_SPIKE}
+    assert trip.code in {
+        TripCode.GRAD_EXPLOSION,
+        TripCode.GRAD_EXPLOSION_RELATIVE,
+        TripCode.NONFINITE_LOSS,
+        TripCode.NONFINITE_GRAD,
+        TripCode.LOSS_SPIKE,
+    }
     steps = result.steps
     # telemetry runs to the check point (a multiple of k) at or after the tripping step
     assert steps["step"][-1] >= trip.step and steps["step"][-1] - trip.step < 4
@@ -168,7 +190,9 @@ def test_early_stopping_on_a_validation_metric():
 
 
 def test_sensitivity_check_passes_and_fails():
-    spec = BASE.with_overrides(sensitivity={"enabled": True, "sample_rows": 400, "epochs": 4, "max_spread": 0.05})
+    spec = BASE.with_overrides(
+        sensitivity={"enabled": True, "sample_rows": 400, "epochs": 4, "max_spread": 0.05}
+    )
     out = run_sensitivity(spec, X, Y, XV, YV, pos_weight=1.0)
     assert out["status"] == "passed", out
     assert out["factors"] == [0.5, 1.0, 2.0] and len(out["values"]) == 3 and out["train_rows"] == 400
@@ -176,9 +200,48 @@ def test_sensitivity_check_passes_and_fails():
 
     # SGD at lr x 10 000 on scaled-up inputs explodes; lr x 1 trains fine -> the check fails and says why
     wild = BASE.with_overrides(
-        optimizer="sgd", lr=0.01, grad_clip_norm=None, model="mlp", hidden_sizes=[8],
+        optimizer="sgd",
+        lr=0.01,
+        grad_clip_norm=None,
+        model="mlp",
+        hidden_sizes=[8],
         sensitivity={"enabled": True, "factors": [1.0, 10000.0], "sample_rows": 400, "epochs": 1},
     )
     out = run_sensitivity(wild, X * 10, Y, XV * 10, YV, pos_weight=1.0)
     assert out["status"] == "failed"
     assert "10000" in out["reason"] and out["diverged"]
+
+
+def test_deterministic_flag_is_applied_and_restored():
+    assert not torch.are_deterministic_algorithms_enabled()
+    result = fit(BASE.with_overrides(deterministic=True, epochs=1))
+    assert result.trip is None and not torch.are_deterministic_algorithms_enabled()
+
+
+def _checkpoint(root, name, epochs, *, status="running", model=True):
+    d = root / name
+    d.mkdir()
+    history = [{"epoch": e} for e in range(1, epochs + 1)]
+    steps = {"step": list(range(1, 10 * epochs + 1))}
+    module = nn.Linear(2, 1) if model else None
+    opt = torch.optim.SGD(module.parameters(), lr=0.1) if model else None
+    _save_checkpoint_files(
+        d, history=history, steps=steps, run_state={"status": status}, model=module, optimizer=opt
+    )
+    return d
+
+
+def test_checkpoint_scan_finds_the_most_advanced_complete_checkpoint(tmp_path):
+    assert latest_checkpoint_on_disk(tmp_path / "missing") is None
+    _checkpoint(tmp_path, "checkpoint_2025-01-01_00-00-01", 1)
+    two = _checkpoint(tmp_path, "checkpoint_2025-01-01_00-00-02", 2)
+    broken = _checkpoint(tmp_path, "checkpoint_2025-01-01_00-00-03", 3)
+    (broken / "steps.json").write_text("{not json")  # a half-written checkpoint is skipped
+    _checkpoint(tmp_path, "checkpoint_2025-01-01_00-00-04", 3, model=False)  # no weights: skipped
+    (tmp_path / "gd_inputs").mkdir()
+    assert latest_checkpoint_on_disk(tmp_path) == two
+    assert read_progress(two) == (2, 20, "running")
+    assert checkpoint_for_epoch(tmp_path, 1).name.endswith("01") and checkpoint_for_epoch(tmp_path, 3) is None
+    diverged = _checkpoint(tmp_path, "checkpoint_2025-01-01_00-00-05", 2, status="diverged", model=False)
+    assert latest_checkpoint_on_disk(tmp_path) == diverged  # the abort checkpoint (no weights) counts
+    assert checkpoint_for_epoch(tmp_path, 2) == two  # ... but never as the model of an epoch

@@ -52,7 +52,7 @@ class RayTrainOperator(BaseOperator):
     def execute(self, context: Any) -> dict[str, Any]:
         from gd_provider.core.registry import ensure_experiment
         from gd_provider.core.training.pyfunc import log_training_run
-        from gd_provider.core.training.runner import run_training
+        from gd_provider.core.training.runner import TrainingInputError, run_training
         from gd_provider.core.training.spec import SpecError, TrainingSpec
         from gd_provider.hooks.mlflow import MlflowHook
         from gd_provider.hooks.ray import RayHook
@@ -75,13 +75,17 @@ class RayTrainOperator(BaseOperator):
         experiment_id = ensure_experiment(client, self.experiment_name or self.model_name, mlflow_config.artifact_root)
 
         key = run_key(context)
-        result = run_training(
-            self.dataset,
-            spec,
-            storage_path=str(run_dir(context, "ray")),
-            run_name=safe_name(f"train-{key}"),
-            ray_address=address,
-        )
+        try:
+            result = run_training(
+                self.dataset,
+                spec,
+                storage_path=str(run_dir(context, "ray")),
+                run_name=safe_name(f"train-{key}"),
+                ray_address=address,
+            )
+        except (SpecError, TrainingInputError) as exc:
+            # Checked before Ray starts (columns, labels, device/precision): retrying cannot help.
+            raise AirflowFailException(f"cannot train: {exc}") from exc
         if result.sensitivity:
             self.log.info("Learning-rate sensitivity check %s: %s", result.sensitivity["status"], result.sensitivity["reason"])
         if result.status not in ("completed", "diverged"):

@@ -98,7 +98,13 @@ class GuardConfig:
         """``(field, message)`` for the first invalid setting, or ``None``."""
         if not isinstance(self.enabled, bool):
             return "enabled", f"must be true or false, got {self.enabled!r}"
-        positive_or_none = ("max_grad_norm", "explosion_factor", "vanishing_eps", "spike_rtol", "spike_zscore")
+        positive_or_none = (
+            "max_grad_norm",
+            "explosion_factor",
+            "vanishing_eps",
+            "spike_rtol",
+            "spike_zscore",
+        )
         for name in positive_or_none:
             value = getattr(self, name)
             if value is None:
@@ -108,7 +114,10 @@ class GuardConfig:
         if not _is_number(self.spike_atol) or self.spike_atol < 0:
             return "spike_atol", f"must be a number >= 0, got {self.spike_atol!r}"
         if self.explosion_factor is not None and self.explosion_factor <= 1:
-            return "explosion_factor", f"must be > 1 (a multiple of the running median), got {self.explosion_factor!r}"
+            return (
+                "explosion_factor",
+                f"must be > 1 (a multiple of the running median), got {self.explosion_factor!r}",
+            )
         for name in ("median_window", "min_history", "vanishing_steps", "spike_window"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:

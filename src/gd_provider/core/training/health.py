@@ -167,8 +167,11 @@ def assess_health(
         )
         check(not t.require_sensitivity_pass, f"learning-rate sensitivity check failed: {detail}")
     elif sens == "passed":
-        check(True, f"learning-rate sensitivity spread {health.get('sensitivity_spread')} "
-              f"(max {health.get('sensitivity_max_spread')})")
+        check(
+            True,
+            f"learning-rate sensitivity spread {health.get('sensitivity_spread')} "
+            f"(max {health.get('sensitivity_max_spread')})",
+        )
 
     if t.max_restarts is not None:
         restarts = health.get("restarts", 0)

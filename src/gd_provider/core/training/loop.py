@@ -171,15 +171,28 @@ def stop_early(history: list[dict[str, Any]], spec: TrainingSpec) -> bool:
         value = entry.get(metric, math.nan)
         if not isinstance(value, float) or not math.isfinite(value):
             continue
-        improved = (
-            best is None
-            or (value > best + spec.early_stopping_min_delta if bigger_is_better else value < best - spec.early_stopping_min_delta)
+        improved = best is None or (
+            value > best + spec.early_stopping_min_delta
+            if bigger_is_better
+            else value < best - spec.early_stopping_min_delta
         )
         if improved:
             best, best_epoch_no = value, entry["epoch"]
     if best_epoch_no is None:
         return False
     return history[-1]["epoch"] - best_epoch_no >= patience
+
+
+def _stop_early(history: list[dict[str, Any]], patience: int | None) -> bool:
+    """The original rule (val loss, no minimum delta); kept for callers of the old signature."""
+    if not patience or not history:
+        return False
+    best_epoch_no, best = None, math.inf
+    for entry in history:
+        loss = entry.get("val_loss", math.nan)
+        if isinstance(loss, float) and math.isfinite(loss) and loss < best:
+            best, best_epoch_no = loss, entry["epoch"]
+    return best_epoch_no is not None and history[-1]["epoch"] - best_epoch_no >= patience
 
 
 # ---------------------------------------------------------------------------------------------- collectives
@@ -576,27 +589,31 @@ def fit_plain(
     """
     t0 = time.perf_counter()
     dev = torch.device(device)
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
     configure_determinism(spec.deterministic, dev)
-    seed_everything(spec.seed)
-    input_dim = int(x_train.shape[1])
-    model = (model_factory or build_model)(spec, input_dim).to(dev)
-    optimizer = make_optimizer(spec, model.parameters(), lr)
-    session = TrainingSession(
-        spec=spec,
-        model=model,
-        core=model,
-        optimizer=optimizer,
-        loss_fn=make_loss(spec, pos_weight, dev),
-        xs=torch.from_numpy(np.ascontiguousarray(x_train, dtype=np.float32)).to(dev),
-        ys=torch.from_numpy(np.ascontiguousarray(y_train, dtype=np.float32)).to(dev),
-        xv=torch.from_numpy(np.ascontiguousarray(x_val, dtype=np.float32)).to(dev),
-        yv=torch.from_numpy(np.ascontiguousarray(y_val, dtype=np.float32)).to(dev),
-        device=dev,
-        guarded=guarded,
-        telemetry=telemetry,
-        lr=lr,
-    )
-    trip = session.run(epochs)
+    try:
+        seed_everything(spec.seed)
+        input_dim = int(x_train.shape[1])
+        model = (model_factory or build_model)(spec, input_dim).to(dev)
+        optimizer = make_optimizer(spec, model.parameters(), lr)
+        session = TrainingSession(
+            spec=spec,
+            model=model,
+            core=model,
+            optimizer=optimizer,
+            loss_fn=make_loss(spec, pos_weight, dev),
+            xs=torch.from_numpy(np.ascontiguousarray(x_train, dtype=np.float32)).to(dev),
+            ys=torch.from_numpy(np.ascontiguousarray(y_train, dtype=np.float32)).to(dev),
+            xv=torch.from_numpy(np.ascontiguousarray(x_val, dtype=np.float32)).to(dev),
+            yv=torch.from_numpy(np.ascontiguousarray(y_val, dtype=np.float32)).to(dev),
+            device=dev,
+            guarded=guarded,
+            telemetry=telemetry,
+            lr=lr,
+        )
+        trip = session.run(epochs)
+    finally:
+        torch.use_deterministic_algorithms(was_deterministic)
     return PlainFit(session.history, session.steps, trip, model, time.perf_counter() - t0)
 
 
@@ -619,6 +636,81 @@ def _save_checkpoint_files(
     (directory / RUN_STATE_FILE).write_text(json.dumps(run_state))
 
 
+def read_progress(directory: Path) -> tuple[int, int, str] | None:
+    """``(epochs, steps, status)`` of a complete checkpoint directory, or ``None`` if it is unusable."""
+    try:
+        history = json.loads((directory / HISTORY_FILE).read_text())
+        steps = json.loads((directory / STEPS_FILE).read_text())
+        state_file = directory / RUN_STATE_FILE
+        state = json.loads(state_file.read_text()) if state_file.is_file() else {}
+    except (OSError, ValueError):
+        return None
+    status = state.get("status", "running")
+    if status != "diverged" and not (
+        (directory / MODEL_FILE).is_file() and (directory / OPTIMIZER_FILE).is_file()
+    ):
+        return None
+    return len(history), len(steps.get("step", [])), status
+
+
+def latest_checkpoint_on_disk(run_dir: str | os.PathLike[str]) -> Path | None:
+    """The most advanced complete checkpoint under ``run_dir`` (``checkpoint_*`` directories).
+
+    Ray Train registers a checkpoint only once the controller has collected every rank's report; a worker
+    that dies right after reporting can leave a persisted but unregistered checkpoint behind, and the
+    restarted group would then start over. Scanning the run's (local) storage finds it. A diverged
+    checkpoint wins over others with the same progress; ties then go to the newest directory name.
+    """
+    root = Path(run_dir)
+    if not root.is_dir():
+        return None
+    best: tuple[Any, ...] | None = None
+    best_dir = None
+    for directory in sorted(root.glob("checkpoint_*")):
+        if not directory.is_dir():
+            continue
+        progress = read_progress(directory)
+        if progress is None:
+            continue
+        key = (progress[0], progress[1], progress[2] == "diverged", directory.name)
+        if best is None or key > best:
+            best, best_dir = key, directory
+    return best_dir
+
+
+def checkpoint_for_epoch(run_dir: str | os.PathLike[str], epoch: int) -> Path | None:
+    """The (newest) complete, non-diverged checkpoint under ``run_dir`` saved at the end of ``epoch``."""
+    found = None
+    for directory in sorted(Path(run_dir).glob("checkpoint_*")):
+        progress = read_progress(directory) if directory.is_dir() else None
+        if progress is not None and progress[0] == epoch and progress[2] != "diverged":
+            found = directory
+    return found
+
+
+def _resume_directory(ray: Any, rank: int, run_dir: str | None, distributed: bool) -> tuple[str | None, str]:
+    """The checkpoint directory every rank resumes from (rank 0 decides) and where it came from."""
+    choice: list[Any] = [None, "none"]
+    if rank == 0:
+        checkpoint = ray.train.get_checkpoint()
+        ray_dir = None
+        if checkpoint is not None:
+            local = Path(checkpoint.path)
+            ray_dir = local if local.is_dir() else Path(checkpoint.to_directory())
+        scanned = latest_checkpoint_on_disk(run_dir) if run_dir else None
+        candidates = [(ray_dir, "ray"), (scanned, "storage_scan")]
+        ranked = [(read_progress(d), d, src) for d, src in candidates if d is not None]
+        ranked = [(p, d, src) for p, d, src in ranked if p is not None]
+        if ranked:
+            _, directory, source = max(ranked, key=lambda r: (r[0][0], r[0][1], r[2] == "ray"))
+            choice = [str(directory), source]
+    if distributed:
+        import torch.distributed as dist
+
+        dist.broadcast_object_list(choice, src=0)
+    return choice[0], choice[1]
+
+
 def _maybe_inject_failure(fault: dict[str, Any] | None, epoch: int, rank: int) -> None:
     """Test hook: ``{"epoch": e, "rank": r, "marker": path, "mode": "exit" | "raise"}`` kills rank ``r`` at
     the start of epoch ``e`` once (the marker file records that it happened)."""
@@ -636,6 +728,7 @@ def _maybe_inject_failure(fault: dict[str, Any] | None, epoch: int, rank: int) -
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
+    import sklearn.metrics  # noqa: F401  (used by every epoch's evaluation: import it during start-up)
     import torch.distributed as dist
 
     entered = time.time()
@@ -655,24 +748,31 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     steps = empty_steps()
     run_state: dict[str, Any] = {"status": "running", "resumes": [], "timeline": {}}
     model_state = optimizer_state = None
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as ckpt_dir:
-            ckpt = Path(ckpt_dir)
-            history = json.loads((ckpt / HISTORY_FILE).read_text())
-            steps = json.loads((ckpt / STEPS_FILE).read_text())
-            if (ckpt / RUN_STATE_FILE).is_file():
-                run_state = json.loads((ckpt / RUN_STATE_FILE).read_text())
-            if run_state.get("status") != "diverged":
-                model_state = torch.load(ckpt / MODEL_FILE, map_location="cpu", weights_only=True)
-                optimizer_state = torch.load(ckpt / OPTIMIZER_FILE, map_location="cpu", weights_only=True)
+    resume_dir, resume_source = _resume_directory(ray, rank, config.get("run_dir"), distributed)
+    if resume_dir is not None:
+        ckpt = Path(resume_dir)
+        history = json.loads((ckpt / HISTORY_FILE).read_text())
+        steps = json.loads((ckpt / STEPS_FILE).read_text())
+        if (ckpt / RUN_STATE_FILE).is_file():
+            run_state = json.loads((ckpt / RUN_STATE_FILE).read_text())
+        if run_state.get("status") != "diverged":
+            model_state = torch.load(ckpt / MODEL_FILE, map_location="cpu", weights_only=True)
+            optimizer_state = torch.load(ckpt / OPTIMIZER_FILE, map_location="cpu", weights_only=True)
     if run_state.get("status") == "diverged":
         # A diverged run that is resumed stays diverged: report its final state once more and stop.
-        _report(ray, rank, history=history, steps=steps, run_state=run_state, metrics=_abort_metrics(run_state))
+        _report(
+            ray, rank, history=history, steps=steps, run_state=run_state, metrics=_abort_metrics(run_state)
+        )
         return
-    if checkpoint is not None:
+    if resume_dir is not None:
         run_state["resumes"].append(
-            {"from_epoch": len(history), "from_step": len(steps["step"]), "unix": entered, "world_size": world_size}
+            {
+                "from_epoch": len(history),
+                "from_step": len(steps["step"]),
+                "source": resume_source,
+                "unix": entered,
+                "world_size": world_size,
+            }
         )
 
     x_train, y_train = load_arrays(data_dir / TRAIN_ARRAYS)
@@ -715,6 +815,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     fault = config.get("fault_injection")
     timeline = run_state.setdefault("timeline", {})
     timeline.setdefault("loop_entered_unix", entered)
+    timeline["torch_threads"] = torch.get_num_threads()
 
     def on_epoch_start(epoch: int) -> None:
         _maybe_inject_failure(fault, epoch, rank)
@@ -746,7 +847,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         partial_epoch=session.partial_epoch,
     )
     timeline["last_epoch_ended_unix"] = time.time()
-    _report(ray, rank, history=session.history, steps=session.steps, run_state=run_state, metrics=_abort_metrics(run_state))
+    _report(
+        ray,
+        rank,
+        history=session.history,
+        steps=session.steps,
+        run_state=run_state,
+        metrics=_abort_metrics(run_state),
+    )
 
 
 def _abort_metrics(run_state: dict[str, Any]) -> dict[str, Any]:

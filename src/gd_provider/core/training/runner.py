@@ -34,7 +34,10 @@ from gd_provider.core.training.loop import (
     VAL_ARRAYS,
     ModelFactory,
     best_epoch,
+    checkpoint_for_epoch,
+    latest_checkpoint_on_disk,
     load_arrays,
+    read_progress,
     train_loop_per_worker,
 )
 from gd_provider.core.training.preprocess import Preprocessor, frame_digest, split_by_time
@@ -183,6 +186,21 @@ def _pick_epoch(history: list[dict[str, Any]], spec: TrainingSpec) -> dict[str, 
         if chosen is not None:
             return chosen
     return history[-1]
+
+
+def _final_checkpoint_dir(fit: Any, run_dir: Path) -> Path | None:
+    """The run's final checkpoint: Ray's latest, or a more advanced one persisted on the run's storage."""
+    candidates = []
+    if fit.checkpoint is not None:
+        local = Path(fit.checkpoint.path)
+        candidates.append(local if local.is_dir() else Path(fit.checkpoint.to_directory()))
+    scanned = latest_checkpoint_on_disk(run_dir)
+    if scanned is not None:
+        candidates.append(scanned)
+    ranked = [(p, d) for d in candidates if (p := read_progress(d)) is not None]
+    if not ranked:
+        return None
+    return max(ranked, key=lambda r: (r[0][0], r[0][1], r[0][2] == "diverged"))[1]
 
 
 def resolve_device(spec: TrainingSpec) -> str:
@@ -390,7 +408,14 @@ def run_training(
         x_train, y_train = load_arrays(inputs / TRAIN_ARRAYS)
         x_val, y_val = load_arrays(inputs / VAL_ARRAYS)
         result.sensitivity = run_sensitivity(
-            spec, x_train, y_train, x_val, y_val, pos_weight=config["pos_weight"], model_factory=model_factory
+            spec,
+            x_train,
+            y_train,
+            x_val,
+            y_val,
+            pos_weight=config["pos_weight"],
+            model_factory=model_factory,
+            device=device,
         )
         del x_train, y_train, x_val, y_val
         t_prep = time.perf_counter()
@@ -400,6 +425,7 @@ def run_training(
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    config["run_dir"] = str(run_dir)
     if model_factory is not None:
         config["model_factory"] = model_factory
     if fault_injection is not None:
@@ -444,15 +470,15 @@ def run_training(
             if previous_interval is None:
                 os.environ.pop(HEALTH_CHECK_ENV, None)
             result.timings["fit_s"] = time.perf_counter() - t_fit
-        if fit.checkpoint is None:
+        latest = _final_checkpoint_dir(fit, run_dir)
+        if latest is None:
             result.error = "training finished without a checkpoint"
             return result
 
-        with fit.checkpoint.as_directory() as latest:
-            history = json.loads((Path(latest) / HISTORY_FILE).read_text())
-            steps = json.loads((Path(latest) / STEPS_FILE).read_text())
-            state_file = Path(latest) / RUN_STATE_FILE
-            run_state = json.loads(state_file.read_text()) if state_file.is_file() else {}
+        history = json.loads((latest / HISTORY_FILE).read_text())
+        steps = json.loads((latest / STEPS_FILE).read_text())
+        state_file = latest / RUN_STATE_FILE
+        run_state = json.loads(state_file.read_text()) if state_file.is_file() else {}
         result.history, result.steps, result.run_state = history, steps, run_state
         timeline = run_state.get("timeline", {})
         if "first_epoch_started_unix" in timeline and not run_state.get("resumes"):
@@ -474,17 +500,15 @@ def run_training(
             result.error = "training finished without a completed epoch"
             return result
         chosen = _pick_epoch(history, spec)
-        checkpoint = fit.checkpoint
+        checkpoint_dir = latest
         if chosen is not history[-1]:
-            for ckpt, metrics in fit.best_checkpoints or []:
-                if metrics.get("epoch") == chosen["epoch"]:
-                    checkpoint = ckpt
-                    break
-            else:
+            found = checkpoint_for_epoch(run_dir, chosen["epoch"])
+            if found is None:
                 chosen = history[-1]
+            else:
+                checkpoint_dir = found
         model_dir = run_dir / MODEL_DIR
-        with checkpoint.as_directory() as ckpt_dir:
-            _write_model_dir(model_dir, Path(ckpt_dir), pre, spec, example)
+        _write_model_dir(model_dir, checkpoint_dir, pre, spec, example)
 
         result.status = "completed"
         result.model_dir = str(model_dir)

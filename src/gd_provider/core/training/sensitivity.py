@@ -61,8 +61,9 @@ def run_sensitivity(
     *,
     pos_weight: float,
     model_factory: ModelFactory | None = None,
+    device: str = "cpu",
 ) -> dict[str, Any]:
-    """Run the check described by ``spec.sensitivity`` (whether or not it is ``enabled``)."""
+    """Run the check described by ``spec.sensitivity`` (whether or not it is ``enabled``) on ``device``."""
     cfg = spec.sensitivity
     t0 = time.perf_counter()
     train_idx = _sample(len(x_train), cfg.sample_rows, spec.seed)
@@ -74,7 +75,15 @@ def run_sensitivity(
     diverged: dict[str, str] = {}
     for factor in cfg.factors:
         fit = fit_plain(
-            short, xs, ys, xv, yv, pos_weight=pos_weight, lr=spec.lr * factor, model_factory=model_factory
+            short,
+            xs,
+            ys,
+            xv,
+            yv,
+            pos_weight=pos_weight,
+            lr=spec.lr * factor,
+            model_factory=model_factory,
+            device=device,
         )
         if fit.trip is not None:
             diverged[f"{factor:g}"] = fit.trip.reason
