@@ -52,6 +52,8 @@ def lineage_tags(
     dataset: dict[str, Any],
     training: dict[str, Any],
     gate: dict[str, Any] | None,
+    drift: dict[str, Any] | None = None,
+    triggered_by: str | None = None,
 ) -> dict[str, str]:
     tags: dict[str, Any] = {
         "gd.dag_id": dag_id,
@@ -62,10 +64,22 @@ def lineage_tags(
         DATASET_SHA256: dataset["sha256"],
         "gd.dataset_rows": dataset["rows"],
         "gd.feature_refs": dataset.get("feature_refs", []),
+        "gd.feature_service": dataset.get("feature_service") or "",
         "gd.package_version": package_version(),
         "gd.training_run_id": training["mlflow_run_id"],
         "gd.seed": training.get("spec", {}).get("seed", ""),
     }
+    if triggered_by:
+        tags["gd.triggered_by"] = triggered_by
+    overrides = (training.get("spec_overrides") or {}) if isinstance(training, dict) else {}
+    if overrides:
+        tags["gd.training_overrides"] = overrides
+    if drift is not None:
+        tags["gd.drift.status"] = drift.get("status", "")
+        if drift.get("skip_reason"):
+            tags["gd.drift.skip_reason"] = drift["skip_reason"]
+        if drift.get("share_drifted") is not None:
+            tags["gd.drift.share_drifted"] = f"{drift['share_drifted']:.4f}"
     sha = git_sha()
     if sha:
         tags["gd.git_sha"] = sha

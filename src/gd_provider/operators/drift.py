@@ -25,9 +25,10 @@ class DriftCheckOperator(BaseOperator):
     * The HTML and JSON reports go to the run's folder and to an MLflow run (extra links "MLflow run",
       "Report"). Without a champion there is no reference: the task says so and returns
       ``status="no_reference"``.
+    * ``skip_reason`` (templated, e.g. from a manual run's Param): skips the check and records why.
     """
 
-    template_fields: Sequence[str] = ("dataset", "policy")
+    template_fields: Sequence[str] = ("dataset", "policy", "skip_reason")
     operator_extra_links = (MlflowRunLink(), ReportLink())
     ui_color = "#f0e6c0"
 
@@ -50,11 +51,13 @@ class DriftCheckOperator(BaseOperator):
         prediction_threshold: float = 0.1,
         sample_size: int = 50_000,
         seed: int = 0,
+        skip_reason: str | None = None,
         mlflow_conn_id: str = "mlflow_default",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.dataset = dataset
+        self.skip_reason = skip_reason
         self.model_name = model_name
         self.numeric_columns = list(numeric_columns)
         self.categorical_columns = list(categorical_columns)
@@ -80,6 +83,12 @@ class DriftCheckOperator(BaseOperator):
         from gd_provider.core.tracking import log_check_run
         from gd_provider.hooks.mlflow import MlflowHook
 
+        if self.skip_reason and str(self.skip_reason).strip():
+            # a manual run may skip this gate, never silently: the reason travels to lineage and the log
+            self.log.warning("Drift check SKIPPED by request: %s", self.skip_reason)
+            return {"status": "skipped", "policy": self.policy, "champion_version": None,
+                    "skip_reason": str(self.skip_reason).strip(),
+                    "message": f"drift check skipped by request: {str(self.skip_reason).strip()}"}
         if self.policy not in core.POLICIES:  # the earliest gate for a bad param: before any work
             raise AirflowFailException(f"drift policy {self.policy!r} is not one of {list(core.POLICIES)}")
         mlflow_config = MlflowHook(self.mlflow_conn_id).get_config()

@@ -120,10 +120,12 @@ class RegisterModelOperator(BaseOperator):
         training: Any,
         gate: Any,
         model_name: str,
+        drift_task_id: str | None = "drift_check",
         mlflow_conn_id: str = "mlflow_default",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.drift_task_id = drift_task_id
         self.dataset = dataset
         self.training = training
         self.gate = gate
@@ -146,6 +148,8 @@ class RegisterModelOperator(BaseOperator):
             dataset=self.dataset,
             training=self.training,
             gate=self.gate,
+            drift=context["ti"].xcom_pull(task_ids=self.drift_task_id) if self.drift_task_id else None,
+            triggered_by=actor(context),
         )
         version, created = register_model(
             client,
@@ -164,9 +168,11 @@ class RegisterModelOperator(BaseOperator):
 class PromoteModelOperator(BaseOperator):
     """Move ``alias`` to the registered version when the gate blessed it; record the previous champion
     on the new version and in the audit trail first. A rejected challenger skips this task (and what
-    depends on it) with the gate's reason; the champion is untouched."""
+    depends on it) with the gate's reason; the champion is untouched — unless ``force_reason`` (templated,
+    from a manual run's Param) is given: then it is promoted and the reason goes into the audit trail and
+    the version's tag ``gd.forced_promotion_reason``."""
 
-    template_fields: Sequence[str] = ("model", "gate", "reason")
+    template_fields: Sequence[str] = ("model", "gate", "reason", "force_reason")
     operator_extra_links = (MlflowModelVersionLink(),)
     ui_color = "#b6d7a8"
 
@@ -177,10 +183,12 @@ class PromoteModelOperator(BaseOperator):
         gate: Any,
         alias: str = "champion",
         reason: str = "gate blessed the challenger",
+        force_reason: str | None = None,
         mlflow_conn_id: str = "mlflow_default",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.force_reason = force_reason
         self.model = model
         self.gate = gate
         self.alias = alias
@@ -192,10 +200,15 @@ class PromoteModelOperator(BaseOperator):
         from gd_provider.hooks.mlflow import MlflowHook
 
         reasons = "; ".join(self.gate["reasons"])
+        forced = str(self.force_reason or "").strip()
+        reason = f"{self.reason}: {reasons}"
         if not self.gate["blessed"]:
-            raise AirflowSkipException(
-                f"challenger {self.model['name']} v{self.model['version']} not promoted: {reasons}"
-            )
+            if not forced:
+                raise AirflowSkipException(
+                    f"challenger {self.model['name']} v{self.model['version']} not promoted: {reasons}"
+                )
+            self.log.warning("Gate REJECTED the challenger; promoting anyway by request: %s", forced)
+            reason = f"FORCED by request ({forced}) over the gate's rejection: {reasons}"
         config = MlflowHook(self.mlflow_conn_id).get_config()
         try:
             result = promote(
@@ -204,9 +217,12 @@ class PromoteModelOperator(BaseOperator):
                 self.model["version"],
                 alias=self.alias,
                 actor=actor(context),
-                reason=f"{self.reason}: {reasons}",
+                reason=reason,
                 dag_run=run_key(context),
             )
+            if forced and not self.gate["blessed"]:
+                config.client().set_model_version_tag(self.model["name"], self.model["version"],
+                                                      "gd.forced_promotion_reason", forced)
         except Exception as exc:
             raise _registry_failure(
                 f"promotion of {self.model['name']} v{self.model['version']} to @{self.alias}", config.tracking_uri, exc

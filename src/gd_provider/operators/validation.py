@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -12,12 +13,22 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from gd_provider.operators._common import interval, run_dir
 
+IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 Expectations = list[dict[str, Any]] | Callable[..., list[dict[str, Any]]] | str
 
 
 def load_expectations(expectations: Expectations, *, data_interval_end: str | None) -> list[dict[str, Any]]:
     """A list of ``{"type", "kwargs"}`` dicts, a callable returning one (called with
-    ``data_interval_end=``), or the path of a JSON/YAML file holding one."""
+    ``data_interval_end=``), ``"package.module:function"`` naming such a callable (imported here, at run
+    time, so parsing the DAG file does not import Great Expectations), or the path of a JSON/YAML file."""
+    if isinstance(expectations, str) and IMPORT_PATH.match(expectations):
+        import importlib
+
+        module, _, attr = expectations.partition(":")
+        try:
+            expectations = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as exc:
+            raise AirflowFailException(f"cannot import the expectations {expectations!r}: {exc}") from exc
     if callable(expectations):
         return list(expectations(data_interval_end=data_interval_end))
     if isinstance(expectations, str):

@@ -1,0 +1,345 @@
+"""Build retraining DAGs from a validated config (YAML file or dict), or compose your own from stages.
+
+``build_retraining_dag(config)`` returns the full nightly DAG::
+
+    data stage       retrieve_training_set → validate → drift_check
+    training stage   train → health_gate
+    release stage    evaluate → register → promote → smoke_test → rollback
+                     → run_report (fails the run when anything failed)
+
+Each stage is also a TaskGroup builder (:func:`data_stage`, :func:`training_stage`,
+:func:`release_stage`) so data engineers can compose their own DAGs from our parts. Task ids stay
+unprefixed (``prefix_group_id=False``), so the rollback finds ``promote`` and links stay stable.
+
+A config is validated when the DAG file is parsed: a bad one raises :class:`ConfigError` naming the
+file and the field (``configs/fraud.yaml: training.lr: must be > 0``).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A retraining config is invalid; the message names the file and the field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class FeaturesConfig(_Strict):
+    feature_service: str | None = None
+    features: list[str] | None = None
+    label_source: str
+    entity_keys: list[str] = Field(min_length=1)
+    timestamp_column: str = "event_timestamp"
+    label_column: str
+    sort_by: list[str] | None = None
+    lookback_days: float = Field(21, gt=0)
+
+    @model_validator(mode="after")
+    def _one_feature_selector(self) -> FeaturesConfig:
+        if bool(self.feature_service) == bool(self.features):
+            raise ValueError("give exactly one of feature_service or features")
+        return self
+
+
+class ValidationConfig(_Strict):
+    expectations: str | list[dict[str, Any]] = Field(
+        description="'package.module:function' returning the expectation list, a JSON/YAML file, or the list"
+    )
+
+
+class DriftConfig(_Strict):
+    policy: Literal["retrain", "warn", "block"] = "warn"
+    numeric_columns: list[str]
+    categorical_columns: list[str] = []
+    numeric_method: str = "wasserstein"
+    categorical_method: str = "jensenshannon"
+    threshold: float = Field(0.1, gt=0)
+    per_column: dict[str, dict[str, Any]] | None = None
+    drift_share: float = Field(0.5, gt=0, le=1)
+    sample_size: int = Field(50_000, gt=0)
+
+
+class SmokeTestConfig(_Strict):
+    canary_rows: int = Field(500, gt=0)
+    max_p95_latency_ms: float = Field(250.0, gt=0)
+    positive_rate_bounds: tuple[float, float] = (0.0, 0.5)
+    max_positive_rate_change: float | None = 0.05
+
+
+class AlertingConfig(_Strict):
+    webhook_conn_id: str | None = None
+    slack: bool = False
+
+
+class ScheduleConfig(_Strict):
+    cron: str | None = None
+    assets: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> ScheduleConfig:
+        if bool(self.cron) == bool(self.assets):
+            raise ValueError("give exactly one of cron or assets")
+        return self
+
+
+class RetrainingConfig(_Strict):
+    dag_id: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str = ""
+    model_name: str = Field(min_length=1)
+    alias: str = "champion"
+    schedule: ScheduleConfig
+    start_date: datetime = datetime(2026, 1, 1, tzinfo=UTC)
+    catchup: bool = False
+    tags: list[str] = []
+    features: FeaturesConfig
+    validation: ValidationConfig
+    drift: DriftConfig
+    training: dict[str, Any]
+    health: dict[str, Any] = {}
+    gate: dict[str, Any]
+    smoke_test: SmokeTestConfig = SmokeTestConfig()
+    alerting: AlertingConfig = AlertingConfig()
+    ray_conn_id: str = "ray_default"
+    mlflow_conn_id: str = "mlflow_default"
+    feast_conn_id: str = "feast_default"
+
+    @field_validator("start_date")
+    @classmethod
+    def _utc(cls, value: datetime) -> datetime:
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+    @field_validator("training")
+    @classmethod
+    def _spec(cls, value: dict[str, Any]) -> dict[str, Any]:
+        from gd_provider.core.training.spec import SpecError, TrainingSpec
+
+        try:
+            return TrainingSpec.from_dict(value).to_dict()
+        except SpecError as exc:
+            raise ValueError(str(exc)) from exc
+
+    @field_validator("gate")
+    @classmethod
+    def _gate(cls, value: dict[str, Any]) -> dict[str, Any]:
+        from gd_provider.core.gate import GateConfigError, GatePolicy
+
+        try:
+            GatePolicy.from_dict(value)
+        except (GateConfigError, TypeError) as exc:
+            raise ValueError(str(exc)) from exc
+        return value
+
+    @field_validator("health")
+    @classmethod
+    def _health(cls, value: dict[str, Any]) -> dict[str, Any]:
+        from gd_provider.core.training.health import HealthThresholds
+
+        HealthThresholds.from_value(value or None)
+        return value
+
+
+def load_config(source: str | Path | dict[str, Any]) -> RetrainingConfig:
+    """Validate a config from a YAML file or a dict. Errors name the file and each bad field."""
+    where = "config"
+    if isinstance(source, (str, Path)):
+        where = str(source)
+        try:
+            data = yaml.safe_load(Path(source).read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"{where}: cannot read YAML: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"{where}: top level must be a mapping, got {type(data).__name__}")
+    else:
+        data = source
+    try:
+        return RetrainingConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"{where}: {problems}") from None
+
+
+def resolve_expectations(value: str | list[dict[str, Any]]) -> Any:
+    """Checked here, resolved at run time: ``module:function`` stays a string (the validation task imports
+    it, so parsing the DAG file never imports Great Expectations); a file must exist; a list stays."""
+    from gd_provider.operators.validation import IMPORT_PATH
+
+    if isinstance(value, str) and not IMPORT_PATH.match(value) and not Path(value).is_file():
+        raise ConfigError(f"validation.expectations: {value!r} is neither 'module:function' nor an existing file")
+    return value
+
+
+def _callbacks(cfg: RetrainingConfig, event: str) -> list[Any]:
+    from gd_provider.notifications import LogNotifier, WebhookNotifier
+
+    out: list[Any] = [LogNotifier(event)]
+    if cfg.alerting.webhook_conn_id:
+        out.append(WebhookNotifier(cfg.alerting.webhook_conn_id, event, slack=cfg.alerting.slack))
+    return out
+
+
+def data_stage(cfg: RetrainingConfig, group_id: str = "data") -> tuple[Any, Any]:
+    """retrieve_training_set → validate → drift_check. Returns ``(task_group, dataset XComArg)``."""
+    from airflow.sdk import TaskGroup
+
+    from gd_provider.operators.drift import DriftCheckOperator
+    from gd_provider.operators.features import FeastHistoricalFeaturesOperator
+    from gd_provider.operators.validation import DataValidationOperator
+
+    f = cfg.features
+    alerts = _callbacks(cfg, "gate failed")
+    with TaskGroup(group_id, prefix_group_id=False, tooltip="Feast → Great Expectations → Evidently") as group:
+        retrieve = FeastHistoricalFeaturesOperator(
+            task_id="retrieve_training_set", label_source=f.label_source, feature_service=f.feature_service,
+            features=f.features, entity_keys=f.entity_keys, timestamp_column=f.timestamp_column,
+            label_column=f.label_column, sort_by=f.sort_by, lookback=timedelta(days=f.lookback_days),
+            feast_conn_id=cfg.feast_conn_id, on_failure_callback=alerts,
+        )
+        validate = DataValidationOperator(
+            task_id="validate", dataset=retrieve.output,
+            expectations=resolve_expectations(cfg.validation.expectations), on_failure_callback=alerts,
+        )
+        drift = DriftCheckOperator(
+            task_id="drift_check", dataset=retrieve.output, model_name=cfg.model_name, alias=cfg.alias,
+            policy="{{ params.drift_policy }}", skip_reason="{{ params.skip_drift_reason }}",
+            numeric_columns=cfg.drift.numeric_columns, categorical_columns=cfg.drift.categorical_columns,
+            numeric_method=cfg.drift.numeric_method, categorical_method=cfg.drift.categorical_method,
+            threshold=cfg.drift.threshold, per_column=cfg.drift.per_column, drift_share=cfg.drift.drift_share,
+            sample_size=cfg.drift.sample_size, mlflow_conn_id=cfg.mlflow_conn_id, on_failure_callback=alerts,
+        )
+        retrieve >> validate >> drift
+    return group, retrieve.output
+
+
+def training_stage(cfg: RetrainingConfig, dataset: Any, group_id: str = "training") -> tuple[Any, Any]:
+    """train (Ray Train, guarded) → health_gate. Returns ``(task_group, training XComArg)``."""
+    from airflow.sdk import TaskGroup
+
+    from gd_provider.operators.health import TrainingHealthGate
+    from gd_provider.operators.training import RayTrainOperator
+
+    alerts = _callbacks(cfg, "training stopped")
+    with TaskGroup(group_id, prefix_group_id=False, tooltip="Ray Train + training health gate") as group:
+        train = RayTrainOperator(
+            task_id="train", dataset=dataset, spec=cfg.training, spec_overrides="{{ params.training_overrides }}",
+            model_name=cfg.model_name, ray_conn_id=cfg.ray_conn_id, mlflow_conn_id=cfg.mlflow_conn_id,
+            on_failure_callback=alerts,
+        )
+        health = TrainingHealthGate(task_id="health_gate", training=train.output, thresholds=cfg.health or None,
+                                    on_failure_callback=alerts)
+        train >> health
+    return group, train.output
+
+
+def release_stage(cfg: RetrainingConfig, dataset: Any, training: Any, group_id: str = "release") -> Any:
+    """evaluate → register → promote → smoke_test → rollback."""
+    from airflow.sdk import TaskGroup
+
+    from gd_provider.operators.registry import (
+        ModelEvaluationGateOperator,
+        ModelSmokeTestOperator,
+        PromoteModelOperator,
+        RegisterModelOperator,
+        RollbackModelOperator,
+    )
+
+    conn = {"mlflow_conn_id": cfg.mlflow_conn_id}
+    smoke = cfg.smoke_test
+    with TaskGroup(group_id, prefix_group_id=False, tooltip="gate → registry → champion → smoke test") as group:
+        evaluate = ModelEvaluationGateOperator(task_id="evaluate", dataset=dataset, training=training,
+                                               model_name=cfg.model_name, policy=cfg.gate, alias=cfg.alias, **conn)
+        register = RegisterModelOperator(task_id="register", dataset=dataset, training=training,
+                                         gate=evaluate.output, model_name=cfg.model_name, **conn)
+        promote = PromoteModelOperator(task_id="promote", model=register.output, gate=evaluate.output,
+                                       alias=cfg.alias, force_reason="{{ params.force_promotion_reason }}", **conn)
+        smoke_test = ModelSmokeTestOperator(
+            task_id="smoke_test", dataset=dataset, model_name=cfg.model_name, alias=cfg.alias,
+            canary_rows=smoke.canary_rows, max_p95_latency_ms="{{ params.smoke_test_max_p95_latency_ms }}",
+            positive_rate_bounds=smoke.positive_rate_bounds,
+            max_positive_rate_change=smoke.max_positive_rate_change,
+            decision_threshold=cfg.gate.get("decision_threshold", 0.5), **conn,
+        )
+        rollback = RollbackModelOperator(task_id="rollback", promote_task_id="promote",
+                                         on_success_callback=_callbacks(cfg, "rolled back"), **conn)
+        evaluate >> register >> promote >> smoke_test >> rollback
+    return group
+
+
+def retraining_params(cfg: RetrainingConfig) -> dict[str, Any]:
+    """Validated Params for manual runs from the UI (recorded in lineage and the audit trail)."""
+    from airflow.sdk import Param
+
+    return {
+        "training_overrides": Param({}, type="object",
+                                    description='TrainingSpec fields to override, e.g. {"lr": 0.001, "epochs": 10}'),
+        "drift_policy": Param(cfg.drift.policy, enum=["retrain", "warn", "block"],
+                              description="What drift against the champion's training data does"),
+        "skip_drift_reason": Param("", type="string",
+                                   description="Skip the drift check for this run; the reason is recorded"),
+        "force_promotion_reason": Param("", type="string",
+                                        description="Promote even when the gate rejects; the reason is recorded"),
+        "as_of": Param("", type="string", pattern=r"^(|\d{4}-\d{2}-\d{2}(T[0-9:]+)?)$",
+                       description="Train on data up to this date instead of the run's data interval end"),
+        "smoke_test_max_p95_latency_ms": Param(cfg.smoke_test.max_p95_latency_ms, type="number",
+                                               exclusiveMinimum=0, description="Smoke-test latency budget"),
+    }
+
+
+def build_retraining_dag(source: str | Path | dict[str, Any] | RetrainingConfig) -> Any:
+    """The full retraining DAG for one model, from a config."""
+    from airflow.sdk import DAG, Asset, chain
+
+    from gd_provider.operators.report import RunReportOperator
+
+    cfg = source if isinstance(source, RetrainingConfig) else load_config(source)
+    schedule: Any = cfg.schedule.cron if cfg.schedule.cron else [Asset(uri) for uri in cfg.schedule.assets or []]
+    with DAG(
+        dag_id=cfg.dag_id,
+        description=cfg.description or f"Guarded retraining of {cfg.model_name}",
+        schedule=schedule,
+        start_date=cfg.start_date,
+        catchup=cfg.catchup,
+        max_active_runs=1,
+        render_template_as_native_obj=True,
+        default_args={"retries": 0},
+        tags=["gd_provider", "retraining", *cfg.tags],
+        params=retraining_params(cfg),
+        doc_md=__doc__,
+    ) as dag:
+        data, dataset = data_stage(cfg)
+        training_group, training = training_stage(cfg, dataset)
+        release = release_stage(cfg, dataset, training)
+        chain(data, training_group, release, RunReportOperator(task_id="run_report"))
+    return dag
+
+
+def build_dags_from_folder(folder: str | Path, namespace: dict[str, Any]) -> dict[str, str]:
+    """Turn every ``*.yaml`` in ``folder`` into a DAG in ``namespace`` (a DAG file's ``globals()``).
+
+    A broken config does not stop the others: its error (naming file and field) is returned, logged,
+    and reported to Airflow as a parse warning of the loader file.
+    """
+    import logging
+    import warnings
+
+    errors: dict[str, str] = {}
+    for path in sorted(Path(folder).glob("*.y*ml")):
+        try:
+            dag = build_retraining_dag(path)
+        except ConfigError as exc:
+            errors[str(path)] = str(exc)
+            logging.getLogger(__name__).error("retraining config rejected: %s", exc)
+            warnings.warn(f"retraining config rejected: {exc}", UserWarning, stacklevel=2)
+            continue
+        namespace[dag.dag_id] = dag
+    return errors
