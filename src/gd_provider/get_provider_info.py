@@ -34,6 +34,12 @@ def get_provider_info() -> dict[str, Any]:
                 "gd_provider.operators.report",
             ]},
         ],
+        "sensors": [
+            {"integration-name": "Feast", "python-modules": ["gd_provider.sensors.features"]},
+        ],
+        "triggers": [
+            {"integration-name": "Feast", "python-modules": ["gd_provider.triggers.features"]},
+        ],
         "integrations": [
             {"integration-name": name, "external-doc-url": url, "tags": ["software"]}
             for name, url in [

@@ -129,7 +129,10 @@ def stores(tmp_path_factory):
     root = tmp_path_factory.mktemp("asof_store")
     frames = _tricky_frames()
     for name in ("va", "vb", "vab"):
-        frames[name].to_parquet(root / f"{name}.parquet", index=False)
+        frame = frames[name]
+        if name == "vb":  # the source names the feature differently: a field mapping renames it
+            frame = frame.rename(columns={"fb1": "raw_fb1"})
+        frame.to_parquet(root / f"{name}.parquet", index=False)
     ea = Entity(name="a", join_keys=["a_id"], value_type=ValueType.INT64)
     eb = Entity(name="b", join_keys=["b_id"], value_type=ValueType.INT64)
     va = FeatureView(
@@ -143,7 +146,10 @@ def stores(tmp_path_factory):
             Field(name="fa3", dtype=String),
         ],
         source=FileSource(
-            name="va_src", path=str(root / "va.parquet"), timestamp_field="ts", created_timestamp_column="created"
+            name="va_src",
+            path=str(root / "va.parquet"),
+            timestamp_field="ts",
+            created_timestamp_column="created",
         ),
     )
     vb = FeatureView(
@@ -151,15 +157,30 @@ def stores(tmp_path_factory):
         entities=[eb],
         ttl=timedelta(days=7),
         schema=[Field(name="b_id", dtype=Int64), Field(name="fb1", dtype=Float64)],
-        source=FileSource(name="vb_src", path=str(root / "vb.parquet"), timestamp_field="ts"),
+        source=FileSource(
+            name="vb_src",
+            path=str(root / "vb.parquet"),
+            timestamp_field="ts",
+            field_mapping={"raw_fb1": "fb1"},
+        ),
     )
     vab = FeatureView(
         name="vab",
         entities=[ea, eb],
         ttl=timedelta(0),  # no TTL
-        schema=[Field(name="a_id", dtype=Int64), Field(name="b_id", dtype=Int64), Field(name="fab1", dtype=Float64)],
+        schema=[
+            Field(name="a_id", dtype=Int64),
+            Field(name="b_id", dtype=Int64),
+            Field(name="fab1", dtype=Float64),
+        ],
         source=FileSource(name="vab_src", path=str(root / "vab.parquet"), timestamp_field="ts"),
     )
+    from feast.on_demand_feature_view import on_demand_feature_view
+
+    @on_demand_feature_view(sources=[va], schema=[Field(name="fa1_x2", dtype=Float64)], mode="pandas")
+    def va_double(inputs: pd.DataFrame) -> pd.DataFrame:
+        return pd.DataFrame({"fa1_x2": inputs["fa1"] * 2})
+
     services = [
         FeatureService(name="svc", features=[va[["fa2", "fa1"]], vb, vab]),
         # a view renamed and joined on another entity column (b_id's values looked up as a_id)
@@ -183,7 +204,7 @@ def stores(tmp_path_factory):
         return FeatureStore(config=config)
 
     native = store("duckdb")
-    native.apply([ea, eb, va, vb, vab, *services])
+    native.apply([ea, eb, va, vb, vab, va_double, *services])
     return {"native": native, "asof": store("asof"), "frames": frames, "root": root}
 
 
@@ -193,7 +214,11 @@ def _both(stores, features, *, entity_df=None, **kwargs):
         features = stores["native"].get_feature_service(features)
     out = []
     for kind in ("native", "asof"):
-        df = stores[kind].get_historical_features(entity_df=entity_df.copy(), features=features, **kwargs).to_df()
+        df = (
+            stores[kind]
+            .get_historical_features(entity_df=entity_df.copy(), features=features, **kwargs)
+            .to_df()
+        )
         out.append(df.sort_values("row_id", kind="mergesort").reset_index(drop=True))
     return out
 
@@ -215,6 +240,7 @@ def test_config_resolves_to_the_asof_store(stores):
         ["va:fa1", "va:fa2", "va:fa3", "vb:fb1", "vab:fab1"],
         ["vb:fb1", "va:fa3"],  # view order as asked
         ["vab:fab1"],
+        ["va_double:fa1_x2", "vb:fb1"],  # an on-demand view (computed after the join)
     ],
 )
 def test_same_result_as_feast_duckdb(stores, features, full_feature_names):

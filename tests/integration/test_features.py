@@ -209,3 +209,39 @@ def test_naive_window_bounds_are_utc(demo):
         demo["paths"]["transactions"], datetime(2026, 1, 2, tzinfo=UTC), datetime(2026, 1, 3, tzinfo=UTC)
     )
     pd.testing.assert_frame_equal(naive, aware)
+
+
+def test_asof_and_native_duckdb_stores_give_the_same_training_set(demo):
+    """The demo repo uses the ASOF offline store by default; Feast's own duckdb store stays selectable and
+    ``retrieve_training_set`` gives byte-identical files through both."""
+    import yaml
+    from feast import FeatureStore
+
+    from gd_provider.feast_ext.asof_store import STORE_TYPE
+
+    assert yaml.safe_load((demo["repo"] / "feature_store.yaml").read_text())["offline_store"] == {"type": STORE_TYPE}
+    native_repo = create_feature_repo(demo["root"] / "repo_duckdb", demo["root"] / "data", offline_store="duckdb")
+    assert yaml.safe_load((native_repo / "feature_store.yaml").read_text())["offline_store"] == {"type": "duckdb"}
+    native = FeatureStore(repo_path=str(native_repo))
+
+    entity_df = read_label_source(demo["paths"]["transactions"], _day(1), _day(10))
+    # make it harder: duplicates, rows before any snapshot and after every TTL
+    extra = entity_df.head(30).copy()
+    extra[schema.TIMESTAMP] = [_day(0) - pd.Timedelta(hours=1)] * 10 + [_day(CONFIG.days + 5)] * 20
+    entity_df = pd.concat([entity_df, entity_df.head(25), extra], ignore_index=True)
+    for kwargs in ({"feature_service": schema.FEATURE_SERVICE}, {"features": list(schema.FEAST_FEATURE_REFS)}):
+        asof = _retrieve(demo, entity_df, "store_asof", **kwargs)
+        nat = retrieve_training_set(
+            native,
+            entity_df,
+            out_uri=str(demo["root"] / "out" / "store_native.parquet"),
+            entity_keys=KEYS,
+            timestamp_column=schema.TIMESTAMP,
+            label_column=schema.LABEL,
+            sort_by=[schema.TIMESTAMP, schema.TRANSACTION_ID],
+            **kwargs,
+        )
+        assert asof.rows == nat.rows == len(entity_df)
+        assert asof.sha256 == nat.sha256
+    with pytest.raises(ValueError, match="offline_store must be one of"):
+        create_feature_repo(demo["root"] / "repo_bad", demo["root"] / "data", offline_store="dask")

@@ -1,14 +1,19 @@
-"""Point-in-time training-set retrieval with Feast (generic: no demo names, no Airflow).
+"""Feast for training and serving (generic: no demo names, no Airflow).
 
 * ``read_label_source`` reads the label/entity rows of a time window from a parquet file or a directory
-  of parquet files.
+  of parquet files; ``entity_frame_from_sql`` (DuckDB) and ``entity_frame_from_callable`` are the other
+  entity sources, ``check_entity_window`` refuses their rows outside the window, and
+  ``label_source_window_stats`` says how many rows of a label source fell outside it.
 * ``retrieve_training_set`` joins Feast features onto those rows as of each row's event timestamp, keeps
   every entity row exactly once, and writes the result as a dataset with a manifest.
+* ``materialize_feature_views`` loads views into the online store for an interval (or incrementally);
+  ``check_freshness`` / ``FreshnessReport`` say whether views are materialized through a time.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -303,3 +308,370 @@ def retrieve_training_set(
         feature_refs=refs,
         data_interval=list(data_interval) if data_interval is not None else None,
     )
+
+
+# ------------------------------------------------------------------------------------ materialization
+
+
+class FeatureMaterializationError(ValueError):
+    """Feature views could not be resolved or materialized."""
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    return None if value is None else _as_utc(value)
+
+
+def resolve_feature_views(
+    store: Any, feature_views: list[str] | None = None, feature_service: str | None = None
+) -> list[str]:
+    """Names of the views to act on: ``feature_views`` as given (each must exist), else the views of
+    ``feature_service``, else every feature view of the repo (sorted)."""
+    fs = _open_store(store)
+    known = {v.name for v in fs.list_feature_views(allow_cache=False)}
+    if feature_views:
+        names = list(dict.fromkeys(feature_views))
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise FeatureMaterializationError(
+                f"unknown feature views: {', '.join(unknown)} (known: {', '.join(sorted(known)) or 'none'})"
+            )
+        return names
+    if feature_service:
+        from feast.errors import FeatureServiceNotFoundException
+
+        try:
+            service = fs.get_feature_service(feature_service, allow_cache=False)
+        except FeatureServiceNotFoundException as exc:
+            raise FeatureMaterializationError(f"unknown feature service {feature_service!r}") from exc
+        names = list(dict.fromkeys(p.name for p in service.feature_view_projections))
+        return [n for n in names if n in known]  # on-demand views are not materialized
+    if not known:
+        raise FeatureMaterializationError("the Feast repo has no feature views")
+    return sorted(known)
+
+
+def _latest_rows(fs: Any, view: Any, start: datetime, end: datetime) -> int | None:
+    """Entity keys with a row in ``[start, end]``: what materialization writes (None if not countable)."""
+    try:
+        from feast.infra.offline_stores.offline_utils import get_offline_store_from_config
+        from feast.utils import _get_column_names
+
+        entities = [fs.get_entity(name) for name in view.entities]
+        join_keys, features, ts_field, created = _get_column_names(view, entities)
+        job = get_offline_store_from_config(fs.config.offline_store).pull_latest_from_table_or_query(
+            config=fs.config,
+            data_source=view.batch_source,
+            join_key_columns=join_keys,
+            feature_name_columns=features,
+            timestamp_field=ts_field,
+            created_timestamp_column=created,
+            start_date=start,
+            end_date=end,
+        )
+        table = getattr(job, "table", None)
+        if table is not None and hasattr(table, "count"):
+            return int(table.count().execute())
+        return int(job.to_arrow().num_rows)
+    except Exception:  # counting is a courtesy: never fail a materialization over it
+        return None
+
+
+def materialize_feature_views(
+    store: Any,
+    *,
+    start: datetime | None,
+    end: datetime,
+    feature_views: list[str] | None = None,
+    feature_service: str | None = None,
+    incremental: bool = False,
+    count_rows: bool = True,
+) -> dict[str, Any]:
+    """Materialize feature views into the online store and describe what was done.
+
+    With ``incremental=False`` every view is materialized over ``start .. end`` (Feast reads
+    ``start <= event_ts <= end``: a row stamped exactly at ``end`` is written now and again, unchanged,
+    by the next interval). With ``incremental=True`` each view starts where its latest materialization
+    ended (Feast's ``materialize_incremental`` rule); a view never materialized starts at ``start``, or
+    at ``end - ttl`` when ``start`` is None (Feast itself would use the wall clock, ``now - ttl``, which
+    makes backfills depend on when they run). A view already materialized through ``end`` is skipped.
+
+    Returns a JSON-ready manifest ``{project, views: [{name, interval: [start, end] | None, rows,
+    skipped, materialized_through}], interval, incremental}`` where ``rows`` is the number of entity keys written per view (``None`` when
+    it cannot be counted or ``count_rows`` is off).
+    """
+    fs = _open_store(store)
+    end_utc = _as_utc(end)
+    start_utc = _utc(start)
+    if not incremental:
+        if start_utc is None:
+            raise FeatureMaterializationError("start is required unless incremental=True")
+        if start_utc > end_utc:
+            raise FeatureMaterializationError(f"empty interval: start {start_utc} is after end {end_utc}")
+    names = resolve_feature_views(fs, feature_views, feature_service)
+    if not names:
+        raise FeatureMaterializationError("no feature views to materialize")
+
+    plan: list[tuple[str, datetime]] = []
+    for name in names:
+        view_start = start_utc
+        if incremental:
+            view = fs.get_feature_view(name, allow_registry_cache=False)
+            previous = _utc(view.most_recent_end_time)
+            if previous is not None:
+                view_start = previous
+            elif view_start is None:
+                if not view.ttl:
+                    raise FeatureMaterializationError(
+                        f"feature view {name!r} was never materialized and has no TTL: give a start"
+                    )
+                view_start = end_utc - view.ttl
+        assert view_start is not None
+        plan.append((name, view_start))
+
+    def run(view_names: list[str], lo: datetime) -> None:
+        try:
+            fs.materialize(start_date=lo, end_date=end_utc, feature_views=view_names)
+        except Exception as exc:
+            raise FeatureMaterializationError(
+                f"Feast materialization of {', '.join(view_names)} over [{lo.isoformat()}, "
+                f"{end_utc.isoformat()}] failed: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    if not incremental:
+        run(names, start_utc)  # one call for all views, as Feast would
+    else:
+        for name, lo in plan:
+            if lo < end_utc:
+                run([name], lo)
+
+    fs.refresh_registry()
+    views = []
+    for name, lo in plan:
+        skipped = incremental and lo >= end_utc
+        rows: int | None = 0 if skipped else None
+        if count_rows and not skipped:
+            rows = _latest_rows(fs, fs.get_feature_view(name, allow_registry_cache=False), lo, end_utc)
+        views.append(
+            {
+                "name": name,
+                # a skipped view was already materialized through ``lo`` (>= end): nothing was read
+                "interval": None if skipped else [lo.isoformat(), end_utc.isoformat()],
+                "rows": rows,
+                "skipped": skipped,
+                "materialized_through": (lo if skipped else end_utc).isoformat(),
+            }
+        )
+    return {
+        "project": fs.project,
+        "views": views,
+        "interval": [start_utc.isoformat() if start_utc else None, end_utc.isoformat()],
+        "incremental": incremental,
+    }
+
+
+# ------------------------------------------------------------------------------------------ freshness
+
+
+def feature_view_watermarks(store: Any, feature_views: list[str]) -> dict[str, datetime | None]:
+    """Per view, the end of its most recent materialization (UTC) or None; read fresh from the registry."""
+    fs = _open_store(store)
+    fs.refresh_registry()
+    marks: dict[str, datetime | None] = {}
+    for name in feature_views:
+        from feast.errors import FeatureViewNotFoundException
+
+        try:
+            view = fs.get_feature_view(name, allow_registry_cache=False)
+        except FeatureViewNotFoundException as exc:
+            raise FeatureMaterializationError(f"unknown feature view {name!r}") from exc
+        marks[name] = _utc(view.most_recent_end_time)
+    return marks
+
+
+@dataclass(frozen=True)
+class FreshnessReport:
+    through: datetime
+    watermarks: dict[str, datetime | None]
+
+    @property
+    def stale(self) -> list[str]:
+        return [n for n, mark in self.watermarks.items() if mark is None or mark < self.through]
+
+    @property
+    def fresh(self) -> bool:
+        return not self.stale
+
+    def message(self) -> str:
+        if self.fresh:
+            return f"all {len(self.watermarks)} feature views are materialized through {self.through.isoformat()}"
+        parts = [
+            f"{n} (materialized through {self.watermarks[n].isoformat()})"
+            if self.watermarks[n] is not None
+            else f"{n} (never materialized)"
+            for n in self.stale
+        ]
+        return (
+            f"{len(parts)} of {len(self.watermarks)} feature views not materialized through "
+            f"{self.through.isoformat()}: {', '.join(parts)}"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "through": self.through.isoformat(),
+            "fresh": self.fresh,
+            "stale": self.stale,
+            "watermarks": {n: (m.isoformat() if m else None) for n, m in self.watermarks.items()},
+        }
+
+
+def check_freshness(
+    store: Any,
+    through: datetime,
+    *,
+    feature_views: list[str] | None = None,
+    feature_service: str | None = None,
+) -> FreshnessReport:
+    """Are the views (given, of the service, or all) materialized through ``through``? Reads the registry
+    afresh each call: a view is fresh when its latest materialization ended at or after ``through``."""
+    fs = _open_store(store)
+    names = resolve_feature_views(fs, feature_views, feature_service)
+    return FreshnessReport(through=_as_utc(through), watermarks=feature_view_watermarks(fs, names))
+
+
+# ------------------------------------------------------------------------------ other entity sources
+
+
+def _utc_column(df: pd.DataFrame, column: str, where: str) -> pd.DataFrame:
+    if column not in df.columns:
+        raise FeatureRetrievalError(f"{where} has no timestamp column {column!r} (has {list(df.columns)})")
+    ts = df[column]
+    try:
+        if isinstance(ts.dtype, pd.DatetimeTZDtype):
+            ts = ts.dt.tz_convert("UTC")
+        elif pd.api.types.is_datetime64_any_dtype(ts.dtype):
+            ts = ts.dt.tz_localize("UTC")  # naive: read as UTC
+        else:
+            ts = pd.to_datetime(ts, utc=True)
+    except (ValueError, TypeError) as exc:
+        raise FeatureRetrievalError(f"{where}: column {column!r} is not datetime-like: {exc}") from exc
+    df = df.copy()
+    df[column] = ts
+    return df
+
+
+def entity_frame_from_sql(
+    sql: str, start: datetime | None, end: datetime | None, timestamp_column: str = "event_timestamp"
+) -> pd.DataFrame:
+    """Run ``sql`` in an in-memory DuckDB (it can read parquet/CSV files: ``read_parquet('…')``).
+
+    ``$start`` and ``$end`` in the query are bound to the window bounds when it uses them, as naive UTC
+    timestamps (the session time zone is UTC), so they compare with naive and tz-aware columns alike.
+    The timestamp column is returned tz-aware (UTC); naive values are taken as UTC.
+    """
+    import duckdb
+
+    con = duckdb.connect()
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        try:
+            statements = con.extract_statements(sql)
+        except duckdb.Error as exc:
+            raise FeatureRetrievalError(f"entity_sql does not parse: {exc}") from exc
+        if len(statements) != 1:
+            raise FeatureRetrievalError(f"entity_sql must be exactly one statement, got {len(statements)}")
+        bounds = {
+            name: (None if value is None else _as_utc(value).replace(tzinfo=None))
+            for name, value in (("start", start), ("end", end))
+        }
+        wanted = set(statements[0].named_parameters)
+        unknown = sorted(wanted - set(bounds))
+        if unknown:
+            raise FeatureRetrievalError(f"entity_sql uses unknown parameters {unknown} (known: $start, $end)")
+        params = {name: bounds[name] for name in wanted}
+        try:
+            df = con.execute(sql, params).df() if params else con.execute(sql).df()
+        except duckdb.Error as exc:
+            raise FeatureRetrievalError(f"entity_sql failed: {type(exc).__name__}: {exc}") from exc
+    finally:
+        con.close()
+    return _utc_column(df, timestamp_column, "entity_sql result")
+
+
+def entity_frame_from_callable(
+    fn: Any, start: datetime | None, end: datetime | None, timestamp_column: str = "event_timestamp"
+) -> pd.DataFrame:
+    """``fn(start, end)`` must return a pandas DataFrame with the timestamp column."""
+    try:
+        df = fn(_utc(start), _utc(end))
+    except FeatureRetrievalError:
+        raise
+    except Exception as exc:
+        name = getattr(fn, "__qualname__", repr(fn))
+        raise FeatureRetrievalError(f"entity_callable {name} failed: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(df, pd.DataFrame):
+        raise FeatureRetrievalError(
+            f"entity_callable must return a pandas DataFrame, got {type(df).__name__}"
+        )
+    return _utc_column(df, timestamp_column, "entity_callable result")
+
+
+def check_entity_window(
+    df: pd.DataFrame, start: datetime | None, end: datetime | None, timestamp_column: str, source: str
+) -> None:
+    """Refuse entity rows outside ``[start, end)``: a row after the window end is a label from the future
+    of this run (a leak), a row before it does not belong to this run's training set."""
+    ts = df[timestamp_column]
+    bad = pd.Series(False, index=df.index)
+    parts = []
+    if end is not None:
+        after = ts >= pd.Timestamp(_as_utc(end))
+        bad |= after
+        if after.any():
+            parts.append(f"{int(after.sum())} at or after the window end {_as_utc(end).isoformat()}")
+    if start is not None:
+        before = ts < pd.Timestamp(_as_utc(start))
+        bad |= before
+        if before.any():
+            parts.append(f"{int(before.sum())} before the window start {_as_utc(start).isoformat()}")
+    if bad.any():
+        raise FeatureRetrievalError(
+            f"{source}: {int(bad.sum())} of {len(df)} entity rows fall outside the window "
+            f"({'; '.join(parts)}; their timestamps span {ts[bad].min().isoformat()} .. {ts[bad].max().isoformat()})"
+        )
+
+
+def label_source_window_stats(
+    path: str | os.PathLike[str], start: datetime | None, end: datetime | None, timestamp_column: str
+) -> dict[str, int]:
+    """How many rows of the label source fall before, inside and after ``[start, end)`` (reads only the
+    timestamp column). ``read_label_source`` keeps only the inside; this says what it left out."""
+    src = uri_to_path(os.fspath(path))
+    counts = {
+        "rows_total": 0,
+        "rows_before_window": 0,
+        "rows_in_window": 0,
+        "rows_after_window": 0,
+        "rows_null_timestamp": 0,
+    }
+    for f in _parquet_files(src):
+        try:
+            table = pq.read_table(f, columns=[timestamp_column])
+        except Exception as exc:
+            raise FeatureRetrievalError(f"label file {f} is not readable parquet: {exc}") from exc
+        col = table.column(timestamp_column)
+        counts["rows_total"] += table.num_rows
+        counts["rows_null_timestamp"] += col.null_count
+        ts_type = col.type
+        if end is not None:
+            counts["rows_after_window"] += int(
+                pc.sum(pc.greater_equal(col, _bound(end, ts_type))).as_py() or 0
+            )
+        if start is not None:
+            counts["rows_before_window"] += int(pc.sum(pc.less(col, _bound(start, ts_type))).as_py() or 0)
+    counts["rows_in_window"] = (
+        counts["rows_total"]
+        - counts["rows_before_window"]
+        - counts["rows_after_window"]
+        - counts["rows_null_timestamp"]
+    )
+    return counts

@@ -40,7 +40,6 @@ import ibis
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 from feast.feature_view import FeatureView
 from feast.infra.offline_stores import offline_utils
 from feast.infra.offline_stores.duckdb import (
@@ -121,7 +120,9 @@ class AsofDuckDBOfflineStore(DuckDBOfflineStore):
         )
 
 
-def _native_reason(entity_df: Any, feature_views: list, filter_by_created_timestamp: bool, kwargs: dict) -> str:
+def _native_reason(
+    entity_df: Any, feature_views: list, filter_by_created_timestamp: bool, kwargs: dict
+) -> str:
     if not isinstance(entity_df, pd.DataFrame):
         return "the entity frame is not a pandas DataFrame"
     if kwargs:
@@ -155,7 +156,9 @@ def _read_view(
     if full_feature_names:
         table = table.rename({f"{base_prefix}__{f}": f for f in features})
         features = [f"{base_prefix}__{f}" for f in features]
-    join_key_map = feature_view.projection.join_key_map or {e.name: e.name for e in feature_view.entity_columns}
+    join_key_map = feature_view.projection.join_key_map or {
+        e.name: e.name for e in feature_view.entity_columns
+    }
     return table, timestamp_field, created_column, dict(join_key_map), features, feature_view.ttl
 
 
@@ -191,7 +194,10 @@ def _historical_features_asof(
             config, feature_view, feature_refs, full_feature_names
         )
         ts_col = f"__gd_ts{i}"
-        key_cols = {f"__gd_k{i}_{j}": (feature_col, entity_col) for j, (feature_col, entity_col) in enumerate(join_key_map.items())}
+        key_cols = {
+            f"__gd_k{i}_{j}": (feature_col, entity_col)
+            for j, (feature_col, entity_col) in enumerate(join_key_map.items())
+        }
         columns: dict[str, Any] = {name: table[feature_col] for name, (feature_col, _) in key_cols.items()}
         columns[ts_col] = table[ts_field]
         if created:
@@ -238,8 +244,8 @@ def _historical_features_asof(
 
 
 class _AsofRetrievalJob(IbisRetrievalJob):
-    """Feast's ibis job; with ``row_column`` the rows come back in entity-frame order (sorted in Arrow,
-    which is cheaper than an ``ORDER BY`` of the whole result in DuckDB) and that column is dropped."""
+    """Feast's ibis job; with ``row_column`` the rows come back in entity-frame order (put in order in
+    Arrow, cheaper than an ``ORDER BY`` of the whole result in DuckDB) and that column is dropped."""
 
     def __init__(self, table: ibis.Table, row_column: str | None, *args: Any, **kwargs: Any) -> None:
         self._row_column = row_column
@@ -259,3 +265,12 @@ class _AsofRetrievalJob(IbisRetrievalJob):
 
     def _to_df_internal(self, timeout: int | None = None) -> pd.DataFrame:
         return self._to_arrow_internal(timeout=timeout).to_pandas()
+
+    def to_df(self, validation_reference: Any = None, timeout: int | None = None) -> pd.DataFrame:
+        """``RetrievalJob.to_df`` without its ``reset_index(drop=True)`` copy of the whole frame (0.4 s per
+        1M rows x 20 features here): ``Table.to_pandas()`` already gives a fresh ``RangeIndex``."""
+        df = self.to_arrow(validation_reference=validation_reference, timeout=timeout).to_pandas()
+        index = df.index
+        if not (isinstance(index, pd.RangeIndex) and index.start == 0 and index.step == 1):
+            df = df.reset_index(drop=True)
+        return df

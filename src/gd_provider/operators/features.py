@@ -1,31 +1,78 @@
-"""Feast point-in-time retrieval of a training set."""
+"""Feast operators: point-in-time retrieval of a training set, and materialization into the online store."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
-from airflow.sdk import BaseOperator
+from airflow.sdk import Asset, AssetAlias, BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
 
-from gd_provider.operators._common import interval, resolve_home_path, run_dir
+from gd_provider.operators._common import StoragePathError, interval, resolve_home_path, run_dir
+
+DEFAULT_MATERIALIZED_ALIAS = "feast_materialized_views"
+
+
+def feature_view_asset(project: str, view: str) -> Asset:
+    """The Airflow Asset of a Feast feature view's online data: ``feast://<project>/<view>``."""
+    return Asset(f"feast://{project}/{view}")
+
+
+def training_set_asset(dag_id: str, task_id: str) -> Asset:
+    """The default Asset of the training set a retrieval task writes: ``gd-dataset://<dag_id>/<task_id>``."""
+    return Asset(f"gd-dataset://{dag_id}/{task_id}")
+
+
+def _emit(context: Any, outlets: Sequence[Any], asset: Asset, extra: dict[str, Any], log: Any) -> bool:
+    """Attach ``extra`` to the asset event of ``asset``: directly when it is a declared outlet, else
+    through the first declared AssetAlias. False when neither is declared (no event)."""
+    events = context.get("outlet_events") if hasattr(context, "get") else None
+    if events is None:
+        return False
+    if any(isinstance(o, Asset) and o.uri == asset.uri for o in outlets):
+        events[asset].extra = extra
+        return True
+    alias = next((o for o in outlets if isinstance(o, AssetAlias)), None)
+    if alias is not None:
+        events[alias].add(asset, extra=extra)
+        return True
+    log.warning("Asset %s is not among the task's outlets: no asset event for it", asset.uri)
+    return False
 
 
 class FeastHistoricalFeaturesOperator(BaseOperator):
-    """Build the training set for this DAG run: entity/label rows from ``label_source`` whose timestamp
-    falls in ``[data_interval_end - lookback, data_interval_end)``, joined point-in-time correctly with
-    the features of ``feature_service`` (or ``features`` refs). Writes one parquet file under the run's
+    """Build the training set for this DAG run: entity/label rows whose timestamp falls in
+    ``[data_interval_end - lookback, data_interval_end)``, joined point-in-time correctly with the
+    features of ``feature_service`` (or ``features`` refs). Writes one parquet file under the run's
     folder and returns the dataset manifest (uri, sha256, rows, columns, ...) — never the data.
+
+    The entity/label rows come from exactly one of:
+
+    * ``label_source``: a parquet file or a folder of parquet files under the project home (relative
+      paths are relative to it; paths outside it are refused). Rows outside the window are left out; how
+      many were before and after it is logged and returned as ``entity_source_stats``.
+    * ``entity_sql``: one SQL query run in an in-memory DuckDB (templated; ``$start`` / ``$end`` are bound
+      to the window bounds when used), e.g. ``SELECT * FROM read_parquet('/data/tx/*.parquet') WHERE
+      event_timestamp >= $start AND event_timestamp < $end``.
+    * ``entity_callable``: ``fn(start, end) -> pandas.DataFrame``.
+
+    Rows that a query or callable returns outside the window fail the task (a row at or after the window
+    end is a label from this run's future). Duplicate entity+timestamp rows are kept (validation reports
+    them). The task emits an asset event for ``dataset_asset`` (default
+    ``gd-dataset://<dag_id>/<task_id>``) with the dataset's uri, sha256, rows and window.
     """
 
-    template_fields: Sequence[str] = ("label_source", "feature_service", "features")
+    template_fields: Sequence[str] = ("label_source", "entity_sql", "feature_service", "features")
+    template_fields_renderers = {"entity_sql": "sql"}
     ui_color = "#c3e7d7"
 
     def __init__(
         self,
         *,
-        label_source: str,
+        label_source: str | None = None,
+        entity_sql: str | None = None,
+        entity_callable: Callable[..., Any] | None = None,
         feature_service: str | None = None,
         features: list[str] | None = None,
         entity_keys: Sequence[str],
@@ -34,10 +81,37 @@ class FeastHistoricalFeaturesOperator(BaseOperator):
         sort_by: Sequence[str] | None = None,
         lookback: timedelta = timedelta(days=21),
         feast_conn_id: str = "feast_default",
+        dataset_asset: Asset | str | None = None,
         **kwargs: Any,
     ) -> None:
+        given = [
+            n
+            for n, v in (
+                ("label_source", label_source),
+                ("entity_sql", entity_sql),
+                ("entity_callable", entity_callable),
+            )
+            if v is not None
+        ]
+        if len(given) != 1:
+            raise ValueError(
+                f"give exactly one of label_source, entity_sql, entity_callable (got {given or 'none'})"
+            )
+        if entity_callable is not None and not callable(entity_callable):
+            raise TypeError(f"entity_callable must be callable, got {type(entity_callable).__name__}")
+        outlets = list(kwargs.pop("outlets", None) or [])
         super().__init__(**kwargs)
+        if dataset_asset is None:
+            dataset_asset = training_set_asset(self.dag_id, self.task_id)
+        elif isinstance(dataset_asset, str):
+            dataset_asset = Asset(dataset_asset)
+        self.dataset_asset = dataset_asset
+        if not any(isinstance(o, Asset) and o.uri == dataset_asset.uri for o in outlets):
+            outlets.append(dataset_asset)
+        self.outlets = outlets
         self.label_source = label_source
+        self.entity_sql = entity_sql
+        self.entity_callable = entity_callable
         self.feature_service = feature_service
         self.features = features
         self.entity_keys = list(entity_keys)
@@ -47,17 +121,61 @@ class FeastHistoricalFeaturesOperator(BaseOperator):
         self.lookback = lookback
         self.feast_conn_id = feast_conn_id
 
+    def _entity_frame(self, start: Any, end: Any) -> tuple[Any, dict[str, Any]]:
+        from gd_provider.core.features import (
+            FeatureRetrievalError,
+            check_entity_window,
+            entity_frame_from_callable,
+            entity_frame_from_sql,
+            label_source_window_stats,
+            read_label_source,
+        )
+
+        ts = self.timestamp_column
+        if self.label_source is not None:
+            try:
+                source = resolve_home_path(self.label_source)
+            except StoragePathError as exc:
+                raise FeatureRetrievalError(f"label_source: {exc}") from exc
+            entity_df = read_label_source(str(source), start, end, timestamp_column=ts)
+            stats = label_source_window_stats(str(source), start, end, ts)
+            self.log.info(
+                "Label source %s: %d rows in [%s, %s); left out %d before, %d after the window, %d without "
+                "a timestamp",
+                source,
+                len(entity_df),
+                start,
+                end,
+                stats["rows_before_window"],
+                stats["rows_after_window"],
+                stats["rows_null_timestamp"],
+            )
+            where = f"label source {source}"
+        elif self.entity_sql is not None:
+            entity_df = entity_frame_from_sql(self.entity_sql, start, end, timestamp_column=ts)
+            check_entity_window(entity_df, start, end, ts, "entity_sql")
+            stats = {"rows_total": len(entity_df)}
+            where = "entity_sql"
+        else:
+            entity_df = entity_frame_from_callable(self.entity_callable, start, end, timestamp_column=ts)
+            check_entity_window(entity_df, start, end, ts, "entity_callable")
+            stats = {"rows_total": len(entity_df)}
+            where = "entity_callable"
+        if entity_df.empty:
+            raise FeatureRetrievalError(
+                f"empty window: {where} has no entity rows in [{start.isoformat()}, {end.isoformat()})"
+            )
+        return entity_df, stats
+
     def execute(self, context: Any) -> dict[str, Any]:
-        from gd_provider.core.features import FeatureRetrievalError, read_label_source, retrieve_training_set
+        from gd_provider.core.features import FeatureRetrievalError, retrieve_training_set
         from gd_provider.hooks.feast import FeastHook
 
         _, end = interval(context)
         start = end - self.lookback
         store = FeastHook(self.feast_conn_id).get_conn()
-        source = resolve_home_path(self.label_source)
         try:
-            entity_df = read_label_source(str(source), start, end, timestamp_column=self.timestamp_column)
-            self.log.info("Label source %s: %d rows in [%s, %s)", source, len(entity_df), start, end)
+            entity_df, stats = self._entity_frame(start, end)
             manifest = retrieve_training_set(
                 store,
                 entity_df,
@@ -73,4 +191,117 @@ class FeastHistoricalFeaturesOperator(BaseOperator):
         except FeatureRetrievalError as exc:
             raise AirflowFailException(f"feature retrieval failed: {exc}") from exc
         self.log.info("Training set %s: %d rows, sha256 %s", manifest.uri, manifest.rows, manifest.sha256)
-        return manifest.to_dict()
+        result = manifest.to_dict()
+        result["entity_source_stats"] = stats
+        _emit(
+            context,
+            self.outlets,
+            self.dataset_asset,
+            {
+                "uri": manifest.uri,
+                "sha256": manifest.sha256,
+                "rows": manifest.rows,
+                "data_interval": manifest.data_interval,
+                "feature_refs": manifest.feature_refs,
+            },
+            self.log,
+        )
+        return result
+
+
+class FeastMaterializeOperator(BaseOperator):
+    """Materialize feature views into the online store for this DAG run.
+
+    Views: ``feature_views`` (names), else the views of ``feature_service``, else every view of the repo.
+    Interval: the run's data interval (Feast reads ``start <= event_ts <= end``, so a row stamped exactly
+    at the end is written now and again, unchanged, by the next run). With ``incremental=True`` each view
+    goes from the end of its latest materialization to ``data_interval_end`` (the rule of Feast's
+    ``materialize_incremental``); a view never materialized starts at ``data_interval_start`` (Feast
+    would take ``now - ttl``, which breaks backfills), and one already materialized through the end is
+    skipped.
+
+    Returns a manifest ``{project, views: [{name, interval, rows, skipped, materialized_through,
+    asset_uri}], interval, incremental}`` (``rows``: entity keys written, ``None`` if not countable) and
+    emits an asset event per materialized view on ``feast://<project>/<view>`` with ``{project, view,
+    rows, interval}`` as its extra. Outlets: with
+    ``project`` and ``feature_views`` given, one Asset per view (visible to the scheduler at parse time);
+    otherwise the views are only known at run time and the events go through the AssetAlias
+    ``asset_alias`` (default ``feast_materialized_views``).
+    """
+
+    template_fields: Sequence[str] = ("feature_service",)
+    ui_color = "#b5e0c9"
+
+    def __init__(
+        self,
+        *,
+        feature_views: Sequence[str] | None = None,
+        feature_service: str | None = None,
+        project: str | None = None,
+        incremental: bool = False,
+        count_rows: bool = True,
+        asset_alias: str | None = None,
+        feast_conn_id: str = "feast_default",
+        **kwargs: Any,
+    ) -> None:
+        if feature_views is not None and feature_service is not None:
+            raise ValueError("give feature_views or feature_service, not both")
+        if isinstance(feature_views, str):
+            raise TypeError("feature_views must be a list of names, not a string")
+        outlets = list(kwargs.pop("outlets", None) or [])
+        self.feature_views = list(feature_views) if feature_views else None
+        self.project = project
+        if self.feature_views and project:
+            outlets += [feature_view_asset(project, v) for v in self.feature_views]
+        if asset_alias or not (self.feature_views and project):
+            outlets.append(AssetAlias(asset_alias or DEFAULT_MATERIALIZED_ALIAS))
+        super().__init__(outlets=outlets, **kwargs)
+        self.feature_service = feature_service
+        self.incremental = incremental
+        self.count_rows = count_rows
+        self.asset_alias = asset_alias
+        self.feast_conn_id = feast_conn_id
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        from gd_provider.core.features import FeatureMaterializationError, materialize_feature_views
+        from gd_provider.hooks.feast import FeastHook
+
+        start, end = interval(context)
+        store = FeastHook(self.feast_conn_id).get_conn()
+        if self.project and store.project != self.project:
+            raise AirflowFailException(
+                f"the Feast repo's project is {store.project!r}, not {self.project!r} (connection "
+                f"{self.feast_conn_id!r}): refusing to emit assets for the wrong project"
+            )
+        try:
+            manifest = materialize_feature_views(
+                store,
+                start=start,
+                end=end,
+                feature_views=self.feature_views,
+                feature_service=self.feature_service,
+                incremental=self.incremental,
+                count_rows=self.count_rows,
+            )
+        except FeatureMaterializationError as exc:
+            raise AirflowFailException(f"materialization failed: {exc}") from exc
+        project = manifest["project"]
+        for view in manifest["views"]:
+            asset = feature_view_asset(project, view["name"])
+            view["asset_uri"] = asset.uri
+            if view["skipped"]:
+                self.log.info(
+                    "%s: already materialized through %s", view["name"], view["materialized_through"]
+                )
+                continue
+            extra = {
+                "project": project,
+                "view": view["name"],
+                "rows": view["rows"],
+                "interval": view["interval"],
+            }
+            _emit(context, self.outlets, asset, extra, self.log)
+            self.log.info(
+                "Materialized %s over %s: %s entity keys", view["name"], view["interval"], view["rows"]
+            )
+        return manifest

@@ -52,7 +52,9 @@ class ModelVersionSensor(BaseSensorOperator):
             version = versions[-1]
             return PokeReturnValue(True, {"name": self.model_name, "version": version, "alias": None})
         current = get_alias_version(client, self.model_name, self.alias)
-        if current is None or (self.alias_changes_from is not None and current == str(self.alias_changes_from)):
+        if current is None or (
+            self.alias_changes_from is not None and current == str(self.alias_changes_from)
+        ):
             self.log.info("%s@%s is %s; waiting", self.model_name, self.alias, current)
             return PokeReturnValue(False)
         return PokeReturnValue(True, {"name": self.model_name, "version": current, "alias": self.alias})

@@ -1,0 +1,1 @@
+"""Airflow triggers (async, run by the triggerer) of gd_provider."""
