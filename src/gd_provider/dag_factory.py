@@ -203,7 +203,7 @@ def data_stage(cfg: RetrainingConfig, group_id: str = "data") -> tuple[Any, Any]
             task_id="retrieve_training_set", label_source=f.label_source, feature_service=f.feature_service,
             features=f.features, entity_keys=f.entity_keys, timestamp_column=f.timestamp_column,
             label_column=f.label_column, sort_by=f.sort_by, lookback=timedelta(days=f.lookback_days),
-            feast_conn_id=cfg.feast_conn_id, on_failure_callback=alerts,
+            feast_conn_id=cfg.feast_conn_id, as_of="{{ params.as_of }}", on_failure_callback=alerts,
         )
         validate = DataValidationOperator(
             task_id="validate", dataset=retrieve.output,

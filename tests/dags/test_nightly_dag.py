@@ -26,8 +26,8 @@ def _versions(client) -> list:
 
 
 def test_dag_shape(dag):
-    assert dag.schedule == "@daily" if isinstance(dag.schedule, str) else True
     assert dag.catchup is False and dag.max_active_runs == 1
+    assert dag.timetable.expression in ("@daily", "0 0 * * *")
     assert dag.task_dict["rollback"].trigger_rule == "one_failed"
     assert dag.task_dict["run_report"].trigger_rule == "all_done"
 
@@ -37,7 +37,7 @@ def test_three_nights(dag, demo_home, mlflow_client):
     run1 = airflow_env.run_dag(dag, night(1), QUICK)
     assert run1["state"] == "success", run1
     assert run1["tasks"]["promote"] == "success" and run1["tasks"]["rollback"] == "skipped"
-    assert run1["tasks"]["drift_check"] == "success"
+    assert run1["tasks"]["drift_check"] == "success" and run1["tasks"]["health_gate"] == "success"
     assert get_alias_version(mlflow_client, MODEL_NAME, "champion") == "1"
     v1 = mlflow_client.get_model_version(MODEL_NAME, "1")
     tags = v1.tags
@@ -49,14 +49,18 @@ def test_three_nights(dag, demo_home, mlflow_client):
     assert tags["gd.seed"] == "42" and tags["gd.package_version"] == "0.1.0"
     assert tags["gd.training_run_id"] == v1.run_id
 
-    # night 2: a challenger against that champion on the same holdout
-    run2 = airflow_env.run_dag(dag, night(2), QUICK)
+    # night 2: a challenger against that champion on the same holdout; the drift gate is skipped by
+    # request, which is recorded on the new version
+    run2 = airflow_env.run_dag(dag, night(2), {**QUICK, "skip_drift_reason": "known seasonal shift"})
     assert run2["state"] == "success", run2
+    assert run2["tasks"]["health_gate"] == "success"
     versions = _versions(mlflow_client)
     assert [str(v.version) for v in versions] == ["1", "2"]
     v2 = versions[1]
     assert v2.tags["gd.gate.baseline_version"] == "1"
     assert v2.tags["gd.gate.holdout_sha256"]
+    assert v2.tags["gd.drift.status"] == "skipped" and v2.tags["gd.drift.skip_reason"] == "known seasonal shift"
+    assert v2.tags["gd.training_overrides"] == '{"epochs": 3}' 
     if v2.tags["gd.blessed"] == "true":
         assert run2["tasks"]["promote"] == "success"
         assert get_alias_version(mlflow_client, MODEL_NAME, "champion") == "2"

@@ -309,3 +309,16 @@ def test_register_three_times_in_one_dag_run_gives_one_version(gd_home, client, 
     # a different DAG run is a different version
     other = op.execute(fake_context(run_id="scheduled__2026-02-02"))
     assert (other["version"], other["created"]) == ("2", True)
+
+
+def test_forced_promotion_records_the_reason(gd_home, client, experiment, champion, name):
+    v2 = register_scorer(client, experiment, name, "d/r2", {})
+    op = PromoteModelOperator(task_id="promote", model={"name": name, "version": v2},
+                              gate={"blessed": False, "reasons": ["pr_auc 0.20 vs champion 0.25: FAIL"]},
+                              force_reason="hotfix for a known bad champion")
+    out = op.execute(fake_context(user="alice"))
+    assert out["version"] == v2 and registry.get_alias_version(client, name, "champion") == v2
+    assert client.get_model_version(name, v2).tags["gd.forced_promotion_reason"] == "hotfix for a known bad champion"
+    last = registry.audit_trail(client, name)[-1]
+    assert last["actor"] == "alice" and last["reason"].startswith("FORCED by request (hotfix for a known bad champion)")
+    assert "pr_auc 0.20 vs champion 0.25: FAIL" in last["reason"]

@@ -41,6 +41,16 @@ def _emit(context: Any, outlets: Sequence[Any], asset: Asset, extra: dict[str, A
     return False
 
 
+def _parse_as_of(value: str) -> Any:
+    from datetime import UTC, datetime
+
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise AirflowFailException(f"as_of {value!r} is not an ISO date/time (e.g. 2026-03-01)") from exc
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
 class FeastHistoricalFeaturesOperator(BaseOperator):
     """Build the training set for this DAG run: entity/label rows whose timestamp falls in
     ``[data_interval_end - lookback, data_interval_end)``, joined point-in-time correctly with the
@@ -63,7 +73,7 @@ class FeastHistoricalFeaturesOperator(BaseOperator):
     ``gd-dataset://<dag_id>/<task_id>``) with the dataset's uri, sha256, rows and window.
     """
 
-    template_fields: Sequence[str] = ("label_source", "entity_sql", "feature_service", "features")
+    template_fields: Sequence[str] = ("label_source", "entity_sql", "feature_service", "features", "as_of")
     template_fields_renderers = {"entity_sql": "sql"}
     ui_color = "#c3e7d7"
 
@@ -82,6 +92,7 @@ class FeastHistoricalFeaturesOperator(BaseOperator):
         lookback: timedelta = timedelta(days=21),
         feast_conn_id: str = "feast_default",
         dataset_asset: Asset | str | None = None,
+        as_of: str | None = None,
         **kwargs: Any,
     ) -> None:
         given = [
@@ -120,6 +131,7 @@ class FeastHistoricalFeaturesOperator(BaseOperator):
         self.sort_by = list(sort_by) if sort_by else None
         self.lookback = lookback
         self.feast_conn_id = feast_conn_id
+        self.as_of = as_of
 
     def _entity_frame(self, start: Any, end: Any) -> tuple[Any, dict[str, Any]]:
         from gd_provider.core.features import (
@@ -172,6 +184,10 @@ class FeastHistoricalFeaturesOperator(BaseOperator):
         from gd_provider.hooks.feast import FeastHook
 
         _, end = interval(context)
+        if self.as_of and str(self.as_of).strip():
+            # a manual run's target interval (Param ``as_of``): train on data up to that instant instead
+            end = _parse_as_of(str(self.as_of).strip())
+            self.log.info("as_of=%s overrides the data interval end", end.isoformat())
         start = end - self.lookback
         store = FeastHook(self.feast_conn_id).get_conn()
         try:
