@@ -60,7 +60,7 @@ def test_three_nights(dag, demo_home, mlflow_client):
     assert v2.tags["gd.gate.baseline_version"] == "1"
     assert v2.tags["gd.gate.holdout_sha256"]
     assert v2.tags["gd.drift.status"] == "skipped" and v2.tags["gd.drift.skip_reason"] == "known seasonal shift"
-    assert v2.tags["gd.training_overrides"] == '{"epochs": 3}' 
+    assert v2.tags["gd.training_overrides"] == '{"epochs": 3}'
     if v2.tags["gd.blessed"] == "true":
         assert run2["tasks"]["promote"] == "success"
         assert get_alias_version(mlflow_client, MODEL_NAME, "champion") == "2"
