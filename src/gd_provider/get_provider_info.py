@@ -32,14 +32,24 @@ def get_provider_info() -> dict[str, Any]:
                 "gd_provider.operators.drift",
                 "gd_provider.operators.registry",
                 "gd_provider.operators.report",
+                "gd_provider.operators.health",
             ]},
         ],
         "sensors": [
             {"integration-name": "Feast", "python-modules": ["gd_provider.sensors.features"]},
+            {"integration-name": "MLflow", "python-modules": ["gd_provider.sensors.registry"]},
         ],
         "triggers": [
             {"integration-name": "Feast", "python-modules": ["gd_provider.triggers.features"]},
+            {"integration-name": "Ray", "python-modules": ["gd_provider.triggers.ray"]},
         ],
+        "extra-links": [
+            "gd_provider.links.MlflowRunLink",
+            "gd_provider.links.MlflowModelVersionLink",
+            "gd_provider.links.ReportLink",
+            "gd_provider.links.RayJobLink",
+        ],
+        "notifications": ["gd_provider.notifications.LogNotifier", "gd_provider.notifications.WebhookNotifier"],
         "integrations": [
             {"integration-name": name, "external-doc-url": url, "tags": ["software"]}
             for name, url in [

@@ -1,4 +1,4 @@
-"""Extra links on our tasks: the MLflow run, the model version, a report.
+"""Extra links on our tasks: the MLflow run, the model version, a report, the Ray job.
 
 Airflow 3 keeps an operator link's URL in XCom under ``link.xcom_key``; the operator pushes it with
 :func:`push_link` once it knows the URL, and the UI shows the button.
@@ -32,9 +32,14 @@ class ReportLink(_XComLink):
     name = "Report"
 
 
+class RayJobLink(_XComLink):
+    name = "Ray job"
+
+
 def push_link(context: Any, link: type[BaseOperatorLink], url: str | None) -> None:
-    if url:
-        context["ti"].xcom_push(key=link().xcom_key, value=url)
+    ti = context.get("ti") if hasattr(context, "get") else context["ti"]
+    if url and ti is not None:
+        ti.xcom_push(key=link().xcom_key, value=url)
 
 
 def mlflow_run_url(ui_url: str | None, experiment_id: str, run_id: str) -> str | None:
@@ -43,3 +48,7 @@ def mlflow_run_url(ui_url: str | None, experiment_id: str, run_id: str) -> str |
 
 def mlflow_model_version_url(ui_url: str | None, name: str, version: str) -> str | None:
     return f"{ui_url.rstrip('/')}/#/models/{name}/versions/{version}" if ui_url else None
+
+
+def ray_job_url(dashboard_url: str | None, submission_id: str) -> str | None:
+    return f"{dashboard_url.rstrip('/')}/#/jobs/{submission_id}" if dashboard_url else None

@@ -126,8 +126,9 @@ def test_missing_column_fails_before_ray_starts(manifest, spec, workdir, monkeyp
     assert not (workdir / "ray" / "bad_feature").exists()
 
 
-def test_remote_ray_is_not_supported_yet(manifest, spec, workdir):
-    with pytest.raises(NotImplementedError, match="remote Ray clusters are not supported yet"):
+def test_ray_client_address_is_refused_before_ray_starts(manifest, spec, workdir):
+    # remote clusters are reached through the Ray Jobs API (see test_ray_jobs.py), never Ray Client
+    with pytest.raises(TrainingInputError, match="Ray Client and URL addresses are not supported"):
         run_training(
             manifest,
             spec,
@@ -135,6 +136,7 @@ def test_remote_ray_is_not_supported_yet(manifest, spec, workdir):
             run_name="remote",
             ray_address="ray://head:10001",
         )
+    assert not (workdir / "ray" / "remote").exists()
 
 
 # ---------------------------------------------------------------------------------------------- Ray

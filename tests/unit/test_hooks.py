@@ -42,12 +42,66 @@ def test_missing_non_default_connection_is_an_error(gd_home):
         MlflowHook("mlflow_prod").get_config()
 
 
-def test_ray_cluster_address_is_a_clear_error_not_a_fallback(gd_home, monkeypatch):
+def test_ray_client_address_is_a_clear_error_naming_the_jobs_api(gd_home, monkeypatch):
     _conn(monkeypatch, "ray_default", conn_type="ray", host="ray://ray-head", port=10001)
-    with pytest.raises(AirflowException, match=r"cluster 'ray://ray-head:10001'.*not supported yet"):
+    with pytest.raises(AirflowException, match=r"Ray Client address 'ray://ray-head'.*Jobs API.*http://ray-head:8265"):
         RayHook().address()
     _conn(monkeypatch, "ray_local", conn_type="ray", host="local")
-    assert RayHook("ray_local").address() == "local"
+    assert RayHook("ray_local").address() == "local" and RayHook("ray_local").is_local()
+
+
+def test_ray_jobs_api_addresses(gd_home, monkeypatch):
+    _conn(monkeypatch, "ray_default", conn_type="ray", host="http://ray-head:8265", password="tok-123")
+    hook = RayHook()
+    assert not hook.is_local()
+    assert hook.address() == "http://ray-head:8265" == hook.dashboard_url()
+    config = hook.cluster_config()
+    assert config.token == "tok-123" and "tok-123" not in repr(config)
+    assert config.auth_headers() == {"Authorization": "Bearer tok-123"}
+    _conn(monkeypatch, "ray_parts", conn_type="ray", host="ray-head", port=8266, schema="http")
+    assert RayHook("ray_parts").address() == "http://ray-head:8266"
+    _conn(monkeypatch, "ray_host_only", conn_type="ray", host="ray-head")
+    assert RayHook("ray_host_only").address() == "http://ray-head:8265"
+    _conn(monkeypatch, "ray_https", conn_type="ray", host="https://ray.example.com/dash/",
+          extra={"ui_url": "https://ray.example.com/ui", "python": "/opt/venv/bin/python"})
+    hook = RayHook("ray_https")
+    assert hook.address() == "https://ray.example.com/dash"
+    assert hook.dashboard_url() == "https://ray.example.com/ui"
+    assert hook.cluster_config().python == "/opt/venv/bin/python"
+    _conn(monkeypatch, "ray_extra", conn_type="ray", extra={"address": "http://10.0.0.5:9999"})
+    assert RayHook("ray_extra").address() == "http://10.0.0.5:9999"
+    _conn(monkeypatch, "ray_url_port", conn_type="ray", host="http://ray-head", port=8270)
+    assert RayHook("ray_url_port").address() == "http://ray-head:8270"
+    _conn(monkeypatch, "ray_schema", conn_type="ray", host="ray-head", schema="ray", port=10001)
+    with pytest.raises(AirflowException, match="schema 'ray'.*Jobs API"):
+        RayHook("ray_schema").address()
+    _conn(monkeypatch, "ray_gcs", conn_type="ray", host="grpc://ray-head:6379")
+    with pytest.raises(AirflowException, match="unsupported scheme"):
+        RayHook("ray_gcs").address()
+
+
+def test_ray_job_client_sends_the_token_and_ignores_ray_address_env(gd_home, monkeypatch):
+    import ray.job_submission
+
+    seen = {}
+
+    class FakeClient:
+        def __init__(self, address, headers=None, verify=True):
+            import os
+
+            seen.update(address=address, headers=headers, env=os.environ.get("RAY_ADDRESS"))
+
+    monkeypatch.setattr(ray.job_submission, "JobSubmissionClient", FakeClient)
+    monkeypatch.setenv("RAY_ADDRESS", "http://somewhere-else:8265")
+    _conn(monkeypatch, "ray_default", conn_type="ray", host="http://ray-head:8265", password="tok-123")
+    RayHook().job_client()
+    assert seen == {"address": "http://ray-head:8265", "headers": {"Authorization": "Bearer tok-123"}, "env": None}
+    import os
+
+    assert os.environ["RAY_ADDRESS"] == "http://somewhere-else:8265"
+    _conn(monkeypatch, "ray_local", conn_type="ray", host="local")
+    with pytest.raises(AirflowException, match="embedded default"):
+        RayHook("ray_local").job_client()
 
 
 def test_feast_hook_names_a_missing_repo(gd_home, monkeypatch):

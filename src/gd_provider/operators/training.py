@@ -1,14 +1,58 @@
-"""Ray Train training of the challenger, tracked in MLflow."""
+"""Ray Train training of the challenger, tracked in MLflow - inside the task or as a job on a Ray cluster."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import shlex
+import time
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from airflow.sdk import BaseOperator
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
+from gd_provider.links import MlflowRunLink, RayJobLink, mlflow_run_url, push_link, ray_job_url
 from gd_provider.operators._common import run_dir, run_key, safe_name
+
+ENTRYPOINT_MODULE = "gd_provider.core.training.entrypoint"
+JOBS_SUBDIR = "ray_jobs"
+# Set for the job's driver and every Ray worker of the job (runtime_env.env_vars); the connection's and
+# the operator's runtime_env win over these.
+DEFAULT_JOB_ENV = {
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "true",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "PYTHONUNBUFFERED": "1",
+}
+MAX_ATTEMPTS = 50  # resubmissions of one task's job (-r2 ... -r50) before giving up
+LOG_TAIL_LINES = 40
+_ACTIVE = ("PENDING", "RUNNING")
+
+
+def ray_submission_id(dag_id: str, run_id: str, task_id: str, map_index: int | None = -1) -> str:
+    """Deterministic Ray job submission id of one task instance, the same for every try: ``gd-<hash>``.
+
+    A retry finds the job an earlier try submitted under this id (and ``<id>-r2``, ``-r3``... for
+    resubmissions after a FAILED/STOPPED job) instead of starting a second one.
+    """
+    key = json.dumps([dag_id, run_id, task_id, -1 if map_index is None else int(map_index)])
+    return "gd-" + hashlib.sha256(key.encode()).hexdigest()[:24]
+
+
+def attempt_id(base: str, attempt: int) -> str:
+    return base if attempt <= 1 else f"{base}-r{attempt}"
+
+
+def _status_name(status: Any) -> str:
+    return str(getattr(status, "value", status))
+
+
+def _is_not_found(exc: Exception) -> bool:
+    text = str(exc)
+    return "status code 404" in text or "does not exist" in text
 
 
 class RayTrainOperator(BaseOperator):
@@ -23,10 +67,32 @@ class RayTrainOperator(BaseOperator):
     When the gradient-descent guards stop the run (``status="diverged"``), the MLflow run is still logged
     with the telemetry up to the stop and tagged ``gd.health.status=diverged``, but no model is logged, and
     the task fails with ``AirflowFailException`` (no retry) naming the reason - so nothing gets registered.
+
+    **Where it trains** follows the Ray connection (``ray_conn_id``): ``local`` (or no ``ray_default``
+    connection) trains inside the task; a Jobs API address submits the training as a Ray job running
+    ``python -m gd_provider.core.training.entrypoint`` on the cluster:
+
+    * the request (dataset manifest, spec, storage path, run name, result path) is written as JSON under
+      ``<home>/runs/<dag>/<run>/ray_jobs/`` and the result comes back as JSON next to it, so the project
+      home (datasets, runs) must be on storage that the cluster's nodes see at the same path;
+    * the submission id is deterministic (``ray_submission_id``: dag_id, run_id, task_id, map_index; not
+      the try number): a retry adopts the job of an earlier try - waits for it when PENDING/RUNNING, uses
+      its result when SUCCEEDED - and resubmits as ``<id>-r2``, ``-r3``... only after FAILED/STOPPED
+      (resuming from the run's latest checkpoint, as in-process training does);
+    * the cluster must be able to import ``gd_provider`` (installed in its image), or give a
+      ``runtime_env`` (``working_dir``/``py_modules``/``pip``) in the connection's extra or here;
+    * waiting: polls the job's status and copies its new log lines into the task log every
+      ``poll_interval`` seconds; ``on_kill`` stops the job; ``job_timeout`` (seconds, per try) stops it
+      and fails the try. With ``deferrable=True`` the wait happens in the triggerer (``RayJobTrigger``),
+      which stops the job if the deferred task is killed;
+    * the MLflow run is logged from the Airflow side exactly as for local training; an input error
+      reported by the job (bad spec, missing dataset or columns) fails without retry, with the tail of the
+      job's log; a job that crashed or was stopped fails the try (a retry resubmits it).
     """
 
     template_fields: Sequence[str] = ("dataset", "spec_overrides")
     ui_color = "#d9d2f0"
+    operator_extra_links = (MlflowRunLink(), RayJobLink())
 
     def __init__(
         self,
@@ -38,6 +104,10 @@ class RayTrainOperator(BaseOperator):
         experiment_name: str | None = None,
         ray_conn_id: str = "ray_default",
         mlflow_conn_id: str = "mlflow_default",
+        deferrable: bool = False,
+        poll_interval: float = 10.0,
+        job_timeout: float | None = None,
+        runtime_env: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -48,14 +118,16 @@ class RayTrainOperator(BaseOperator):
         self.experiment_name = experiment_name
         self.ray_conn_id = ray_conn_id
         self.mlflow_conn_id = mlflow_conn_id
+        self.deferrable = deferrable
+        self.poll_interval = float(poll_interval)
+        self.job_timeout = job_timeout
+        self.runtime_env = runtime_env
+        self._job_client: Any = None
+        self._submission_id: str | None = None
 
-    def execute(self, context: Any) -> dict[str, Any]:
-        from gd_provider.core.registry import ensure_experiment
-        from gd_provider.core.training.pyfunc import log_training_run
-        from gd_provider.core.training.runner import TrainingInputError, run_training
+    # ------------------------------------------------------------------------------------------- shared
+    def _resolve_spec(self):
         from gd_provider.core.training.spec import SpecError, TrainingSpec
-        from gd_provider.hooks.mlflow import MlflowHook
-        from gd_provider.hooks.ray import RayHook
 
         try:
             spec = TrainingSpec.from_dict(self.spec)
@@ -68,37 +140,66 @@ class RayTrainOperator(BaseOperator):
             spec.validate()
         except SpecError as exc:
             raise AirflowFailException(f"invalid training spec: {exc}") from exc
+        return spec
 
-        address = RayHook(self.ray_conn_id).address()
+    def _experiment(self) -> tuple[Any, str]:
+        from gd_provider.core.registry import ensure_experiment
+        from gd_provider.hooks.mlflow import MlflowHook
+
         mlflow_config = MlflowHook(self.mlflow_conn_id).get_config()
         client = mlflow_config.client()
         experiment_id = ensure_experiment(client, self.experiment_name or self.model_name, mlflow_config.artifact_root)
+        return mlflow_config, experiment_id
 
-        key = run_key(context)
-        try:
-            result = run_training(
-                self.dataset,
-                spec,
-                storage_path=str(run_dir(context, "ray")),
-                run_name=safe_name(f"train-{key}"),
-                ray_address=address,
-            )
-        except (SpecError, TrainingInputError) as exc:
-            # Checked before Ray starts (columns, labels, device/precision): retrying cannot help.
-            raise AirflowFailException(f"cannot train: {exc}") from exc
+    def _dataset_dict(self) -> dict[str, Any]:
+        dataset = self.dataset
+        if hasattr(dataset, "to_dict"):
+            dataset = dataset.to_dict()
+        if not isinstance(dataset, dict):
+            raise AirflowFailException(f"dataset must be a dataset manifest (mapping), got {type(dataset).__name__}")
+        return dataset
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        from gd_provider.hooks.ray import RayHook
+
+        spec = self._resolve_spec()
+        cluster = RayHook(self.ray_conn_id).cluster_config()
+        mlflow_config, experiment_id = self._experiment()
+        if cluster is None:
+            result = self._train_locally(context, spec)
+            return self._finish(context, spec, result, self._dataset_dict(), mlflow_config, experiment_id)
+        return self._train_remotely(context, spec, cluster, mlflow_config, experiment_id)
+
+    def _finish(
+        self,
+        context: Any,
+        spec: Any,
+        result: Any,
+        dataset: dict[str, Any],
+        mlflow_config: Any,
+        experiment_id: str,
+        *,
+        tags: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Judge a TrainingResult and log it to MLflow - the same for local and remote training."""
+        from gd_provider.core.training.pyfunc import log_training_run
+
         if result.sensitivity:
             self.log.info("Learning-rate sensitivity check %s: %s", result.sensitivity["status"], result.sensitivity["reason"])
         if result.status not in ("completed", "diverged"):
             raise AirflowFailException(f"training did not complete ({result.status}): {result.error}")
         dag_run = context["dag_run"]
+        key = run_key(context)
         logged = log_training_run(
             result,
             spec,
-            self.dataset,
+            dataset,
             experiment_id=experiment_id,
             run_name=f"{dag_run.dag_id}:{dag_run.run_id}",
-            tags={"gd.dag_id": dag_run.dag_id, "gd.airflow_run_id": dag_run.run_id, "gd.run_key": key},
+            tags={"gd.dag_id": dag_run.dag_id, "gd.airflow_run_id": dag_run.run_id, "gd.run_key": key, **(tags or {})},
         )
+        push_link(context, MlflowRunLink, mlflow_run_url(mlflow_config.ui_url, experiment_id, logged["mlflow_run_id"]))
         if result.status == "diverged":
             guard = result.guard
             raise AirflowFailException(
@@ -108,4 +209,292 @@ class RayTrainOperator(BaseOperator):
             )
         self.log.info("Training finished: %s, MLflow run %s", logged["metrics"], logged["mlflow_run_id"])
         self.log.info("Training health: %s", logged["health"])
-        return {**logged, "spec": spec.to_dict(), "holdout": result.holdout}
+        return {**logged, "spec": spec.to_dict(), "spec_overrides": dict(self.spec_overrides or {}),
+                "holdout": result.holdout, **(extra or {})}
+
+    # -------------------------------------------------------------------------------------------- local
+    def _train_locally(self, context: Any, spec: Any) -> Any:
+        from gd_provider.core.training import runner
+        from gd_provider.core.training.spec import SpecError
+
+        try:
+            return runner.run_training(
+                self.dataset,
+                spec,
+                storage_path=str(run_dir(context, "ray")),
+                run_name=safe_name(f"train-{run_key(context)}"),
+                ray_address="local",
+            )
+        except (SpecError, runner.TrainingInputError) as exc:
+            # Checked before Ray starts (columns, labels, device/precision): retrying cannot help.
+            raise AirflowFailException(f"cannot train: {exc}") from exc
+
+    # ------------------------------------------------------------------------------------------- remote
+    def _base_submission_id(self, context: Any) -> str:
+        dag_run = context["dag_run"]
+        ti = context.get("ti") if hasattr(context, "get") else None
+        return ray_submission_id(dag_run.dag_id, dag_run.run_id, self.task_id, getattr(ti, "map_index", -1))
+
+    @staticmethod
+    def _jobs_dir(context: Any) -> Path:
+        return run_dir(context, JOBS_SUBDIR)
+
+    @staticmethod
+    def _request_path(jobs_dir: Path, submission_id: str) -> Path:
+        return jobs_dir / f"{submission_id}.request.json"
+
+    def _runtime_env(self, cluster: Any) -> dict[str, Any]:
+        runtime_env: dict[str, Any] = {}
+        env_vars = dict(DEFAULT_JOB_ENV)
+        for layer in (cluster.runtime_env, self.runtime_env or {}):
+            layer = dict(layer)
+            env_vars.update({str(k): str(v) for k, v in (layer.pop("env_vars", None) or {}).items()})
+            runtime_env.update(layer)
+        runtime_env["env_vars"] = env_vars
+        return runtime_env
+
+    def _job_info(self, client: Any, submission_id: str) -> Any:
+        try:
+            return client.get_job_info(submission_id)
+        except RuntimeError as exc:
+            if _is_not_found(exc):
+                return None
+            raise AirflowException(f"Ray Jobs API error for job {submission_id}: {exc}") from exc
+
+    def _adopt_or_submit(
+        self, context: Any, client: Any, spec: Any, cluster: Any, jobs_dir: Path
+    ) -> tuple[str, str]:
+        """(submission id, status) of this task's job: an earlier try's, or a new submission."""
+        from gd_provider.core.training.entrypoint import build_request, write_json_atomic
+
+        base = self._base_submission_id(context)
+        previous: tuple[str, Any] | None = None
+        attempt = 1
+        while attempt <= MAX_ATTEMPTS:
+            info = self._job_info(client, attempt_id(base, attempt))
+            if info is None:
+                break
+            previous = (attempt_id(base, attempt), info)
+            attempt += 1
+        if previous is not None:
+            prev_id, prev = previous
+            status = _status_name(prev.status)
+            if status in _ACTIVE:
+                self.log.info("Adopting Ray job %s (%s), submitted by an earlier try of this task", prev_id, status)
+                return prev_id, status
+            if status == "SUCCEEDED":
+                self.log.info("Ray job %s of an earlier try already SUCCEEDED: using its result", prev_id)
+                return prev_id, status
+            if attempt > MAX_ATTEMPTS:
+                raise AirflowFailException(f"Ray job {base} was already submitted {MAX_ATTEMPTS} times; giving up")
+            self.log.warning(
+                "Ray job %s of an earlier try ended %s (%s); resubmitting as %s",
+                prev_id, status, (prev.message or "").splitlines()[0] if prev.message else "no message",
+                attempt_id(base, attempt),
+            )
+        submission_id = attempt_id(base, attempt)
+        dag_run = context["dag_run"]
+        request_path = self._request_path(jobs_dir, submission_id)
+        request = build_request(
+            self._dataset_dict(),
+            spec.to_dict(),
+            storage_path=str(run_dir(context, "ray")),
+            run_name=safe_name(f"train-{run_key(context)}"),
+            result_path=str(jobs_dir / f"{submission_id}.result.json"),
+            submission_id=submission_id,
+        )
+        write_json_atomic(request_path, request)
+        entrypoint = f"{cluster.python} -m {ENTRYPOINT_MODULE} --request {shlex.quote(str(request_path))}"
+        ti = context.get("ti") if hasattr(context, "get") else None
+        metadata = {
+            "gd.dag_id": str(dag_run.dag_id),
+            "gd.run_id": str(dag_run.run_id),
+            "gd.task_id": str(self.task_id),
+            "gd.map_index": str(getattr(ti, "map_index", -1)),
+            "gd.try_number": str(getattr(ti, "try_number", "")),
+        }
+        try:
+            client.submit_job(
+                entrypoint=entrypoint,
+                submission_id=submission_id,
+                runtime_env=self._runtime_env(cluster),
+                metadata=metadata,
+            )
+        except RuntimeError as exc:
+            if "already exists" not in str(exc):
+                raise AirflowException(f"submitting Ray job {submission_id} failed: {exc}") from exc
+            self.log.info("Ray job %s was submitted concurrently by another try: adopting it", submission_id)
+            info = self._job_info(client, submission_id)
+            return submission_id, _status_name(info.status) if info is not None else "PENDING"
+        self.log.info("Submitted Ray job %s to %s: %s", submission_id, cluster.dashboard_url, entrypoint)
+        return submission_id, "PENDING"
+
+    def _train_remotely(
+        self, context: Any, spec: Any, cluster: Any, mlflow_config: Any, experiment_id: str
+    ) -> dict[str, Any]:
+        from gd_provider.hooks.ray import job_client_for
+
+        t0 = time.monotonic()
+        client = job_client_for(cluster)
+        jobs_dir = self._jobs_dir(context)
+        submission_id, status = self._adopt_or_submit(context, client, spec, cluster, jobs_dir)
+        self._job_client, self._submission_id = client, submission_id
+        push_link(context, RayJobLink, ray_job_url(cluster.link_base, submission_id))
+        if status in _ACTIVE and self.deferrable:
+            from gd_provider.triggers.ray import RayJobTrigger
+
+            timeout_at = (
+                (datetime.now(UTC) + timedelta(seconds=float(self.job_timeout))).isoformat()
+                if self.job_timeout
+                else None
+            )
+            self.defer(
+                trigger=RayJobTrigger(
+                    submission_id=submission_id,
+                    ray_conn_id=self.ray_conn_id,
+                    poll_interval=self.poll_interval,
+                    timeout_at=timeout_at,
+                ),
+                method_name="execute_complete",
+            )
+        status = self._wait(client, submission_id)
+        result, request = self._collect(client, submission_id, status, jobs_dir)
+        self.log.info("Ray job %s: %s after %.1f s in this try", submission_id, status, time.monotonic() - t0)
+        return self._finish_remote(context, spec, result, request, mlflow_config, experiment_id, cluster, submission_id)
+
+    def _finish_remote(
+        self, context, spec, result, request, mlflow_config, experiment_id, cluster, submission_id
+    ) -> dict[str, Any]:
+        from gd_provider.core.training.spec import TrainingSpec
+
+        trained_spec = TrainingSpec.from_dict(request["spec"]) if request.get("spec") else spec
+        return self._finish(
+            context,
+            trained_spec,
+            result,
+            request["dataset"],
+            mlflow_config,
+            experiment_id,
+            tags={"gd.ray.submission_id": submission_id, "gd.ray.dashboard": cluster.link_base},
+            extra={"ray_job": {"submission_id": submission_id, "dashboard_url": cluster.link_base}},
+        )
+
+    def _wait(self, client: Any, submission_id: str) -> str:
+        """Poll until the job ends, copying its new log lines into the task log; returns the status."""
+        deadline = time.monotonic() + float(self.job_timeout) if self.job_timeout else None
+        offset, errors = 0, 0
+        while True:
+            try:
+                status = _status_name(client.get_job_status(submission_id))
+                offset = self._tail_logs(client, submission_id, offset, final=status not in _ACTIVE)
+                errors = 0
+            except (OSError, RuntimeError) as exc:
+                if isinstance(exc, RuntimeError) and _is_not_found(exc):
+                    raise AirflowException(
+                        f"Ray job {submission_id} disappeared from the cluster (restarted?): {exc}"
+                    ) from exc
+                errors += 1
+                if errors >= 10:
+                    raise AirflowException(f"Ray Jobs API kept failing while waiting for {submission_id}: {exc}") from exc
+                self.log.warning("Polling Ray job %s failed (%d in a row): %s", submission_id, errors, exc)
+                time.sleep(self.poll_interval)
+                continue
+            if status not in _ACTIVE:
+                return status
+            if deadline is not None and time.monotonic() > deadline:
+                self._stop(client, submission_id)
+                raise AirflowException(
+                    f"Ray job {submission_id} still {status} after job_timeout={self.job_timeout} s: stopped it"
+                )
+            time.sleep(self.poll_interval)
+
+    def _tail_logs(self, client: Any, submission_id: str, offset: int, *, final: bool = False) -> int:
+        try:
+            logs = client.get_job_logs(submission_id) or ""
+        except Exception as exc:  # logs are a courtesy; the status decides
+            self.log.debug("Could not fetch logs of Ray job %s: %s", submission_id, exc)
+            return offset
+        if len(logs) < offset:
+            offset = 0
+        chunk = logs[offset:]
+        if not final:
+            cut = chunk.rfind("\n")
+            chunk = chunk[: cut + 1] if cut >= 0 else ""
+        for line in chunk.splitlines():
+            self.log.info("[ray job %s] %s", submission_id, line)
+        return offset + len(chunk)
+
+    def _log_tail(self, client: Any, submission_id: str, lines: int = LOG_TAIL_LINES) -> str:
+        try:
+            logs = client.get_job_logs(submission_id) or ""
+        except Exception as exc:
+            return f"(job logs unavailable: {exc})"
+        return "\n".join(logs.rstrip().splitlines()[-lines:])
+
+    def _stop(self, client: Any, submission_id: str) -> None:
+        try:
+            stopped = client.stop_job(submission_id)
+            self.log.info("Stop requested for Ray job %s (was running: %s)", submission_id, stopped)
+        except Exception as exc:
+            self.log.warning("Could not stop Ray job %s: %s", submission_id, exc)
+
+    def _collect(self, client: Any, submission_id: str, status: str, jobs_dir: Path) -> tuple[Any, dict[str, Any]]:
+        """The TrainingResult of a finished job and its request; raises for failed/stopped jobs."""
+        from gd_provider.core.training.runner import TrainingResult
+
+        request_path = self._request_path(jobs_dir, submission_id)
+        try:
+            request = json.loads(request_path.read_text())
+        except (OSError, ValueError) as exc:
+            raise AirflowFailException(
+                f"Ray job {submission_id} ended {status}, but its request {request_path} cannot be read: {exc}"
+            ) from exc
+        result_path = Path(request["result_path"])
+        envelope = json.loads(result_path.read_text()) if result_path.is_file() else None
+        if envelope is not None and envelope.get("kind") == "input_error":
+            raise AirflowFailException(
+                f"cannot train: {envelope.get('error')} (Ray job {submission_id} {status}). Last lines of its "
+                f"log:\n{self._log_tail(client, submission_id)}"
+            )
+        if status == "SUCCEEDED":
+            if envelope is None or envelope.get("kind") != "result":
+                raise AirflowFailException(
+                    f"Ray job {submission_id} SUCCEEDED but wrote no result at {result_path}: the Ray cluster and "
+                    "the Airflow workers must see the project home at the same path (shared volume)"
+                )
+            return TrainingResult.from_dict(envelope["result"]), request
+        info = self._job_info(client, submission_id)
+        message = (getattr(info, "message", None) or "").strip().splitlines()
+        error_type = _status_name(getattr(info, "error_type", None)) if getattr(info, "error_type", None) else None
+        raise AirflowException(
+            f"Ray job {submission_id} ended {status}"
+            + (f" ({error_type})" if error_type else "")
+            + (f": {message[0]}" if message else "")
+            + f". A retry resubmits it as a new job. Last lines of its log:\n{self._log_tail(client, submission_id)}"
+        )
+
+    def execute_complete(self, context: Any, event: dict[str, Any]) -> dict[str, Any]:
+        """Resume after ``RayJobTrigger``: read the job's result exactly as the synchronous wait does."""
+        from gd_provider.hooks.ray import RayHook, job_client_for
+
+        submission_id = event.get("submission_id") or ""
+        cluster = RayHook(self.ray_conn_id).cluster_config()
+        if cluster is None:
+            raise AirflowException(f"Ray connection {self.ray_conn_id!r} no longer points at a cluster")
+        self._submission_id = submission_id
+        if event.get("status") == "error":
+            raise AirflowException(f"waiting for Ray job {submission_id} failed: {event.get('message')}")
+        client = job_client_for(cluster)
+        self._job_client = client
+        if event.get("status") == "timeout":
+            self._stop(client, submission_id)
+            raise AirflowException(f"{event.get('message')}; job_timeout={self.job_timeout} s: stopped it")
+        status = str(event.get("job_status"))
+        result, request = self._collect(client, submission_id, status, self._jobs_dir(context))
+        mlflow_config, experiment_id = self._experiment()
+        return self._finish_remote(context, None, result, request, mlflow_config, experiment_id, cluster, submission_id)
+
+    def on_kill(self) -> None:
+        """The task is being killed: stop its Ray job (synchronous mode; the trigger handles deferral)."""
+        if self._job_client is not None and self._submission_id:
+            self._stop(self._job_client, self._submission_id)

@@ -203,18 +203,20 @@ def _final_checkpoint_dir(fit: Any, run_dir: Path) -> Path | None:
     return max(ranked, key=lambda r: (r[0][0], r[0][1], r[0][2] == "diverged"))[1]
 
 
-def resolve_device(spec: TrainingSpec) -> str:
-    """``cpu`` or ``cuda`` for ``spec.device`` here; raises naming the field when it cannot be honoured."""
-    import torch
+def resolve_device(spec: TrainingSpec, *, has_cuda: bool | None = None, where: str = "here") -> str:
+    """``cpu`` or ``cuda`` for ``spec.device`` here (or, with ``has_cuda``, on a cluster whose GPUs were
+    counted); raises naming the field when it cannot be honoured."""
+    if has_cuda is None:
+        import torch
 
-    has_cuda = torch.cuda.is_available()
+        has_cuda = torch.cuda.is_available()
     if spec.device == "cuda" and not has_cuda:
-        raise SpecError("device", "device='cuda' but no CUDA device is available")
+        raise SpecError("device", f"device='cuda' but no CUDA device is available {where}")
     device = "cuda" if spec.device == "cuda" or (spec.device == "auto" and has_cuda) else "cpu"
     if spec.precision == "bf16" and device != "cuda":
         raise SpecError(
             "precision",
-            f"precision='bf16' needs cuda but device={spec.device!r} resolves to cpu here; "
+            f"precision='bf16' needs cuda but device={spec.device!r} resolves to cpu {where}; "
             "use precision='fp32' (bf16 is never silently downgraded)",
         )
     return device
@@ -249,6 +251,27 @@ def init_local_ray(num_cpus: int | None = None, **kwargs: Any) -> None:
             os.environ.pop("PYTHONPATH", None)
         else:
             os.environ["PYTHONPATH"] = previous
+
+
+def check_ray_address(ray_address: str) -> None:
+    """``local`` (start a private instance), ``auto`` or a cluster's GCS address ``host:port`` (connect to
+    a running cluster, as the driver of a Ray job does). Ray Client (``ray://``) is refused: submit the
+    training as a Ray job instead (``gd_provider.core.training.entrypoint``)."""
+    if not isinstance(ray_address, str) or not ray_address:
+        raise TrainingInputError(f"ray_address must be 'local', 'auto' or host:port, got {ray_address!r}")
+    if "://" in ray_address:
+        raise TrainingInputError(
+            f"ray_address={ray_address!r}: Ray Client and URL addresses are not supported by run_training; use "
+            "'local', 'auto' (inside a Ray job) or a GCS address host:port, and submit remote training through "
+            "the Ray Jobs API (python -m gd_provider.core.training.entrypoint)"
+        )
+
+
+def _driver_device(spec: TrainingSpec) -> str:
+    """Device for work done in a remote driver itself (the sensitivity check): its GPU if it has one."""
+    import torch
+
+    return "cuda" if spec.device != "cpu" and torch.cuda.is_available() else "cpu"
 
 
 def _check_ray_resources(spec: TrainingSpec, use_gpu: bool = False) -> None:
@@ -361,7 +384,9 @@ def run_training(
     """Train ``spec`` on ``dataset`` with Ray Train; the run lives in ``<storage_path>/<run_name>``.
 
     Re-running with the same ``storage_path``/``run_name`` resumes from the latest checkpoint (same spec
-    and dataset required). Input problems raise ``SpecError``/``TrainingInputError`` before Ray starts;
+    and dataset required). ``ray_address="local"`` starts a private Ray instance; ``"auto"`` or
+    ``host:port`` connects to a running cluster (see ``check_ray_address``). Input problems raise
+    ``SpecError``/``TrainingInputError`` before Ray starts;
     a run the guards stop returns ``status="diverged"`` (reason in ``error`` and ``guard``); a failure
     during training returns ``status="failed"`` and ``error``.
 
@@ -371,12 +396,12 @@ def run_training(
     """
     t0 = time.perf_counter()
     spec.validate()
-    device = resolve_device(spec)
+    check_ray_address(ray_address)
+    remote = ray_address != "local"
+    # On a cluster the workers, not this driver, hold the GPUs: the device is resolved from the cluster's
+    # resources once connected (a CPU-only head node must not veto device="cuda").
+    device = None if remote else resolve_device(spec)
     manifest = _manifest(dataset)
-    if ray_address != "local":
-        raise NotImplementedError(
-            f"remote Ray clusters are not supported yet (ray_address={ray_address!r}); use ray_address='local'"
-        )
     if not run_name or "/" in run_name or run_name in (".", ".."):
         raise TrainingInputError(f"run_name must be a plain directory name, got {run_name!r}")
     check_columns(manifest.columns, spec, f"dataset {manifest.uri} (per its manifest)")
@@ -415,7 +440,7 @@ def run_training(
             y_val,
             pos_weight=config["pos_weight"],
             model_factory=model_factory,
-            device=device,
+            device=device or _driver_device(spec),
         )
         del x_train, y_train, x_val, y_val
         t_prep = time.perf_counter()
@@ -430,14 +455,22 @@ def run_training(
         config["model_factory"] = model_factory
     if fault_injection is not None:
         config["fault_injection"] = fault_injection
-    use_gpu = device == "cuda"
 
     started_ray = False
     try:
         if not ray.is_initialized():
-            init_local_ray()
+            if ray_address == "local":
+                init_local_ray()
+            else:
+                # An existing cluster (a Ray job's driver: "auto" follows RAY_ADDRESS); disconnecting at the
+                # end leaves the cluster running.
+                ray.init(address=ray_address)
             started_ray = True
         result.timings["ray_init_s"] = time.perf_counter() - t_prep
+        if device is None:
+            gpus = float(ray.cluster_resources().get("GPU", 0.0))
+            device = resolve_device(spec, has_cuda=gpus > 0, where="on the Ray cluster (0 GPUs)")
+        use_gpu = device == "cuda"
         _check_ray_resources(spec, use_gpu)
         resources = {"CPU": spec.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}
         trainer = TorchTrainer(

@@ -1,0 +1,289 @@
+"""Remote training through the Ray Jobs API, without a cluster: submission ids, adopt-or-resubmit, result
+collection, deferral, and RayJobTrigger against a fake Jobs API (aiohttp) on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import socket
+from types import SimpleNamespace
+
+import pytest
+from airflow.sdk.exceptions import AirflowException, AirflowFailException, TaskDeferred
+
+from gd_provider.core.training.entrypoint import write_json_atomic
+from gd_provider.core.training.spec import TrainingSpec
+from gd_provider.hooks.ray import parse_ray_connection
+from gd_provider.operators.training import RayTrainOperator, attempt_id, ray_submission_id
+from gd_provider.triggers.ray import RayJobTrigger
+
+from ..support import fake_context
+
+TOKEN = "tok-secret-123"
+
+
+def _conn(monkeypatch, url: str) -> None:
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_RAY_DEFAULT", json.dumps({"conn_type": "ray", "host": url, "password": TOKEN})
+    )
+
+
+class FakeJobs:
+    """Just enough of JobSubmissionClient: jobs by submission id with a status each."""
+
+    def __init__(self, jobs: dict[str, str] | None = None) -> None:
+        self.jobs = dict(jobs or {})
+        self.submitted: list[dict] = []
+        self.stopped: list[str] = []
+        self.logs: dict[str, str] = {}
+
+    def get_job_info(self, sid):
+        if sid not in self.jobs:
+            raise RuntimeError(f"Request failed with status code 404: Job {sid} does not exist.")
+        return SimpleNamespace(status=self.jobs[sid], message=f"job {sid} is {self.jobs[sid]}", error_type=None)
+
+    def get_job_status(self, sid):
+        return self.get_job_info(sid).status
+
+    def get_job_logs(self, sid):
+        return self.logs.get(sid, "")
+
+    def submit_job(self, *, entrypoint, submission_id, runtime_env, metadata):
+        if submission_id in self.jobs:
+            raise RuntimeError(f"Job with submission_id {submission_id} already exists.")
+        self.jobs[submission_id] = "PENDING"
+        self.submitted.append(
+            {"entrypoint": entrypoint, "submission_id": submission_id, "runtime_env": runtime_env, "metadata": metadata}
+        )
+        return submission_id
+
+    def stop_job(self, sid):
+        self.stopped.append(sid)
+        was_running = self.jobs.get(sid) in ("PENDING", "RUNNING")
+        self.jobs[sid] = "STOPPED"
+        return was_running
+
+
+def _op(**kwargs) -> RayTrainOperator:
+    return RayTrainOperator(
+        task_id="train",
+        dataset={"uri": "/nowhere/train.parquet", "sha256": "0" * 64, "rows": 10, "columns": []},
+        spec=TrainingSpec.for_demo(epochs=2).to_dict(),
+        model_name="remote_model",
+        poll_interval=0.01,
+        **kwargs,
+    )
+
+
+def _cluster(url="http://ray-head:8265"):
+    return parse_ray_connection(url, None, None, TOKEN, {"runtime_env": {"env_vars": {"EXTRA": "1"}}})
+
+
+def test_submission_id_is_deterministic_per_task_instance_and_try_independent():
+    sid = ray_submission_id("dag", "scheduled__2026-02-01", "train")
+    assert re.fullmatch(r"gd-[0-9a-f]{24}", sid)
+    assert sid == ray_submission_id("dag", "scheduled__2026-02-01", "train", -1)
+    assert sid == ray_submission_id("dag", "scheduled__2026-02-01", "train", None)
+    others = {
+        ray_submission_id("dag2", "scheduled__2026-02-01", "train"),
+        ray_submission_id("dag", "scheduled__2026-02-02", "train"),
+        ray_submission_id("dag", "scheduled__2026-02-01", "train2"),
+        ray_submission_id("dag", "scheduled__2026-02-01", "train", 0),
+    }
+    assert sid not in others and len(others) == 4
+    assert attempt_id(sid, 1) == sid and attempt_id(sid, 3) == f"{sid}-r3"
+    # the operator derives it from the context, whatever the try number
+    op = _op()
+    ctx1, ctx2 = fake_context(run_id="r1"), fake_context(run_id="r1")
+    ctx2["ti"].try_number = 3
+    assert op._base_submission_id(ctx1) == op._base_submission_id(ctx2) == ray_submission_id("test_dag", "r1", "train")
+
+
+def test_submit_then_adopt_running_then_resubmit_after_failure(gd_home, capsys):
+    op, client, cluster, ctx = _op(), FakeJobs(), _cluster(), fake_context()
+    spec = op._resolve_spec()
+    jobs_dir = op._jobs_dir(ctx)
+    base = op._base_submission_id(ctx)
+
+    assert op._adopt_or_submit(ctx, client, spec, cluster, jobs_dir) == (base, "PENDING")
+    (job,) = client.submitted
+    assert job["entrypoint"].startswith("python -m gd_provider.core.training.entrypoint --request ")
+    assert job["runtime_env"]["env_vars"]["MLFLOW_DISABLE_TELEMETRY"] == "true"
+    assert job["runtime_env"]["env_vars"]["EXTRA"] == "1"
+    assert job["metadata"]["gd.task_id"] == "train" and TOKEN not in json.dumps(job)
+    request = json.loads((jobs_dir / f"{base}.request.json").read_text())
+    assert request["submission_id"] == base and request["result_path"].endswith(f"{base}.result.json")
+    assert request["run_name"] == "train-test_dag_manual__test" and request["spec"]["epochs"] == 2
+
+    client.jobs[base] = "RUNNING"
+    assert op._adopt_or_submit(ctx, client, spec, cluster, jobs_dir) == (base, "RUNNING")
+    assert len(client.submitted) == 1
+
+    client.jobs[base] = "FAILED"
+    capsys.readouterr()
+    assert op._adopt_or_submit(ctx, client, spec, cluster, jobs_dir) == (f"{base}-r2", "PENDING")
+    out = capsys.readouterr().out  # the task log (structlog writes to stdout here)
+    assert "ended FAILED" in out and f"resubmitting as {base}-r2" in out
+    client.jobs[f"{base}-r2"] = "SUCCEEDED"
+    assert op._adopt_or_submit(ctx, client, spec, cluster, jobs_dir) == (f"{base}-r2", "SUCCEEDED")
+    client.jobs[f"{base}-r2"] = "STOPPED"
+    assert op._adopt_or_submit(ctx, client, spec, cluster, jobs_dir)[0] == f"{base}-r3"
+    assert [j["submission_id"] for j in client.submitted] == [base, f"{base}-r2", f"{base}-r3"]
+
+
+def test_collect_input_error_fails_without_retry_and_shows_the_log_tail(gd_home):
+    op, client, ctx = _op(), FakeJobs(), fake_context()
+    jobs_dir = op._jobs_dir(ctx)
+    sid = "gd-x"
+    write_json_atomic(jobs_dir / f"{sid}.request.json", {"result_path": str(jobs_dir / "x.result.json")})
+    write_json_atomic(jobs_dir / "x.result.json", {"kind": "input_error", "error": "DatasetError: dataset /x does not exist"})
+    client.jobs[sid] = "FAILED"
+    client.logs[sid] = "".join(f"line {i}\n" for i in range(100))
+    with pytest.raises(AirflowFailException, match=r"cannot train: DatasetError: dataset /x does not exist") as err:
+        op._collect(client, sid, "FAILED", jobs_dir)
+    assert "line 99" in str(err.value) and "line 59" not in str(err.value)
+
+
+def test_collect_crashed_or_stopped_job_is_retryable_and_missing_result_is_explained(gd_home):
+    op, client, ctx = _op(), FakeJobs({"gd-y": "FAILED", "gd-z": "SUCCEEDED"}), fake_context()
+    jobs_dir = op._jobs_dir(ctx)
+    for sid in ("gd-y", "gd-z"):
+        write_json_atomic(jobs_dir / f"{sid}.request.json", {"result_path": str(jobs_dir / f"{sid}.result.json")})
+    client.logs["gd-y"] = "Traceback...\nMemoryError\n"
+    with pytest.raises(AirflowException, match=r"(?s)gd-y ended FAILED.*retry resubmits.*MemoryError") as err:
+        op._collect(client, "gd-y", "FAILED", jobs_dir)
+    assert not isinstance(err.value, AirflowFailException)
+    with pytest.raises(AirflowFailException, match="same path"):
+        op._collect(client, "gd-z", "SUCCEEDED", jobs_dir)
+
+
+def test_on_kill_stops_the_job_and_job_timeout_stops_it_too():
+    op, client = _op(job_timeout=0.05), FakeJobs({"gd-k": "RUNNING"})
+    op.on_kill()  # nothing submitted yet: nothing to stop
+    op._job_client, op._submission_id = client, "gd-k"
+    op.on_kill()
+    assert client.stopped == ["gd-k"] and client.jobs["gd-k"] == "STOPPED"
+    client.jobs["gd-t"] = "RUNNING"
+    with pytest.raises(AirflowException, match="job_timeout=0.05"):
+        op._wait(client, "gd-t")
+    assert client.stopped[-1] == "gd-t"
+
+
+def test_deferrable_submits_then_defers_to_the_trigger_without_the_token(gd_home, monkeypatch):
+    from gd_provider.hooks import ray as ray_hooks
+
+    client = FakeJobs()
+    monkeypatch.setattr(ray_hooks, "job_client_for", lambda config: client)
+    _conn(monkeypatch, "http://ray-head:8265")
+    ctx = fake_context()
+    op = _op(deferrable=True, job_timeout=600)
+    with pytest.raises(TaskDeferred) as deferred:
+        op.execute(ctx)
+    trigger = deferred.value.trigger
+    assert isinstance(trigger, RayJobTrigger) and deferred.value.method_name == "execute_complete"
+    classpath, kwargs = trigger.serialize()
+    assert classpath == "gd_provider.triggers.ray.RayJobTrigger"
+    assert kwargs["submission_id"] == op._base_submission_id(ctx) == client.submitted[0]["submission_id"]
+    assert TOKEN not in json.dumps(kwargs) and kwargs["timeout_at"]
+    assert ctx["ti"].xcoms[("task", "_link_RayJobLink")] == f"http://ray-head:8265/#/jobs/{kwargs['submission_id']}"
+    with pytest.raises(AirflowException, match="waiting for Ray job .* failed: boom"):
+        op.execute_complete(ctx, {"status": "error", "submission_id": kwargs["submission_id"], "message": "boom"})
+    with pytest.raises(AirflowException, match="stopped it"):
+        op.execute_complete(ctx, {"status": "timeout", "submission_id": kwargs["submission_id"], "message": "late"})
+    assert client.stopped == [kwargs["submission_id"]]
+
+
+# ------------------------------------------------------------------------------ trigger vs a fake Jobs API
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def _serve(states: dict[str, list[str]], seen: list):
+    from aiohttp import web
+
+    async def job(request):
+        seen.append((request.method, request.path, request.headers.get("Authorization")))
+        sid = request.match_info["sid"]
+        if request.headers.get("Authorization") != f"Bearer {TOKEN}":
+            return web.Response(status=401, text="Unauthorized: Missing authentication token")
+        if sid not in states:
+            return web.Response(status=404, text=f"Job {sid} does not exist")
+        status = states[sid].pop(0) if len(states[sid]) > 1 else states[sid][0]
+        return web.json_response({"status": status, "message": f"{sid} {status}", "error_type": None})
+
+    async def logs(request):
+        return web.json_response({"logs": "epoch 1\nepoch 2\n"})
+
+    async def stop(request):
+        seen.append((request.method, request.path, request.headers.get("Authorization")))
+        states[request.match_info["sid"]] = ["STOPPED"]
+        return web.json_response({"stopped": True})
+
+    app = web.Application()
+    app.router.add_get("/api/jobs/{sid}", job)
+    app.router.add_get("/api/jobs/{sid}/logs", logs)
+    app.router.add_post("/api/jobs/{sid}/stop", stop)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = _free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner, f"http://127.0.0.1:{port}"
+
+
+async def _first_event(trigger):
+    async for event in trigger.run():
+        return event.payload
+
+
+def test_trigger_polls_until_terminal_times_out_and_stops_on_kill(gd_home, monkeypatch):
+    states = {"gd-ok": ["PENDING", "RUNNING", "SUCCEEDED"], "gd-long": ["RUNNING"]}
+    seen: list = []
+
+    async def scenario():
+        runner, url = await _serve(states, seen)
+        try:
+            _conn(monkeypatch, url)
+            ok = await _first_event(RayJobTrigger(submission_id="gd-ok", poll_interval=0.01))
+            missing = await _first_event(RayJobTrigger(submission_id="gd-nope", poll_interval=0.01))
+            late = await _first_event(
+                RayJobTrigger(submission_id="gd-long", poll_interval=0.01, timeout_at="2000-01-01T00:00:00+00:00")
+            )
+            await RayJobTrigger(submission_id="gd-long").on_kill()
+            monkeypatch.setenv("AIRFLOW_CONN_RAY_DEFAULT", json.dumps({"conn_type": "ray", "host": url}))
+            unauthorized = await _first_event(RayJobTrigger(submission_id="gd-ok", poll_interval=0.01))
+            return ok, missing, late, unauthorized
+        finally:
+            await runner.cleanup()
+
+    ok, missing, late, unauthorized = asyncio.run(scenario())
+    assert ok == {"status": "terminal", "job_status": "SUCCEEDED", "submission_id": "gd-ok", "message": "gd-ok SUCCEEDED",
+                  "error_type": None, "start_time": None, "end_time": None}
+    assert missing["status"] == "error" and "404" in missing["message"]
+    assert late["status"] == "timeout" and late["job_status"] == "RUNNING"
+    assert ("POST", "/api/jobs/gd-long/stop", f"Bearer {TOKEN}") in seen and states["gd-long"] == ["STOPPED"]
+    assert unauthorized["status"] == "error" and "401" in unauthorized["message"]
+
+
+def test_entrypoint_reports_input_errors_in_its_result_file_without_airflow(tmp_path):
+    import subprocess
+    import sys
+
+    from gd_provider.core.training.entrypoint import EXIT_INPUT_ERROR, build_request, main
+
+    result_path = tmp_path / "out" / "gd-e.result.json"
+    request = build_request(
+        {"uri": str(tmp_path / "missing.parquet"), "sha256": "0" * 64, "rows": 10,
+         "columns": list(TrainingSpec.for_demo().required_columns)},
+        TrainingSpec.for_demo(epochs=1).to_dict(),
+        storage_path=str(tmp_path / "ray"), run_name="train-x", result_path=str(result_path), submission_id="gd-e",
+    )
+    (tmp_path / "req.json").write_text(json.dumps(request))
+    assert main(["--request", str(tmp_path / "req.json")]) == EXIT_INPUT_ERROR
+    envelope = json.loads(result_path.read_text())
+    assert envelope["kind"] == "input_error" and "DatasetError" in envelope["error"] and "missing.parquet" in envelope["error"]
+    assert envelope["meta"]["submission_id"] == "gd-e" and [p.name for p in result_path.parent.iterdir()] == [result_path.name]
+    code = "import sys, gd_provider.core.training.entrypoint; sys.exit(any(m.startswith('airflow') for m in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
