@@ -92,6 +92,7 @@ def main() -> int:
     t0 = time.perf_counter()
     airflow_env.migrate()
     dag = airflow_env.load_dag(DAG_ID)
+    materialization = airflow_env.load_dag("gd_feature_materialization")
     say(f"Airflow metadata DB ready (SQLite) [{time.perf_counter() - t0:.1f} s]")
 
     start = datetime.fromisoformat(config.start).replace(tzinfo=UTC)
@@ -120,7 +121,12 @@ def main() -> int:
         say(f"Night {i} ({logical.date()}): {story} ...")
         t0 = time.perf_counter()
         with redirected(logs / f"night{i}.log"):
+            # the schedule runs the feature materialization first (the retraining DAG's features_fresh
+            # sensor waits for it), then the retraining
+            materialized = airflow_env.run_dag(materialization, logical)
             outcome = airflow_env.run_dag(dag, logical)
+        if materialized["state"] != "success":
+            say(f"  feature materialization {materialized['state']} (see the log)")
         elapsed = time.perf_counter() - t0
         outcome.update(night=i, logical=str(logical.date()), story=story, seconds=elapsed)
         outcome["report"] = _read_report(home, outcome["run_id"])
@@ -167,21 +173,23 @@ def _champion() -> str | None:
     return get_alias_version(client, "fraud_detector", "champion")
 
 
-GATES = [("validate", "validate"), ("drift_check", "drift"), ("train", "train"), ("evaluate", "evaluate"),
+GATES = [("features_fresh", "fresh"), ("validate", "validate"), ("drift_check", "drift"), ("train", "train"),
+         ("health_gate", "health"), ("evaluate", "evaluate"),
          ("promote", "promote"), ("smoke_test", "smoke"), ("rollback", "rollback")]
 
 
 def _summary(results: list[dict]) -> None:
-    say("\n" + "=" * 100)
+    width = 27 + 10 * len(GATES) + 8
+    say("\n" + "=" * width)
     head = f"{'night':<6}{'date':<12}{'run':<9}" + "".join(f"{g[1]:<10}" for g in GATES) + "champion"
     say(head)
-    say("-" * 100)
+    say("-" * width)
     for r in results:
         tasks = r["tasks"]
         row = f"{r['night']:<6}{r['logical']:<12}{r['state']:<9}"
         row += "".join(f"{_short(tasks.get(t, '-')):<10}" for t, _ in GATES)
         say(row + f"v{r['champion'] or '-'}")
-    say("=" * 100)
+    say("=" * width)
     for r in results:
         out = r["report"].get("outputs", {})
         say(f"night {r['night']} ({r['story']}):")

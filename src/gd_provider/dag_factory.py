@@ -2,7 +2,7 @@
 
 ``build_retraining_dag(config)`` returns the full nightly DAG::
 
-    data stage       retrieve_training_set → validate → drift_check
+    data stage       [features_fresh →] retrieve_training_set → validate → drift_check
     training stage   train → health_gate
     release stage    evaluate → register → promote → smoke_test → rollback
                      → run_report (fails the run when anything failed)
@@ -48,6 +48,16 @@ class FeaturesConfig(_Strict):
         if bool(self.feature_service) == bool(self.features):
             raise ValueError("give exactly one of feature_service or features")
         return self
+
+
+class FreshnessConfig(_Strict):
+    """Wait until the feature views are materialized through the run's data interval end."""
+
+    feature_views: list[str] | None = None
+    feature_service: str | None = None
+    poke_interval_seconds: float = Field(300, gt=0)
+    timeout_minutes: float = Field(360, gt=0)
+    deferrable: bool = False
 
 
 class ValidationConfig(_Strict):
@@ -101,6 +111,7 @@ class RetrainingConfig(_Strict):
     catchup: bool = False
     tags: list[str] = []
     features: FeaturesConfig
+    freshness: FreshnessConfig | None = None
     validation: ValidationConfig
     drift: DriftConfig
     training: dict[str, Any]
@@ -189,7 +200,8 @@ def _callbacks(cfg: RetrainingConfig, event: str) -> list[Any]:
 
 
 def data_stage(cfg: RetrainingConfig, group_id: str = "data") -> tuple[Any, Any]:
-    """retrieve_training_set → validate → drift_check. Returns ``(task_group, dataset XComArg)``."""
+    """[features_fresh →] retrieve_training_set → validate → drift_check.
+    Returns ``(task_group, dataset XComArg)``."""
     from airflow.sdk import TaskGroup
 
     from gd_provider.operators.drift import DriftCheckOperator
@@ -199,6 +211,16 @@ def data_stage(cfg: RetrainingConfig, group_id: str = "data") -> tuple[Any, Any]
     f = cfg.features
     alerts = _callbacks(cfg, "gate failed")
     with TaskGroup(group_id, prefix_group_id=False, tooltip="Feast → Great Expectations → Evidently") as group:
+        fresh = None
+        if cfg.freshness is not None:
+            from gd_provider.sensors.features import FeatureFreshnessSensor
+
+            fr = cfg.freshness
+            fresh = FeatureFreshnessSensor(
+                task_id="features_fresh", feature_views=fr.feature_views, feature_service=fr.feature_service,
+                poke_interval=fr.poke_interval_seconds, timeout=fr.timeout_minutes * 60, deferrable=fr.deferrable,
+                feast_conn_id=cfg.feast_conn_id, on_failure_callback=alerts,
+            )
         retrieve = FeastHistoricalFeaturesOperator(
             task_id="retrieve_training_set", label_source=f.label_source, feature_service=f.feature_service,
             features=f.features, entity_keys=f.entity_keys, timestamp_column=f.timestamp_column,
@@ -217,6 +239,8 @@ def data_stage(cfg: RetrainingConfig, group_id: str = "data") -> tuple[Any, Any]
             threshold=cfg.drift.threshold, per_column=cfg.drift.per_column, drift_share=cfg.drift.drift_share,
             sample_size=cfg.drift.sample_size, mlflow_conn_id=cfg.mlflow_conn_id, on_failure_callback=alerts,
         )
+        if fresh is not None:
+            fresh >> retrieve
         retrieve >> validate >> drift
     return group, retrieve.output
 

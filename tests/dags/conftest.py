@@ -41,3 +41,12 @@ def mlflow_client(demo_home):
     from gd_provider.hooks.mlflow import MlflowHook
 
     return MlflowHook().get_conn()
+
+
+def materialize(logical_date: datetime) -> dict:
+    """Run the feature materialization DAG for a night, as the schedule would before retraining."""
+    from gd_provider.demo import airflow_env
+
+    run = airflow_env.run_dag(airflow_env.load_dag("gd_feature_materialization"), logical_date)
+    assert run["state"] == "success", run
+    return run

@@ -9,7 +9,7 @@ from gd_provider.core.registry import PREVIOUS_CHAMPION_TAG, audit_trail, get_al
 from gd_provider.demo import airflow_env
 from gd_provider.demo.pipeline import MODEL_NAME
 
-from .conftest import night
+from .conftest import materialize, night
 
 pytestmark = pytest.mark.dags
 DAG_ID = "gd_nightly_fraud_retraining"
@@ -34,7 +34,10 @@ def test_dag_shape(dag):
 
 def test_three_nights(dag, demo_home, mlflow_client):
     # night 1: first champion (bootstrap policy)
+    # without materialized features the run would wait in features_fresh; the materialization DAG runs first
+    materialize(night(1))
     run1 = airflow_env.run_dag(dag, night(1), QUICK)
+    assert run1["tasks"]["features_fresh"] == "success"
     assert run1["state"] == "success", run1
     assert run1["tasks"]["promote"] == "success" and run1["tasks"]["rollback"] == "skipped"
     assert run1["tasks"]["drift_check"] == "success" and run1["tasks"]["health_gate"] == "success"
@@ -51,6 +54,7 @@ def test_three_nights(dag, demo_home, mlflow_client):
 
     # night 2: a challenger against that champion on the same holdout; the drift gate is skipped by
     # request, which is recorded on the new version
+    materialize(night(2))
     run2 = airflow_env.run_dag(dag, night(2), {**QUICK, "skip_drift_reason": "known seasonal shift"})
     assert run2["state"] == "success", run2
     assert run2["tasks"]["health_gate"] == "success"
@@ -76,6 +80,7 @@ def test_three_nights(dag, demo_home, mlflow_client):
 
     path = transactions_day_path(demo_home / "feature_repo" / "data", night(3) - pd.Timedelta(days=1))
     pd.read_parquet(path).pipe(corrupt, kind="nulls", seed=1).to_parquet(path, index=False)
+    materialize(night(3))
     run3 = airflow_env.run_dag(dag, night(3), QUICK)
     assert run3["state"] == "failed"
     assert run3["tasks"]["validate"] == "failed"

@@ -170,6 +170,17 @@ def test_materialize_service_and_incremental(repo):
     assert fv.most_recent_end_time == day(7)
 
 
+def test_incremental_first_run_with_an_empty_interval_loads_one_ttl_window(repo):
+    # trigger timetables (Airflow 3's default for cron schedules) give data_interval_start == end
+    op = FeastMaterializeOperator(task_id="incremental", feature_views=[schema.CARD_VIEW], incremental=True)
+    out = op.execute(context(day(6), day(6)))
+    ttl = repo["store"].get_feature_view(schema.CARD_VIEW).ttl
+    [view] = out["views"]
+    assert not view["skipped"] and view["rows"] > 0
+    assert view["interval"] == [(day(6) - ttl).isoformat(), day(6).isoformat()]
+    assert repo["store"].get_feature_view(schema.CARD_VIEW).most_recent_end_time == day(6)
+
+
 def test_materialize_refuses_wrong_project_and_unknown_views(repo):
     with pytest.raises(AirflowFailException, match="project is 'gd_fraud', not 'other'"):
         FeastMaterializeOperator(task_id="m", feature_views=[schema.CARD_VIEW], project="other").execute(

@@ -32,7 +32,7 @@ def test_fraud_config_builds_the_nightly_dag():
     dag = build_retraining_dag(FRAUD)
     assert dag.dag_id == "gd_nightly_fraud_retraining"
     assert [t.task_id for t in dag.tasks] == [
-        "retrieve_training_set", "validate", "drift_check", "train", "health_gate", "evaluate", "register",
+        "features_fresh", "retrieve_training_set", "validate", "drift_check", "train", "health_gate", "evaluate", "register",
         "promote", "smoke_test", "rollback", "run_report"]
     assert dag.max_active_runs == 1 and dag.catchup is False
     assert set(dag.params) >= {"training_overrides", "drift_policy", "skip_drift_reason", "force_promotion_reason",

@@ -419,7 +419,10 @@ def materialize_feature_views(
             previous = _utc(view.most_recent_end_time)
             if previous is not None:
                 view_start = previous
-            elif view_start is None:
+            elif view_start is None or view_start >= end_utc:
+                # Never materialized and no usable start (none given, or an empty interval as with
+                # trigger timetables, where data_interval_start == data_interval_end): load one TTL
+                # window, the most the online store could serve anyway.
                 if not view.ttl:
                     raise FeatureMaterializationError(
                         f"feature view {name!r} was never materialized and has no TTL: give a start"
