@@ -10,7 +10,7 @@ export RAY_USAGE_STATS_ENABLED = 0
 export GX_ANALYTICS_ENABLED = false
 export FEAST_USAGE = False
 
-.PHONY: install demo test test-fast lint bench clean-demo
+.PHONY: install demo test test-fast test-system lint bench clean-demo
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,7 +28,11 @@ test: $(STAMP)
 	$(PY) -m pytest
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -m "not integration and not dags"
+	$(PY) -m pytest -m "not integration and not dags and not system"
+
+# The stack's parts as real processes (PostgreSQL and Redis must run: see .ci/run; ~4 min)
+test-system: $(STAMP)
+	$(PY) -m pytest -m system tests/system
 
 bench: $(STAMP)
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

@@ -29,6 +29,17 @@ for name in list(os.environ):
         del os.environ[name]
 
 
+@pytest.fixture(autouse=True)
+def _isolated_mlflow_uris():
+    """MLflow keeps its tracking/registry URIs per process: never let one test's store leak into the next."""
+    yield
+    if "mlflow" in __import__("sys").modules:
+        import mlflow
+
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
+
+
 @pytest.fixture
 def gd_home(tmp_path, monkeypatch) -> Path:
     """A fresh project home for one test."""

@@ -150,6 +150,7 @@ def test_exploding_lr_aborts_collectively_on_two_workers(local_ray, manifest, wo
     from gd_provider.core.training.pyfunc import log_training_run
 
     mlflow.set_tracking_uri(f"sqlite:///{workdir / 'mlflow.db'}")
+    mlflow.set_registry_uri(f"sqlite:///{workdir / 'mlflow.db'}")
     try:
         experiment_id = mlflow.create_experiment("guards", artifact_location=str(workdir / "artifacts"))
         out = log_training_run(result, spec, manifest.to_dict(), experiment_id=experiment_id, run_name="boom")
@@ -169,6 +170,7 @@ def test_exploding_lr_aborts_collectively_on_two_workers(local_ray, manifest, wo
         assert client.search_registered_models() == []
     finally:
         mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
 
 
 class DeadRelu(nn.Module):

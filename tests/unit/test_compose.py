@@ -91,3 +91,53 @@ def test_docker_compose_config_when_available():
         pytest.skip("docker CLI has no compose plugin here")
     out = subprocess.run(["docker", "compose", "-f", str(COMPOSE), "config", "-q"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
+
+
+AIRFLOW_SERVICES = ("airflow-init", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor",
+                    "airflow-triggerer")
+
+
+@pytest.mark.parametrize("service", AIRFLOW_SERVICES)
+def test_compose_connections_parse_into_the_hooks_configs(compose, service, monkeypatch):
+    """The stack's ``AIRFLOW_CONN_*`` values, as Airflow reads them, give the hooks the stack's services."""
+    from gd_provider.hooks.feast import FeastHook
+    from gd_provider.hooks.mlflow import MlflowHook
+    from gd_provider.hooks.ray import RayHook
+
+    services = compose["services"]
+    env = services[service]["environment"]
+    for name, value in env.items():
+        if name.startswith("AIRFLOW_CONN_") or name == "GD_PROVIDER_HOME":
+            monkeypatch.setenv(name, str(value))
+
+    mlflow = MlflowHook().get_config()
+    conn = json.loads(env["AIRFLOW_CONN_MLFLOW_DEFAULT"])
+    assert conn["host"] in services, f"mlflow connection host {conn['host']!r} is not a compose service"
+    mlflow_cmd = services[conn["host"]]["command"]
+    assert mlflow.tracking_uri == f"http://{conn['host']}:{mlflow_cmd[mlflow_cmd.index('--port') + 1]}"
+    assert mlflow.registry_uri in (None, mlflow.tracking_uri) and mlflow.token is None
+    assert mlflow.ui_url == "http://localhost:5000"  # the published port, for links opened in a browser
+
+    repo = FeastHook().repo_path()
+    assert repo == Path("/data/feature_repo")
+    assert repo.is_relative_to(env["GD_PROVIDER_HOME"]), "the Feast repo lives on the shared data volume"
+
+    ray = RayHook()
+    ray_conn = json.loads(env["AIRFLOW_CONN_RAY_DEFAULT"])
+    if ray_conn.get("host", "local") == "local":
+        assert ray.address() == "local"
+    else:  # a cluster: the Jobs API of the compose ray-head service
+        address = ray.address()
+        assert address.startswith("http://ray-head:"), address
+        assert "ray-head" in services
+
+
+def test_postgres_async_driver_is_installed():
+    """Airflow 3 opens an async engine next to the sync one (``postgresql+asyncpg://`` derived from
+    ``sql_alchemy_conn``) in every process: without asyncpg, `airflow db migrate` and every component of
+    the stack die at import on PostgreSQL. So asyncpg is a dependency of the package."""
+    import importlib.util
+    from importlib.metadata import requires
+
+    assert importlib.util.find_spec("asyncpg") is not None
+    assert any(r.startswith("asyncpg") for r in requires("gd-provider") or [])
