@@ -163,7 +163,7 @@ def main() -> int:
     if not args.quick:
         out = ROOT / "benchmarks" / "results" / "gates.json"
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(results, indent=2))
+        out.write_text(json.dumps(results, indent=2, default=float))
         print(f"written {out}")
     return 0
 
