@@ -60,11 +60,18 @@ def load_dag(dag_id: str) -> Any:
     return bag.dags[dag_id]
 
 
-def run_dag(dag: Any, logical_date: datetime, conf: dict[str, Any] | None = None) -> dict[str, Any]:
-    """One ``dag.test()`` run. Returns ``{"state", "run_id", "tasks": {task_id: state}}``."""
+def run_dag(
+    dag: Any, logical_date: datetime, conf: dict[str, Any] | None = None, *, run_after: datetime | None = None
+) -> dict[str, Any]:
+    """One ``dag.test()`` run. Returns ``{"state", "run_id", "tasks": {task_id: state}}``.
+
+    The run id derives from ``run_after`` (default: now). Passing the ``run_after`` of an earlier run of
+    the same logical date reruns that DAG run from scratch under the same run id — every task cleared
+    and run again, as "Clear" on the whole run does in the UI.
+    """
     from airflow.utils.session import create_session
 
-    dr = dag.test(logical_date=logical_date, run_conf=conf or {})
+    dr = dag.test(logical_date=logical_date, run_conf=conf or {}, run_after=run_after)
     with create_session() as session:
         from airflow.models.dagrun import DagRun
 
