@@ -91,8 +91,9 @@ def main() -> int:
 
     t0 = time.perf_counter()
     airflow_env.migrate()
-    dag = airflow_env.load_dag(DAG_ID)
-    materialization = airflow_env.load_dag("gd_feature_materialization")
+    with redirected(logs / "setup.log"):  # DAG parsing logs are noise here
+        dag = airflow_env.load_dag(DAG_ID)
+        materialization = airflow_env.load_dag("gd_feature_materialization")
     say(f"Airflow metadata DB ready (SQLite) [{time.perf_counter() - t0:.1f} s]")
 
     start = datetime.fromisoformat(config.start).replace(tzinfo=UTC)
@@ -125,6 +126,7 @@ def main() -> int:
             # sensor waits for it), then the retraining
             materialized = airflow_env.run_dag(materialization, logical)
             outcome = airflow_env.run_dag(dag, logical)
+            champion = _champion()
         if materialized["state"] != "success":
             say(f"  feature materialization {materialized['state']} (see the log)")
         elapsed = time.perf_counter() - t0
@@ -132,7 +134,7 @@ def main() -> int:
         outcome["report"] = _read_report(home, outcome["run_id"])
         outcome["validation"] = _read_report(home, outcome["run_id"], "validation/validation.json")
         outcome["log"] = str(logs / f"night{i}.log")
-        outcome["champion"] = _champion()
+        outcome["champion"] = champion
         results.append(outcome)
         say(f"  → DAG run {outcome['state']} in {elapsed:.0f} s; champion: v{outcome['champion'] or '-'} "
             f"(log: {logs / f'night{i}.log'})")
