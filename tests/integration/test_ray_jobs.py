@@ -33,6 +33,7 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException, TaskD
 from gd_provider.core.data import write_dataset
 from gd_provider.core.training.spec import TrainingSpec
 from gd_provider.demo import schema as S
+from gd_provider.demo.stack import descendants, process_table
 from gd_provider.hooks.ray import parse_ray_connection
 from gd_provider.operators.training import RayTrainOperator
 from gd_provider.triggers.ray import RayJobTrigger
@@ -58,35 +59,6 @@ def _free_ports(n: int) -> list[int]:
             s.close()
 
 
-def _process_table() -> dict[int, int]:
-    """pid -> ppid of every live (non-zombie) process."""
-    table = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as fh:
-                fields = fh.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] != "Z":
-            table[int(entry)] = int(fields[1])
-    return table
-
-
-def _descendants(root: int) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for pid, ppid in _process_table().items():
-        children.setdefault(ppid, []).append(pid)
-    found, stack = set(), [root]
-    while stack:
-        for child in children.get(stack.pop(), []):
-            if child not in found:
-                found.add(child)
-                stack.append(child)
-    return found
-
-
 class Cluster:
     def __init__(self, url: str, token: str, temp_dir: Path, proc: subprocess.Popen) -> None:
         self.url, self.token, self.temp_dir, self.proc = url, token, temp_dir, proc
@@ -98,7 +70,7 @@ class Cluster:
         return job_client_for(parse_ray_connection(self.url, None, None, self.token, {}))
 
     def remember_processes(self) -> None:
-        self.known_pids |= _descendants(self.proc.pid)
+        self.known_pids |= descendants(self.proc.pid)
 
     def api(self, path: str):
         req = urllib.request.Request(self.url + path, headers={"Authorization": f"Bearer {self.token}"})
@@ -114,7 +86,7 @@ def _stop_cluster(cluster: Cluster) -> None:
             cluster.proc.wait(timeout=5)
     # then SIGKILL, by pid, whatever this cluster started and is still there (GCS/raylet linger on SIGTERM)
     for sig_round in range(3):
-        alive = (cluster.known_pids | {cluster.proc.pid}) & set(_process_table())
+        alive = (cluster.known_pids | {cluster.proc.pid}) & set(process_table())
         if not alive:
             break
         for pid in alive:
@@ -321,7 +293,7 @@ def test_on_kill_stops_a_running_job_which_a_second_try_had_adopted(remote, mani
         _wait_for(released, 60, "the job's actors and placement group to go")
     except AssertionError as exc:
         raise AssertionError(f"{exc}; still there: {live}") from None
-    driver_pids = [p for p in _descendants(remote.proc.pid) if "entrypoint" in _cmdline(p)]
+    driver_pids = [p for p in descendants(remote.proc.pid) if "entrypoint" in _cmdline(p)]
     assert driver_pids == []
 
 
