@@ -422,3 +422,168 @@ def test_provider_info_lists_sensor_and_trigger():
         "gd_provider.sensors.features",
         "gd_provider.triggers.features",
     } <= modules
+
+
+# ------------------------------------------------------------------- partitioned training sets (issue 3)
+
+
+def test_large_training_set_is_partitioned_and_every_consumer_reads_it(repo, labels, gd_home):
+    from gd_provider.core.data import DEFAULT_PARTITION_ROWS
+    from gd_provider.core.training.runner import holdout_frame
+    from gd_provider.core.training.spec import TrainingSpec
+    from gd_provider.operators import features as features_ops
+
+    assert features_ops.DEFAULT_PARTITION_ROWS == DEFAULT_PARTITION_ROWS == 1_000_000
+    rows = 3 * CONFIG.txns_per_day  # 450 rows in the window
+    single_op = FeastHistoricalFeaturesOperator(task_id="single", label_source=labels, **RETRIEVAL)
+    parts_op = FeastHistoricalFeaturesOperator(
+        task_id="parts", label_source=labels, partition_rows=200, **RETRIEVAL
+    )
+    single = single_op.execute(context(day(6), day(8), run_id="r0"))  # (outputs are keyed by DAG run)
+    ctx = context(day(6), day(8), run_id="r1")
+    parts = parts_op.execute(ctx)
+
+    assert single["partitions"] is None and single["rows"] == rows
+    root = gd_home / "runs" / "test_dag" / "r1" / "data" / "training_set.parquet"
+    assert parts["uri"] == str(root) and root.is_dir()  # same URI shape: a directory now
+    assert parts["partitions"]["parts"] == 3 and parts["partitions"]["rows_per_part"] == 200
+    assert [f["rows"] for f in parts["partitions"]["files"]] == [200, 200, 50]
+    assert sorted(p.name for p in root.glob("part-*.parquet")) == [f"part-0000{i}.parquet" for i in range(3)]
+    assert ctx["outlet_events"][parts_op.outlets[0]].extra["parts"] == 3
+    for field in ("rows", "columns", "event_time_range", "data_interval", "feature_refs", "entity_keys"):
+        assert parts[field] == single[field], field
+    # the same rows, in the same order, with the same dtypes as a single-file write
+    pd.testing.assert_frame_equal(read_dataset(parts), read_dataset(single))
+    # reruns (a retry of the same DAG run, or another DAG run on the same window) give the same digest
+    again = parts_op.execute(context(day(6), day(8), run_id="r1"))
+    other_run = parts_op.execute(context(day(6), day(8), run_id="r2"))
+    assert parts["sha256"] == again["sha256"] == other_run["sha256"]
+    assert other_run["uri"] != parts["uri"]
+
+    # the evaluation gate's holdout (and the training split) come from read_dataset: identical rows
+    spec = TrainingSpec.for_demo(epochs=1)
+    pd.testing.assert_frame_equal(holdout_frame(parts, spec), holdout_frame(single, spec))
+
+    with pytest.raises(ValueError, match="partition_rows must be a positive integer"):
+        FeastHistoricalFeaturesOperator(task_id="bad", label_source=labels, partition_rows=0, **RETRIEVAL)
+
+
+def _champion_with_lineage(client, name: str, manifest: dict, tmp_path) -> str:
+    from gd_provider.core.lineage import DATASET_SHA256, DATASET_URI
+
+    client.create_registered_model(name)
+    source = tmp_path / "model_source"
+    source.mkdir(exist_ok=True)
+    version = client.create_model_version(
+        name, str(source), tags={DATASET_URI: manifest["uri"], DATASET_SHA256: manifest["sha256"]}
+    ).version
+    client.set_registered_model_alias(name, "champion", version)
+    return version
+
+
+def test_drift_reference_from_lineage_reads_and_verifies_a_partitioned_dataset(repo, labels, gd_home, tmp_path):
+    """The drift check finds the champion's training set through lineage tags (uri + sha256 only)."""
+    import pyarrow.parquet as pq
+
+    from gd_provider.hooks.mlflow import MlflowHook
+    from gd_provider.operators.drift import DriftCheckOperator
+
+    reference = FeastHistoricalFeaturesOperator(
+        task_id="ref", label_source=labels, partition_rows=200, **RETRIEVAL
+    ).execute(context(day(5), day(7), run_id="champion_run"))
+    current = FeastHistoricalFeaturesOperator(task_id="cur", label_source=labels, **RETRIEVAL).execute(
+        context(day(6), day(9), run_id="challenger_run")
+    )
+    assert reference["partitions"]["parts"] == 3
+    client = MlflowHook().get_config().client()
+    _champion_with_lineage(client, "fraud_partitioned", reference, tmp_path)
+    op = DriftCheckOperator(
+        task_id="drift",
+        dataset=current,
+        model_name="fraud_partitioned",
+        numeric_columns=["amount", "merchant_risk_score"],
+        prediction_drift=False,
+        policy="warn",
+    )
+    out = op.execute(context(day(6), day(9), run_id="challenger_run"))
+    assert out["reference_rows"] == reference["rows"] and out["current_rows"] == current["rows"]
+
+    # a part of the champion's data altered after registration: the drift check names the file
+    part = reference["partitions"]["files"][2]["name"]
+    path = gd_home / "runs" / "test_dag" / "champion_run" / "data" / "training_set.parquet" / part
+    table = pq.read_table(path).to_pandas()
+    table["amount"] = table["amount"] * 3
+    table.to_parquet(path, index=False)
+    with pytest.raises(AirflowFailException, match=rf"drift check cannot read its data: .*{part} changed"):
+        op.execute(context(day(6), day(9), run_id="challenger_run"))
+
+
+# ------------------------------------------------------------------------ MLflow dataset input (issue 3)
+
+
+@pytest.fixture
+def mlflow_conn(mlflow_backend, monkeypatch):
+    """The embedded SQLite store, then a real MLflow server over HTTP (through ``mlflow_default``)."""
+    import json
+
+    if mlflow_backend.tracking_uri.startswith("http"):
+        host, port = mlflow_backend.tracking_uri.removeprefix("http://").split(":")
+        monkeypatch.setenv(
+            "AIRFLOW_CONN_MLFLOW_DEFAULT",
+            json.dumps({"conn_type": "mlflow", "host": host, "port": int(port), "schema": "http"}),
+        )
+    return mlflow_backend
+
+
+def test_training_set_is_logged_as_an_mlflow_dataset_input(repo, labels, mlflow_conn):
+    import json
+
+    client = mlflow_conn.client()
+    experiment_id = client.create_experiment("datasets")
+    run_id = client.create_run(experiment_id).info.run_id
+    assert "mlflow_run_id" in FeastHistoricalFeaturesOperator.template_fields
+
+    op = FeastHistoricalFeaturesOperator(
+        task_id="logged", label_source=labels, partition_rows=200, mlflow_run_id=run_id, **RETRIEVAL
+    )
+    manifest = op.execute(context(day(6), day(8)))
+    assert manifest["mlflow_input"] == {"run_id": run_id, "name": "training_set", "digest": manifest["sha256"][:36]}
+    op.execute(context(day(6), day(8)))  # a retry logs nothing twice
+
+    run = client.get_run(run_id)
+    (entry,) = run.inputs.dataset_inputs
+    ds = entry.dataset
+    assert ds.name == "training_set" and ds.digest == manifest["sha256"][:36]
+    assert ds.source_type == "local" and json.loads(ds.source) == {"uri": manifest["uri"]}
+    tags = {t.key: t.value for t in entry.tags}
+    assert tags["mlflow.data.context"] == "training"
+    assert tags["gd.dataset.sha256"] == manifest["sha256"] and tags["gd.dataset.rows"] == str(manifest["rows"])
+    assert tags["gd.dataset.parts"] == "3"
+    profile = json.loads(ds.profile)
+    assert profile["sha256"] == manifest["sha256"] and profile["num_rows"] == manifest["rows"] == 450
+    assert profile["partitions"] == {"parts": 3, "rows_per_part": 200}
+    assert profile["columns"] == manifest["columns"] and profile["feature_refs"] == manifest["feature_refs"]
+    assert profile["data_interval"] == manifest["data_interval"]
+    colspecs = {c["name"]: c for c in json.loads(ds.schema)["mlflow_colspec"]}
+    assert colspecs[schema.LABEL]["type"] == "long" and colspecs[schema.LABEL]["required"] is True
+    assert colspecs[schema.TIMESTAMP]["type"] == "datetime"
+    assert colspecs["amount"]["type"] == "double" and colspecs["amount"]["required"] is False
+    # metadata only: nothing uploaded, the records are small
+    assert client.list_artifacts(run_id) == []
+    assert len(ds.profile) + len(ds.schema) + len(ds.source) < 8_000
+
+    # another run logs the same dataset: the same MLflow dataset, found from either run
+    other = client.create_run(experiment_id).info.run_id
+    FeastHistoricalFeaturesOperator(
+        task_id="logged", label_source=labels, partition_rows=200, mlflow_run_id=other, **RETRIEVAL
+    ).execute(context(day(6), day(8)))
+    assert client.get_run(other).inputs.dataset_inputs[0].dataset.digest == ds.digest
+
+    bad = FeastHistoricalFeaturesOperator(
+        task_id="bad_run", label_source=labels, mlflow_run_id="0" * 32, **RETRIEVAL
+    )
+    with pytest.raises(AirflowFailException, match=f"dataset input of MLflow run '{'0' * 32}'"):
+        bad.execute(context(day(6), day(8)))
+    # no run given (or an empty rendered template): nothing logged, no mlflow_input
+    blank = FeastHistoricalFeaturesOperator(task_id="blank", label_source=labels, mlflow_run_id=" ", **RETRIEVAL)
+    assert "mlflow_input" not in blank.execute(context(day(6), day(8)))

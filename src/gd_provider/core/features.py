@@ -23,7 +23,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from gd_provider.core.data import DatasetManifest, uri_to_path, write_dataset
+from gd_provider.core.data import (
+    DEFAULT_PARTITION_ROWS,
+    DatasetError,
+    DatasetManifest,
+    check_partition_rows,
+    uri_to_path,
+    write_dataset,
+)
 
 ROW_ID = "__gd_row_id"
 _FEAST_TS = "event_timestamp"
@@ -204,6 +211,7 @@ def retrieve_training_set(
     data_interval: list[str] | None = None,
     sort_by: list[str] | None = None,
     filter_by_created_timestamp: bool = False,
+    partition_rows: int | None = DEFAULT_PARTITION_ROWS,
 ) -> DatasetManifest:
     """Join Feast features point-in-time onto ``entity_df`` and write the result to ``out_uri``.
 
@@ -212,7 +220,9 @@ def retrieve_training_set(
     comes back exactly once with all of its columns, plus one column per feature (the feature name);
     features without a value at the row's time (no snapshot <= ts within the view's TTL) are null.
     Rows are sorted by ``sort_by`` (default: timestamp, then entity keys; ties keep the input order),
-    so the same input gives the same file and sha256.
+    so the same input gives the same file and sha256. More than ``partition_rows`` rows are written as a
+    directory of part files at ``out_uri`` (``core.data``: deterministic names, digest over the parts);
+    ``None`` always writes one file.
 
     ``filter_by_created_timestamp`` (Feast >= 0.67) also drops feature rows whose created timestamp is
     after the entity row's event time (values backfilled later). Off by default, as in Feast: with it on,
@@ -222,6 +232,10 @@ def retrieve_training_set(
         raise FeatureRetrievalError(f"entity_df must be a pandas DataFrame, got {type(entity_df).__name__}")
     if entity_df.empty:
         raise FeatureRetrievalError("entity_df is empty: no rows to retrieve features for")
+    try:
+        check_partition_rows(partition_rows)
+    except DatasetError as exc:
+        raise FeatureRetrievalError(str(exc)) from exc
     entity_keys = list(entity_keys)
     sort_by = list(sort_by) if sort_by else [timestamp_column, *entity_keys]
     needed = [*entity_keys, timestamp_column] + ([label_column] if label_column else []) + sort_by
@@ -307,6 +321,7 @@ def retrieve_training_set(
         label_column=label_column,
         feature_refs=refs,
         data_interval=list(data_interval) if data_interval is not None else None,
+        partition_rows=partition_rows,
     )
 
 

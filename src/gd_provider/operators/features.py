@@ -12,6 +12,7 @@ from airflow.sdk.exceptions import AirflowFailException
 from gd_provider.operators._common import StoragePathError, interval, resolve_home_path, run_dir
 
 DEFAULT_MATERIALIZED_ALIAS = "feast_materialized_views"
+DEFAULT_PARTITION_ROWS = 1_000_000  # = gd_provider.core.data.DEFAULT_PARTITION_ROWS (not imported at parse time)
 
 
 def feature_view_asset(project: str, view: str) -> Asset:
@@ -54,8 +55,10 @@ def _parse_as_of(value: str) -> Any:
 class FeastHistoricalFeaturesOperator(BaseOperator):
     """Build the training set for this DAG run: entity/label rows whose timestamp falls in
     ``[data_interval_end - lookback, data_interval_end)``, joined point-in-time correctly with the
-    features of ``feature_service`` (or ``features`` refs). Writes one parquet file under the run's
-    folder and returns the dataset manifest (uri, sha256, rows, columns, ...) — never the data.
+    features of ``feature_service`` (or ``features`` refs). Writes ``<run folder>/data/training_set.parquet``
+    and returns the dataset manifest (uri, sha256, rows, columns, ...) — never the data. With more than
+    ``partition_rows`` rows (default 1,000,000; ``None``: never) that URI is a directory of parquet part
+    files of ``partition_rows`` rows each, recorded in the manifest's ``partitions`` (``core.data``).
 
     The entity/label rows come from exactly one of:
 
@@ -71,9 +74,20 @@ class FeastHistoricalFeaturesOperator(BaseOperator):
     end is a label from this run's future). Duplicate entity+timestamp rows are kept (validation reports
     them). The task emits an asset event for ``dataset_asset`` (default
     ``gd-dataset://<dag_id>/<task_id>``) with the dataset's uri, sha256, rows and window.
+
+    ``mlflow_run_id`` (templated; e.g. a run an earlier task created): the dataset is also logged to that
+    MLflow run (connection ``mlflow_conn_id``) as a dataset input with context ``training`` - metadata
+    only (source = the URI, digest, schema, profile), nothing uploaded.
     """
 
-    template_fields: Sequence[str] = ("label_source", "entity_sql", "feature_service", "features", "as_of")
+    template_fields: Sequence[str] = (
+        "label_source",
+        "entity_sql",
+        "feature_service",
+        "features",
+        "as_of",
+        "mlflow_run_id",
+    )
     template_fields_renderers = {"entity_sql": "sql"}
     ui_color = "#c3e7d7"
 
@@ -93,8 +107,15 @@ class FeastHistoricalFeaturesOperator(BaseOperator):
         feast_conn_id: str = "feast_default",
         dataset_asset: Asset | str | None = None,
         as_of: str | None = None,
+        partition_rows: int | None = DEFAULT_PARTITION_ROWS,
+        mlflow_run_id: str | None = None,
+        mlflow_conn_id: str = "mlflow_default",
         **kwargs: Any,
     ) -> None:
+        if partition_rows is not None and (
+            isinstance(partition_rows, bool) or not isinstance(partition_rows, int) or partition_rows < 1
+        ):
+            raise ValueError(f"partition_rows must be a positive integer or None, got {partition_rows!r}")
         given = [
             n
             for n, v in (
@@ -132,6 +153,9 @@ class FeastHistoricalFeaturesOperator(BaseOperator):
         self.lookback = lookback
         self.feast_conn_id = feast_conn_id
         self.as_of = as_of
+        self.partition_rows = partition_rows
+        self.mlflow_run_id = mlflow_run_id
+        self.mlflow_conn_id = mlflow_conn_id
 
     def _entity_frame(self, start: Any, end: Any) -> tuple[Any, dict[str, Any]]:
         from gd_provider.core.features import (
@@ -203,12 +227,19 @@ class FeastHistoricalFeaturesOperator(BaseOperator):
                 label_column=self.label_column,
                 data_interval=[start.isoformat(), end.isoformat()],
                 sort_by=self.sort_by or [self.timestamp_column, *self.entity_keys],
+                partition_rows=self.partition_rows,
             )
         except FeatureRetrievalError as exc:
             raise AirflowFailException(f"feature retrieval failed: {exc}") from exc
-        self.log.info("Training set %s: %d rows, sha256 %s", manifest.uri, manifest.rows, manifest.sha256)
+        layout = f"{manifest.partitions['parts']} parts" if manifest.partitions else "one file"
+        self.log.info(
+            "Training set %s (%s): %d rows, sha256 %s", manifest.uri, layout, manifest.rows, manifest.sha256
+        )
         result = manifest.to_dict()
         result["entity_source_stats"] = stats
+        run_id = str(self.mlflow_run_id).strip() if self.mlflow_run_id is not None else ""
+        if run_id:
+            result["mlflow_input"] = self._log_mlflow_input(run_id, manifest)
         _emit(
             context,
             self.outlets,
@@ -219,10 +250,25 @@ class FeastHistoricalFeaturesOperator(BaseOperator):
                 "rows": manifest.rows,
                 "data_interval": manifest.data_interval,
                 "feature_refs": manifest.feature_refs,
+                "parts": manifest.partitions["parts"] if manifest.partitions else 1,
             },
             self.log,
         )
         return result
+
+    def _log_mlflow_input(self, run_id: str, manifest: Any) -> dict[str, Any]:
+        from gd_provider.core.tracking import log_dataset_input
+        from gd_provider.hooks.mlflow import MlflowHook
+
+        client = MlflowHook(self.mlflow_conn_id).get_config().client()
+        try:
+            dataset = log_dataset_input(client, run_id, manifest, context="training")
+        except Exception as exc:  # MlflowException (unknown run, bad request) or a bad manifest
+            raise AirflowFailException(
+                f"could not log the training set as a dataset input of MLflow run {run_id!r}: {exc}"
+            ) from exc
+        self.log.info("Logged as dataset input %s@%s of MLflow run %s", dataset.name, dataset.digest, run_id)
+        return {"run_id": run_id, "name": dataset.name, "digest": dataset.digest}
 
 
 class FeastMaterializeOperator(BaseOperator):

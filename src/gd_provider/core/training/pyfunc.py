@@ -216,6 +216,8 @@ def log_training_run(
     from mlflow.models import infer_signature
     from mlflow.tracking import MlflowClient
 
+    from gd_provider.core.tracking import log_dataset_input
+
     if result.status not in ("completed", "diverged"):
         raise ValueError(
             f"only completed or diverged training runs can be logged (status={result.status!r}, "
@@ -265,6 +267,7 @@ def log_training_run(
             }
         )
         client.log_batch(run_id, params=[Param(k, v[:6000]) for k, v in params.items()], synchronous=True)
+        log_dataset_input(client, run_id, dataset_manifest, context="training")  # metadata only, no upload
 
         now_ms = int(time.time() * 1000)
         metrics = _epoch_metrics(result, now_ms) + _step_metrics(result, now_ms)
