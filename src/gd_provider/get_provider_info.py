@@ -48,6 +48,7 @@ def get_provider_info() -> dict[str, Any]:
             "gd_provider.links.MlflowModelVersionLink",
             "gd_provider.links.ReportLink",
             "gd_provider.links.RayJobLink",
+            "gd_provider.links.ValidationReportLink",
         ],
         "notifications": ["gd_provider.notifications.LogNotifier", "gd_provider.notifications.WebhookNotifier"],
         "integrations": [

@@ -36,6 +36,13 @@ class RayJobLink(_XComLink):
     name = "Ray job"
 
 
+class ValidationReportLink(_XComLink):
+    """The data validation report (HTML data doc): in the validation MLflow run's artifacts when MLflow is
+    reachable, else the local file in the DAG run's folder."""
+
+    name = "Validation report"
+
+
 def push_link(context: Any, link: type[BaseOperatorLink], url: str | None) -> None:
     ti = context.get("ti") if hasattr(context, "get") else context["ti"]
     if url and ti is not None:

@@ -287,3 +287,78 @@ def test_default_expectations_argument_checks():
         default_expectations(required_columns=["a"], numeric_columns=["a"], non_negative_columns=["b"])
     with pytest.raises(ValidationConfigError):
         default_expectations(required_columns=["a"], numeric_columns=[], data_interval_end="2024-01-01")
+
+
+def _tricky_frames() -> dict[str, pd.DataFrame]:
+    base = make_frame()
+    nan_inf = base.copy()
+    nan_inf.loc[3, "amount"] = np.nan
+    nan_inf.loc[4, "distance_from_home_km"] = np.inf
+    nan_inf.loc[5, "card_avg_amount_7d"] = -np.inf
+    mostly = base.copy()
+    mostly.loc[mostly.index[:8], "card_txn_count_7d"] = np.nan  # 2 % of 400: exactly the allowance
+    mostly.loc[mostly.index[:9], "merchant_risk_score"] = np.nan  # just over it
+    small = base.copy()
+    small["amount"] = small["amount"].astype("float32")
+    small["hour_of_day"] = small["hour_of_day"].astype("int8")
+    small.loc[7, "hour_of_day"] = 30
+    return {
+        "clean": base,
+        "nan_inf": nan_inf,
+        "missing_column": base.drop(columns=["card_avg_amount_7d", schema.LABEL]),
+        "empty": base.iloc[:0],
+        "no_columns": pd.DataFrame(),
+        "mostly": mostly,
+        "small_dtypes": small,
+        "single_class": base.assign(**{schema.LABEL: 0}),
+    }
+
+
+@pytest.mark.parametrize("case", list(_tricky_frames()))
+def test_fast_pass_gives_the_verdicts_and_details_of_one_summary_pass(suite, case):
+    df = _tricky_frames()[case]
+    fast = validate_dataframe(df, suite)
+    slow = validate_dataframe(df, suite, fast_pass=False)
+    assert [r["success"] for r in fast.results] == [r["success"] for r in slow.results]
+    assert fast.success == slow.success and fast.evaluated == slow.evaluated == len(suite)
+    # every failure carries the same SUMMARY details as in a single SUMMARY pass
+    assert fast.failures == slow.failures
+    assert fast.summary() == slow.summary()
+    fmt = fast.result_json["meta"]["result_format"]
+    assert fmt == {"first_pass": "BOOLEAN_ONLY", "details": "SUMMARY", "detailed_expectations": fast.failed}
+    assert slow.result_json["meta"]["result_format"]["first_pass"] == "SUMMARY"
+    if case == "clean":
+        assert fast.success
+    else:
+        assert not fast.success
+
+
+def test_fast_pass_details_only_what_failed(suite):
+    df = make_frame()
+    df.loc[[3, 4], "amount"] = np.nan
+    report = validate_dataframe(df, suite)
+    assert failed(report) == {("not_null", "amount")}
+    (entry,) = report.failures
+    assert entry["observed"].startswith("2 of 400 rows unexpected (0.50%)")
+    assert "e.g. [nan, nan]" in entry["observed"]
+    passed = {(r["check"], r["column"]): r["observed"] for r in report.results if r["success"]}
+    assert passed[("exists", "amount")] == "column exists"
+    assert passed[("finite", "amount")] == "passed"  # verdict only: no counts were computed for it
+    assert passed[("row_count", None)] == "passed" or passed[("row_count", None)].startswith("observed 400")
+    # the GE result of the failure is the SUMMARY one, the others BOOLEAN_ONLY
+    results = report.result_json["results"]
+    detailed = [r for r in results if r["result"].get("unexpected_count") is not None]
+    assert len(detailed) == 1 and detailed[0]["expectation_config"]["kwargs"]["column"] == "amount"
+    # BOOLEAN_ONLY throughout: verdicts only, even for the failure
+    quick = validate_dataframe(df, suite, result_format="BOOLEAN_ONLY")
+    assert failed(quick) == failed(report)
+    assert quick.result_json["meta"]["result_format"]["details"] is None
+
+
+def test_report_notes_are_shown(suite, tmp_path):
+    report = run(make_frame(), suite)
+    report.notes = ["champion-derived checks SKIPPED: no champion yet"]
+    assert report.summary().endswith("\nNote: champion-derived checks SKIPPED: no champion yet")
+    paths = write_report(report, tmp_path)
+    assert "champion-derived checks SKIPPED" in Path(paths["html"]).read_text()
+    assert json.loads(Path(paths["json"]).read_text())["notes"] == report.notes

@@ -307,6 +307,8 @@ class ValidationReport:
     """Every expectation in suite order: expectation, column, check, success, observed."""
     rows: int | None = None
     suite_name: str = "gd_suite"
+    notes: list[str] = field(default_factory=list)
+    """What the reader should know beyond the results, e.g. which derived checks were skipped and why."""
 
     @property
     def failed(self) -> int:
@@ -315,10 +317,12 @@ class ValidationReport:
     def summary(self) -> str:
         if self.success:
             rows = f" on {self.rows} rows" if self.rows is not None else ""
-            return f"All {self.evaluated} expectations passed{rows}."
-        lines = [f"{self.failed} of {self.evaluated} expectations failed:"]
-        for f in self.failures:
-            lines.append(f"  - {_label(f)}: {f['observed']}")
+            lines = [f"All {self.evaluated} expectations passed{rows}."]
+        else:
+            lines = [f"{self.failed} of {self.evaluated} expectations failed:"]
+            for f in self.failures:
+                lines.append(f"  - {_label(f)}: {f['observed']}")
+        lines += [f"Note: {n}" for n in self.notes]
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
@@ -405,6 +409,8 @@ def _observed(etype: str, result: Mapping[str, Any], kwargs: Mapping[str, Any], 
 def _observed_ok(etype: str, result: Mapping[str, Any], kwargs: Mapping[str, Any]) -> str:
     if etype == "expect_column_to_exist":
         return "column exists"
+    if not result:  # the fast pass (BOOLEAN_ONLY) returns the verdict alone
+        return "passed"
     return _observed(etype, result, kwargs, None)
 
 
@@ -441,6 +447,8 @@ _EXACT_UPCAST = {
     **{t: "int64" for t in ("int8", "int16", "int32", "uint8", "uint16", "uint32", "bool")},
     **{t: "float64" for t in ("float16", "float32")},
 }
+FAST_PASS_FORMAT = "BOOLEAN_ONLY"
+"""Result format of the first pass: verdicts only; details are computed for the failures alone."""
 
 
 def _upcast(frame: pd.DataFrame) -> pd.DataFrame:
@@ -453,15 +461,71 @@ def _upcast(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.astype(casts) if casts else frame
 
 
-def _group_by_domain(suite: gx.ExpectationSuite, split: bool) -> list[tuple[Any, list[int]]]:
-    """Group expectation indices by (columns read, needs the original dtypes)."""
+def _group_by_domain(
+    suite: gx.ExpectationSuite, split: bool, dtypes: Mapping[Any, Any] | None = None
+) -> list[tuple[Any, list[int]]]:
+    """Group expectation indices by (columns read, needs the original dtypes).
+
+    Dtype checks need the frame as given; the other column checks see small dtypes upcast. Where no
+    column of a group would be upcast (``dtypes`` given), both see the same frame and share a group.
+    """
+    dtypes = dtypes or {}
     groups: dict[Any, list[int]] = {}
     for i, exp in enumerate(suite.expectations):
         etype = exp.expectation_type
         cols = _domain_columns(etype, exp.configuration.kwargs) if split else None
-        key = (cols, etype in _TYPE_SENSITIVE or cols is None)
-        groups.setdefault(key, []).append(i)
+        raw = etype in _TYPE_SENSITIVE or cols is None
+        if raw and cols is not None and dtypes and not any(str(dtypes.get(c)) in _EXACT_UPCAST for c in cols):
+            raw = False
+        groups.setdefault((cols, raw), []).append(i)
     return list(groups.items())
+
+
+def _validate_groups(
+    df: pd.DataFrame,
+    suite: gx.ExpectationSuite,
+    groups: Sequence[tuple[Any, Sequence[int]]],
+    result_format: str,
+    context: Any,
+) -> dict[int, Any]:
+    """Validate each group of expectations on its own slice of ``df``; results keyed by suite index.
+
+    Each group runs through GE's ``Validator`` on a batch built from the slice directly: the fluent
+    ``batch_definition.get_batch`` path hashes the whole batch frame (md5 of
+    ``pd.util.hash_pandas_object``) twice per batch, which costs more than the checks themselves.
+    """
+    from great_expectations.core.batch import Batch
+    from great_expectations.core.id_dict import IDDict
+    from great_expectations.execution_engine import PandasExecutionEngine
+    from great_expectations.execution_engine.pandas_batch_data import PandasBatchData
+    from great_expectations.validator.validator import Validator
+
+    present = set(df.columns)
+    out: dict[int, Any] = {}
+    for g, ((cols, raw_dtypes), indices) in enumerate(groups):
+        frame = df if cols is None else df[[c for c in cols if c in present]]
+        if not raw_dtypes:
+            frame = _upcast(frame)
+        configs = []
+        for i in indices:
+            exp = suite.expectations[i].copy(update={"id": None})
+            exp.id = f"gd-{i}"  # to put results back in suite order (GE reorders them)
+            configs.append(exp.configuration)
+        engine = PandasExecutionEngine()
+        batch = Batch(data=PandasBatchData(engine, frame), batch_definition=IDDict({"gd_group": g}))
+        validator = Validator(engine, data_context=context, batches=[batch])
+        configs = validator.process_expectations_for_validation(configs, None)
+        for res in validator.graph_validate(configurations=configs, runtime_configuration={
+            "result_format": result_format
+        }):
+            exp_id = str(res.expectation_config.id or "")
+            if not exp_id.startswith("gd-"):  # pragma: no cover - GE keeps the configuration's id
+                raise RuntimeError(f"Great Expectations returned a result without our id: {res.expectation_config}")
+            out[int(exp_id[3:])] = res
+    missing = {i for _, idx in groups for i in idx} - set(out)
+    if missing:  # pragma: no cover - every configuration yields a result or an error result
+        raise RuntimeError(f"Great Expectations returned no result for expectations {sorted(missing)}")
+    return out
 
 
 def validate_dataframe(
@@ -471,12 +535,19 @@ def validate_dataframe(
     suite_name: str = "gd_suite",
     result_format: str = "SUMMARY",
     split_by_column: bool = True,
+    fast_pass: bool = True,
 ) -> ValidationReport:
     """Validate ``df`` against ``expectations`` (portable dicts or a built suite).
 
     Never raises for bad data: an empty frame or a missing column yields a failing report.
     Raises :class:`ValidationConfigError` for a malformed expectation list, ``TypeError`` for a
     non-DataFrame.
+
+    With ``fast_pass`` (default) every expectation is first validated with GE's ``BOOLEAN_ONLY``
+    result format (verdicts only), then only the failing ones are validated again with
+    ``result_format`` (``SUMMARY``: counts, percentages, example values) for the report. Passing
+    expectations are reported as passed with what the fast pass observed (e.g. the row count). The
+    verdicts are GE's in both passes; ``fast_pass=False`` validates everything with ``result_format``.
 
     With ``split_by_column`` (default) expectations are grouped by the columns they read and each
     group is validated on just those columns: GE 1.24's pandas engine copies the whole batch frame
@@ -498,33 +569,24 @@ def validate_dataframe(
         raise ValidationConfigError(f"suite {suite_name!r} has no expectations")
 
     context = _ephemeral_context()
-    batch_def = (
-        context.data_sources.add_or_update_pandas("gd_pandas")
-        .add_dataframe_asset("frame")
-        .add_batch_definition_whole_dataframe("whole")
-    )
-    present = set(df.columns)
-    gx_results: list[tuple[int, Any]] = []
-    for g, ((cols, raw_dtypes), indices) in enumerate(_group_by_domain(suite, split_by_column)):
-        frame = df if cols is None else df[[c for c in cols if c in present]]
-        if not raw_dtypes:
-            frame = _upcast(frame)
-        # Unsaved suites validated on a batch directly: storing suites/validation definitions in the
-        # context costs a YAML dump per add, and add_or_update compares expectations pairwise (O(n^2)).
-        group_suite = gx.ExpectationSuite(
-            name=f"{suite_name}__g{g}",
-            expectations=[suite.expectations[i].copy(update={"id": None}) for i in indices],
-        )
-        for exp, i in zip(group_suite.expectations, indices, strict=True):
-            exp.id = f"gd-{i}"  # to put results back in suite order
-        batch = batch_def.get_batch(batch_parameters={"dataframe": frame})
-        run = batch.validate(group_suite, result_format=result_format)
-        for res in run.results:
-            exp_id = str(res.expectation_config.id or "")
-            index = int(exp_id[3:]) if exp_id.startswith("gd-") else len(suite.expectations)
-            gx_results.append((index, res))
-    n_groups = g + 1
-    gx_results.sort(key=lambda pair: pair[0])
+    groups = _group_by_domain(suite, split_by_column, dict(df.dtypes.items()))
+    two_phase = fast_pass and str(result_format).upper() != FAST_PASS_FORMAT
+    first_format = FAST_PASS_FORMAT if two_phase else result_format
+    by_index = _validate_groups(df, suite, groups, first_format, context)
+    detailed: list[int] = []
+    if two_phase:
+        detailed = sorted(i for i, res in by_index.items() if not res.success)
+        if detailed:
+            wanted = set(detailed)
+            retry = [(key, [i for i in idx if i in wanted]) for key, idx in groups]
+            retry = [(key, idx) for key, idx in retry if idx]
+            details = _validate_groups(df, suite, retry, result_format, context)
+            for i, res in details.items():
+                if bool(res.success) != bool(by_index[i].success):
+                    # GE gave two verdicts for one expectation: keep the detailed one and say so
+                    res.meta = {**(res.meta or {}), "gd_fast_pass_verdict": bool(by_index[i].success)}
+                by_index[i] = res
+    gx_results = sorted(by_index.items())
     elapsed = time.perf_counter() - start
 
     results = []
@@ -564,7 +626,16 @@ def validate_dataframe(
             "success_percent": 100.0 * n_ok / len(results) if results else None,
         },
         "results": [res.to_json_dict() for _, res in gx_results],
-        "meta": {"great_expectations_version": gx.__version__, "column_groups": n_groups, "rows": len(df)},
+        "meta": {
+            "great_expectations_version": gx.__version__,
+            "column_groups": len(groups),
+            "rows": len(df),
+            "result_format": {
+                "first_pass": first_format,
+                "details": result_format if two_phase else None,
+                "detailed_expectations": len(detailed),
+            },
+        },
     }
     result_json = _jsonable(json.loads(json.dumps(result_json, default=str)))
     return ValidationReport(
