@@ -230,11 +230,50 @@ def test_remote_training_end_to_end_then_a_retry_adopts_the_job(remote, manifest
     timings = json.loads((op._jobs_dir(ctx) / f"{sid}.result.json").read_text())["meta"]
     print(f"\nremote training: operator wall {wall:.1f} s, driver {timings['seconds']:.1f} s")
 
-    # a second try of the same task instance adopts the finished job: no second job on the cluster
+    # a second try of the same task instance adopts the finished job: no second job on the cluster, and
+    # no second MLflow run either - the same training manifest as the first try's
     again = op.execute(ctx)
-    assert again["ray_job"]["submission_id"] == sid and again["metrics"] == out["metrics"]
-    assert "already SUCCEEDED: using its result" in capsys.readouterr().out
+    assert again == out
+    log = capsys.readouterr().out
+    assert "already SUCCEEDED: using its result" in log and f"Reusing MLflow run {out['mlflow_run_id']}" in log
     assert [j.submission_id for j in _jobs_with_prefix(remote.job_client(), sid)] == [sid]
+    assert _runs_of_job(client, sid) == [out["mlflow_run_id"]]
+
+
+def _runs_of_job(client, submission_id: str) -> list[str]:
+    experiment = client.get_experiment_by_name("remote_model")
+    runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`gd.ray.submission_id` = '{submission_id}'")
+    return [r.info.run_id for r in runs]
+
+
+def test_a_job_resubmitted_after_a_failure_gets_its_own_mlflow_run_which_a_retry_reuses(remote, manifest, capsys):
+    from gd_provider.hooks.mlflow import MlflowHook
+
+    ctx = fake_context(run_id="manual__failed_then_ok")
+    op = _op(manifest)
+    sid = op._base_submission_id(ctx)
+    # an earlier try's job that crashed (no result, no MLflow run)
+    jobs = remote.job_client()
+    jobs.submit_job(entrypoint="python -c \"import sys; sys.exit(1)\"", submission_id=sid)
+    _wait_for(lambda: str(jobs.get_job_status(sid)) == "FAILED", 60, "the crashing job to fail")
+
+    out = op.execute(ctx)
+    assert out["ray_job"]["submission_id"] == f"{sid}-r2" and out["status"] == "completed"
+    assert f"resubmitting as {sid}-r2" in capsys.readouterr().out
+    client = MlflowHook().get_conn()
+    assert _runs_of_job(client, f"{sid}-r2") == [out["mlflow_run_id"]] and _runs_of_job(client, sid) == []
+
+    # a retry adopts the SUCCEEDED -r2 job and its run; losing the record (an interrupted try) logs a new run
+    # and marks the orphan as superseded
+    assert op.execute(ctx) == out
+    (op._jobs_dir(ctx) / f"{sid}-r2.mlflow.json").unlink()
+    third = op.execute(ctx)
+    assert third["mlflow_run_id"] != out["mlflow_run_id"] and third["metrics"] == out["metrics"]
+    assert sorted(_runs_of_job(client, f"{sid}-r2")) == sorted([out["mlflow_run_id"], third["mlflow_run_id"]])
+    assert client.get_run(out["mlflow_run_id"]).data.tags["gd.superseded_by"] == third["mlflow_run_id"]
+    assert "gd.superseded_by" not in client.get_run(third["mlflow_run_id"]).data.tags
+    assert op.execute(ctx) == third
+    assert sorted(j.submission_id for j in _jobs_with_prefix(jobs, sid)) == [sid, f"{sid}-r2"]
 
 
 def test_on_kill_stops_a_running_job_which_a_second_try_had_adopted(remote, manifest, gd_home):
@@ -365,6 +404,9 @@ def test_deferrable_training_resumes_from_the_trigger_event(remote, manifest):
     out = RayTrainOperator(**{**_op_kwargs(manifest), "deferrable": True}).execute_complete(ctx, payload)
     assert out["status"] == "completed" and out["ray_job"]["submission_id"] == trigger.submission_id
     assert out["model_uri"].startswith("models:/")
+    # the event delivered again (a retry of the resumed task): the same run, not a second one
+    again = RayTrainOperator(**{**_op_kwargs(manifest), "deferrable": True}).execute_complete(ctx, payload)
+    assert again == out
 
 
 def _op_kwargs(manifest) -> dict:

@@ -287,3 +287,30 @@ def test_entrypoint_reports_input_errors_in_its_result_file_without_airflow(tmp_
     assert envelope["meta"]["submission_id"] == "gd-e" and [p.name for p in result_path.parent.iterdir()] == [result_path.name]
     code = "import sys, gd_provider.core.training.entrypoint; sys.exit(any(m.startswith('airflow') for m in sys.modules))"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_an_adopted_finished_jobs_mlflow_run_is_reused_only_while_it_is_intact(gd_home, mlflow_config, capsys):
+    """``_logged_before``: the record of what an earlier try logged for a job is used only when it is for
+    the same DAG run and job and its MLflow run still exists, finished; otherwise the result is logged again."""
+    import mlflow
+
+    mlflow_config.activate()
+    client = mlflow_config.client()
+    experiment_id = client.create_experiment("reuse")
+    tags = {"gd.dag_id": "d", "gd.airflow_run_id": "r", "gd.run_key": "k", "gd.ray.submission_id": "gd-x"}
+    with mlflow.start_run(experiment_id=experiment_id, tags=tags) as run:
+        pass
+    logged = {"mlflow_run_id": run.info.run_id, "status": "completed", "metrics": {"val_roc_auc": 0.9}}
+    record = gd_home / "gd-x.mlflow.json"
+    write_json_atomic(record, {"tags": tags, "logged": logged})
+    op = RayTrainOperator(task_id="train", dataset={}, spec={}, model_name="m")
+
+    assert op._logged_before(record, mlflow_config, tags) == logged
+    assert op._logged_before(gd_home / "absent.json", mlflow_config, tags) is None
+    assert op._logged_before(record, mlflow_config, {**tags, "gd.ray.submission_id": "gd-x-r2"}) is None
+    record.with_name("bad.json").write_text("{not json")
+    assert op._logged_before(record.with_name("bad.json"), mlflow_config, tags) is None
+    client.delete_run(run.info.run_id)
+    assert op._logged_before(record, mlflow_config, tags) is None
+    out = capsys.readouterr().out
+    assert "Reusing MLflow run" in out and "is deleted/FINISHED" in out and "belongs to" in out and "unreadable" in out

@@ -115,12 +115,34 @@ def make_loss(spec: TrainingSpec, pos_weight: float, device: torch.device) -> nn
 
 
 def ranking_metrics(y_true: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
-    """(ROC AUC, PR AUC = average precision); NaN when undefined (one class, non-finite scores)."""
-    from sklearn.metrics import average_precision_score, roc_auc_score
+    """(ROC AUC, PR AUC = average precision); NaN when undefined (one class, non-finite scores).
 
+    scikit-learn computes them when it is installed; otherwise ``ranking_metrics_numpy`` (the same
+    definitions), so the loop also runs where only torch and numpy are (e.g. a bare GPU image)."""
     if len(y_true) == 0 or len(np.unique(y_true)) < 2 or not np.all(np.isfinite(scores)):
         return math.nan, math.nan
+    try:
+        from sklearn.metrics import average_precision_score, roc_auc_score
+    except ImportError:
+        return ranking_metrics_numpy(y_true, scores)
     return float(roc_auc_score(y_true, scores)), float(average_precision_score(y_true, scores))
+
+
+def ranking_metrics_numpy(y_true: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
+    """ROC AUC (trapezoids over the ROC curve) and average precision (sum over distinct thresholds of
+    ``(R_n - R_{n-1}) * P_n``) - scikit-learn's definitions, ties included - for two-class ``y_true``."""
+    y = np.asarray(y_true, dtype=np.float64)
+    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="mergesort")
+    s, y = np.asarray(scores, dtype=np.float64)[order], y[order]
+    last = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]  # last index of each distinct score
+    tps = np.cumsum(y)[last]
+    fps = (last + 1) - tps
+    pos, neg = tps[-1], fps[-1]
+    tpr, fpr = np.r_[0.0, tps / pos], np.r_[0.0, fps / neg]
+    roc = float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2.0))
+    precision, recall = tps / (tps + fps), tps / pos
+    ap = float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+    return roc, ap
 
 
 @torch.no_grad()
@@ -304,7 +326,9 @@ class EpochRunner:
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.max_norm = spec.grad_clip_norm
         self.sync_every = spec.sync_every_k_steps
-        self.bf16 = spec.precision == "bf16" and device.type == "cuda"
+        # bf16 autocast on the device's type. ``run_training`` refuses bf16 unless it resolves to cuda (never
+        # a silent downgrade); the in-process engine (``fit_plain``) also autocasts on a CPU.
+        self.bf16 = spec.precision == "bf16"
         self._lr: float | None = None
 
     def _set_lr(self, lr: float) -> None:
@@ -315,7 +339,7 @@ class EpochRunner:
 
     def _step(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self.optimizer.zero_grad(set_to_none=True)
-        ctx = torch.autocast("cuda", dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
+        ctx = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
         with ctx:
             loss = self.loss_fn(self.model(xb), yb)
         loss.backward()
@@ -728,8 +752,10 @@ def _maybe_inject_failure(fault: dict[str, Any] | None, epoch: int, rank: int) -
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
-    import sklearn.metrics  # noqa: F401  (used by every epoch's evaluation: import it during start-up)
     import torch.distributed as dist
+
+    with contextlib.suppress(ImportError):  # every epoch's evaluation uses it: import it during start-up
+        import sklearn.metrics  # noqa: F401
 
     entered = time.time()
     spec = TrainingSpec.from_dict(config["spec"])
@@ -819,7 +845,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     def on_epoch_start(epoch: int) -> None:
         _maybe_inject_failure(fault, epoch, rank)
-        timeline.setdefault("first_epoch_started_unix", time.time())
+        now = time.time()
+        timeline.setdefault("first_epoch_started_unix", now)
+        timeline.setdefault("epoch_started_unix", {})[str(epoch)] = now
 
     def on_epoch_end(epoch: int, metrics: dict[str, Any]) -> None:
         timeline["last_epoch_ended_unix"] = time.time()

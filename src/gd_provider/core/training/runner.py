@@ -51,6 +51,13 @@ MODEL_DIR = "gd_model"
 FINGERPRINT_FILE = "fingerprint.json"
 HEALTH_CHECK_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
 DEFAULT_HEALTH_CHECK_INTERVAL_S = "0.25"
+# Ray starts every worker process at niceness 15 (raylet config ``worker_niceness``). Training inside the task
+# is the task's main work: at nice 15 it yields the CPU to every normal-priority process on the machine (the
+# Airflow worker's other tasks included), so on a busy machine it runs slower than the same loop would in the
+# task's own process. A local instance started by ``init_local_ray`` runs its workers at the driver's
+# niceness unless ``RAY_worker_niceness`` is set already.
+WORKER_NICENESS_ENV = "RAY_worker_niceness"
+DEFAULT_WORKER_NICENESS = "0"
 
 
 class TrainingInputError(ValueError):
@@ -228,13 +235,17 @@ def init_local_ray(num_cpus: int | None = None, **kwargs: Any) -> None:
 
     ``address="local"`` always starts a new instance (a stale session or ``RAY_ADDRESS`` is ignored). When
     ``gd_provider`` is not installed in site-packages (e.g. a source checkout), its parent directory is put on
-    the workers' ``PYTHONPATH``, since Ray Train unpickles the training loop by module name.
+    the workers' ``PYTHONPATH``, since Ray Train unpickles the training loop by module name. Workers run at
+    the driver's niceness (Ray's default is +15; ``RAY_worker_niceness`` in the environment wins).
     """
     import ray
 
     # .../<root>/gd_provider/core/training/runner.py -> <root> (works for namespace packages too)
     pkg_root = str(Path(__file__).resolve().parents[3])
     previous = os.environ.get("PYTHONPATH")
+    set_niceness = WORKER_NICENESS_ENV not in os.environ
+    if set_niceness:
+        os.environ[WORKER_NICENESS_ENV] = DEFAULT_WORKER_NICENESS
     installed = {str(Path(p).resolve()) for p in site.getsitepackages() + [site.getusersitepackages()]}
     paths = [p for p in (previous or "").split(os.pathsep) if p]
     if pkg_root not in installed and pkg_root not in paths:
@@ -247,6 +258,8 @@ def init_local_ray(num_cpus: int | None = None, **kwargs: Any) -> None:
             **kwargs,
         )
     finally:
+        if set_niceness:
+            os.environ.pop(WORKER_NICENESS_ENV, None)
         if previous is None:
             os.environ.pop("PYTHONPATH", None)
         else:
