@@ -60,10 +60,44 @@ class FreshnessConfig(_Strict):
     deferrable: bool = False
 
 
+class ToleranceConfig(_Strict):
+    """How far a night's data may stray from the champion's training data (``core.profile.Tolerances``)."""
+
+    null_rate_slack: float = Field(0.02, ge=0, le=1)
+    range_widening: float = Field(1.0, ge=0)
+    row_count_band: tuple[float, float] = (0.5, 2.0)
+    positive_rate_band: float = Field(3.0, ge=1)
+    positive_rate_abs: float | None = Field(None, ge=0, le=1)
+    category_sets: bool = True
+
+    @field_validator("row_count_band")
+    @classmethod
+    def _band(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not 0 <= value[0] <= 1 <= value[1]:
+            raise ValueError(f"must be (lo, hi) with 0 <= lo <= 1 <= hi, got {list(value)}")
+        return value
+
+
 class ValidationConfig(_Strict):
-    expectations: str | list[dict[str, Any]] = Field(
-        description="'package.module:function' returning the expectation list, a JSON/YAML file, or the list"
+    expectations: str | list[dict[str, Any]] | None = Field(
+        None,
+        description="'package.module:function' returning the expectation list, a JSON/YAML file, or the list",
     )
+    schema_checks: bool = Field(False, description="derive exists + dtype checks from features.feature_service")
+    champion_checks: bool = Field(
+        False, description="derive null-rate / range / category / row-count / label checks from the champion's "
+        "training data (skipped, and said so, while there is no champion)",
+    )
+    tolerances: ToleranceConfig = ToleranceConfig()
+    profile_columns: list[str] | None = None
+    profile_exclude: list[str] = []
+    on_failure: Literal["fail", "skip"] = "fail"
+
+    @model_validator(mode="after")
+    def _something_to_check(self) -> ValidationConfig:
+        if self.expectations is None and not (self.schema_checks or self.champion_checks):
+            raise ValueError("give expectations, or turn on schema_checks or champion_checks")
+        return self
 
 
 class DriftConfig(_Strict):
@@ -227,9 +261,18 @@ def data_stage(cfg: RetrainingConfig, group_id: str = "data") -> tuple[Any, Any]
             label_column=f.label_column, sort_by=f.sort_by, lookback=timedelta(days=f.lookback_days),
             feast_conn_id=cfg.feast_conn_id, as_of="{{ params.as_of }}", on_failure_callback=alerts,
         )
+        v = cfg.validation
+        if v.schema_checks and not f.feature_service:
+            raise ConfigError("validation.schema_checks needs features.feature_service (features lists no service)")
         validate = DataValidationOperator(
             task_id="validate", dataset=retrieve.output,
-            expectations=resolve_expectations(cfg.validation.expectations), on_failure_callback=alerts,
+            expectations=resolve_expectations(v.expectations) if v.expectations is not None else None,
+            feature_service=f.feature_service if v.schema_checks else None, feast_conn_id=cfg.feast_conn_id,
+            champion_model_name=cfg.model_name if v.champion_checks else None, champion_alias=cfg.alias,
+            label_column=f.label_column,
+            tolerances=v.tolerances.model_dump(exclude_unset=True) if v.champion_checks else None,
+            profile_columns=v.profile_columns, profile_exclude=v.profile_exclude, on_failure=v.on_failure,
+            mlflow_conn_id=cfg.mlflow_conn_id, experiment_name=cfg.model_name, on_failure_callback=alerts,
         )
         drift = DriftCheckOperator(
             task_id="drift_check", dataset=retrieve.output, model_name=cfg.model_name, alias=cfg.alias,
@@ -249,13 +292,17 @@ def training_stage(cfg: RetrainingConfig, dataset: Any, group_id: str = "trainin
     """train (Ray Train, guarded) → health_gate. Returns ``(task_group, training XComArg)``."""
     from airflow.sdk import TaskGroup
 
+    from gd_provider.core.rerun import rerun_variable_key
     from gd_provider.operators.health import TrainingHealthGate
     from gd_provider.operators.training import RayTrainOperator
 
     alerts = _callbacks(cfg, "training stopped")
     with TaskGroup(group_id, prefix_group_id=False, tooltip="Ray Train + training health gate") as group:
+        # A run's Params cannot change after it started: a cleared `train` reruns with the run's
+        # training_overrides, updated by a rerun override for that run in the Variable gd_rerun.<dag_id>.
         train = RayTrainOperator(
             task_id="train", dataset=dataset, spec=cfg.training, spec_overrides="{{ params.training_overrides }}",
+            rerun_variable=rerun_variable_key(cfg.dag_id),
             model_name=cfg.model_name, ray_conn_id=cfg.ray_conn_id, mlflow_conn_id=cfg.mlflow_conn_id,
             on_failure_callback=alerts,
         )
@@ -304,8 +351,11 @@ def retraining_params(cfg: RetrainingConfig) -> dict[str, Any]:
     from airflow.sdk import Param
 
     return {
-        "training_overrides": Param({}, type="object",
-                                    description='TrainingSpec fields to override, e.g. {"lr": 0.001, "epochs": 10}'),
+        "training_overrides": Param(
+            {}, type="object",
+            description='TrainingSpec fields to override, e.g. {"lr": 0.001, "epochs": 10}. To retrain an existing '
+                        f"run differently, set the Variable gd_rerun.{cfg.dag_id} and clear train + downstream "
+                        "(a run's Params cannot be changed after it started)"),
         "drift_policy": Param(cfg.drift.policy, enum=["retrain", "warn", "block"],
                               description="What drift against the champion's training data does"),
         "skip_drift_reason": Param("", type="string",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -10,6 +11,7 @@ from typing import Any
 
 DATASET_URI = "gd.dataset_uri"
 DATASET_SHA256 = "gd.dataset_sha256"
+TRAINING_FINGERPRINT = "gd.training_fingerprint"
 MAX_TAG = 4000  # MLflow caps tag values; keep ours well inside
 
 
@@ -36,6 +38,14 @@ def git_sha() -> str | None:
                 return None
             return out.stdout.strip() or None
     return None
+
+
+def training_fingerprint(dataset: dict[str, Any], training: dict[str, Any]) -> str:
+    """What was trained: the dataset digest and the effective training spec (overrides applied, seed
+    included). Two trainings of one DAG run with the same fingerprint are the same model; a rerun with
+    other settings has another fingerprint, so registration tells them apart."""
+    payload = {"dataset_sha256": dataset["sha256"], "spec": training.get("spec") or {}}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _clip(value: Any) -> str:
@@ -73,7 +83,11 @@ def lineage_tags(
         tags["gd.triggered_by"] = triggered_by
     overrides = (training.get("spec_overrides") or {}) if isinstance(training, dict) else {}
     if overrides:
-        tags["gd.training_overrides"] = overrides
+        tags["gd.training_overrides"] = overrides  # effective: the run's Params + a rerun override
+    from gd_provider.core.rerun import rerun_tags
+
+    tags.update(rerun_tags(training))
+    tags[TRAINING_FINGERPRINT] = training_fingerprint(dataset, training)
     if drift is not None:
         tags["gd.drift.status"] = drift.get("status", "")
         if drift.get("skip_reason"):

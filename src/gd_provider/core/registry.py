@@ -17,6 +17,10 @@ from typing import Any
 AUDIT_PREFIX = "gd.audit."
 PREVIOUS_CHAMPION_TAG = "gd.previous_champion"
 RUN_KEY_TAG = "gd.run_key"
+FINGERPRINT_TAG = "gd.training_fingerprint"
+TRAINING_RUN_TAG = "gd.training_run_id"
+# Tags naming the artifact a version was created from: a rerun that reuses the version never rewrites them.
+_IDENTITY_TAGS = (RUN_KEY_TAG, FINGERPRINT_TAG, TRAINING_RUN_TAG)
 NO_CHAMPION = "none"
 
 
@@ -70,14 +74,31 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def find_version_by_run_key(client, model_name: str, run_key: str):
-    """The version registered for ``run_key`` (e.g. ``<dag_id>/<run_id>``), or None."""
+def versions_by_run_key(client, model_name: str, run_key: str) -> list:
+    """Versions registered for ``run_key`` (e.g. ``<dag_id>/<run_id>``), oldest first."""
     if not _model_exists(client, model_name):
-        return None
+        return []
     escaped = run_key.replace("'", "\\'")
     found = client.search_model_versions(f"name = '{model_name}' and tags.`{RUN_KEY_TAG}` = '{escaped}'")
-    found = sorted(found, key=lambda v: int(v.version))
-    return found[0] if found else None
+    return sorted(found, key=lambda v: int(v.version))
+
+
+def find_version_by_run_key(
+    client, model_name: str, run_key: str, *, fingerprint: str | None = None, run_id: str | None = None
+):
+    """The version registered for ``run_key`` and this training, or None.
+
+    Without ``fingerprint`` the first version of the run key. With it, the version whose
+    ``gd.training_fingerprint`` tag matches (same dataset digest and training spec); a version registered
+    before fingerprints were tagged matches when it was created from the same training run (``run_id``).
+    """
+    for mv in versions_by_run_key(client, model_name, run_key):
+        if fingerprint is None:
+            return mv
+        tagged = mv.tags.get(FINGERPRINT_TAG)
+        if tagged == fingerprint or (tagged is None and run_id is not None and mv.run_id == run_id):
+            return mv
+    return None
 
 
 def find_versions_by_tags(client, model_name: str, tags: dict[str, str]) -> list[str]:
@@ -105,23 +126,42 @@ def _model_exists(client, model_name: str) -> bool:
 
 
 def register_model(
-    client, model_name: str, model_uri: str, *, run_key: str, run_id: str | None, tags: dict[str, Any]
+    client,
+    model_name: str,
+    model_uri: str,
+    *,
+    run_key: str,
+    run_id: str | None,
+    tags: dict[str, Any],
+    fingerprint: str | None = None,
 ) -> tuple[str, bool]:
-    """Register ``model_uri`` once per ``run_key``: a retry or rerun reuses the existing version.
+    """Register ``model_uri`` once per ``run_key`` and training: a retry or rerun reuses the existing version.
+
+    ``fingerprint`` (:func:`gd_provider.core.lineage.training_fingerprint`: dataset digest + training spec)
+    tells trainings of one DAG run apart. Clearing and rerunning a run with the same data and settings
+    reuses its version; clearing ``train`` and rerunning it with other settings (a rerun override)
+    registers the new model as one new version, which a later clear of ``register`` reuses in turn.
 
     Returns ``(version, created)``. Tags are written when the version is created, so a version never
-    exists without its lineage.
+    exists without its lineage. A reused version gets the newer decision tags, never other identity tags
+    (run key, fingerprint, training run) than its own.
     """
-    existing = find_version_by_run_key(client, model_name, run_key)
+    existing = find_version_by_run_key(client, model_name, run_key, fingerprint=fingerprint, run_id=run_id)
     if existing is not None:
         for key, value in tags.items():  # a rerun may carry a newer gate decision
+            if key in _IDENTITY_TAGS and existing.tags.get(key) is not None:
+                continue
             if existing.tags.get(key) != str(value):
                 client.set_model_version_tag(model_name, existing.version, key, str(value))
+        if fingerprint is not None and existing.tags.get(FINGERPRINT_TAG) is None:
+            client.set_model_version_tag(model_name, existing.version, FINGERPRINT_TAG, fingerprint)
         return str(existing.version), False
     if not _model_exists(client, model_name):
         client.create_registered_model(model_name, tags={"gd.managed": "true"})
     all_tags = {k: str(v) for k, v in tags.items()}
     all_tags[RUN_KEY_TAG] = run_key
+    if fingerprint is not None:
+        all_tags[FINGERPRINT_TAG] = fingerprint
     from mlflow.store.artifact.utils.models import _parse_model_id_if_present
 
     # An MLflow server needs the logged model's id with a ``models:/m-…`` source; SQLite stores don't care.
@@ -129,6 +169,27 @@ def register_model(
         model_name, model_uri, run_id=run_id, tags=all_tags, model_id=_parse_model_id_if_present(model_uri)
     )
     return str(mv.version), True
+
+
+def training_settings(version_tags: dict[str, str]) -> dict[str, Any]:
+    """What a version was trained with, for the audit trail: the effective training overrides and, when
+    a run was retrained by a rerun override, that override (mechanism, Variable, reason, who asked)."""
+    out: dict[str, Any] = {}
+    if version_tags.get("gd.training_overrides"):
+        out["training_overrides"] = _json_or_text(version_tags["gd.training_overrides"])
+    rerun = {k[len("gd.rerun."):]: _json_or_text(v) for k, v in version_tags.items() if k.startswith("gd.rerun.")}
+    if rerun:
+        out["rerun"] = rerun
+    return out
+
+
+def _json_or_text(value: str) -> Any:
+    if value[:1] not in ("{", "["):
+        return value
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value  # a clipped tag value
 
 
 def get_alias_version(client, model_name: str, alias: str) -> str | None:
@@ -185,7 +246,7 @@ def promote(
     try:
         _append_audit(client, model_name, {"action": "promote", "alias": alias, "from": previous,
                                            "to": str(version), "actor": actor, "reason": reason,
-                                           "dag_run": dag_run})
+                                           "dag_run": dag_run, **training_settings(mv.tags)})
     except Exception:
         # No champion change without its audit entry: put the alias back, then fail.
         _restore_alias(client, model_name, alias, current)

@@ -67,14 +67,102 @@ def run_dag(
 
     The run id derives from ``run_after`` (default: now). Passing the ``run_after`` of an earlier run of
     the same logical date reruns that DAG run from scratch under the same run id — every task cleared
-    and run again, as "Clear" on the whole run does in the UI.
+    and run again, as "Clear" on the whole run does in the UI. To rerun only some tasks of a finished run,
+    use :func:`clear_tasks` and :func:`resume_run`.
     """
+    dr = dag.test(logical_date=logical_date, run_conf=conf or {}, run_after=run_after)
+    return run_summary(dag.dag_id, dr.run_id)
+
+
+def run_summary(dag_id: str, run_id: str) -> dict[str, Any]:
+    """``{"state", "run_id", "tasks": {task_id: state}, "tries": {task_id: try_number}}`` from the DB."""
+    from airflow.models.dagrun import DagRun
     from airflow.utils.session import create_session
 
-    dr = dag.test(logical_date=logical_date, run_conf=conf or {}, run_after=run_after)
     with create_session() as session:
-        from airflow.models.dagrun import DagRun
+        fresh = session.query(DagRun).filter(DagRun.dag_id == dag_id, DagRun.run_id == run_id).one()
+        tis = fresh.get_task_instances(session=session)
+        return {"state": str(fresh.state), "run_id": fresh.run_id, "tasks": {ti.task_id: str(ti.state) for ti in tis},
+                "tries": {ti.task_id: ti.try_number for ti in tis}}
 
-        fresh = session.query(DagRun).filter(DagRun.dag_id == dag.dag_id, DagRun.run_id == dr.run_id).one()
-        tasks = {ti.task_id: str(ti.state) for ti in fresh.get_task_instances(session=session)}
-        return {"state": str(fresh.state), "run_id": fresh.run_id, "tasks": tasks}
+
+def clear_tasks(
+    dag_id: str,
+    run_id: str,
+    task_ids: list[str],
+    *,
+    include_downstream: bool = True,
+    only_failed: bool = False,
+    note: str | None = None,
+    user: str = "admin",
+) -> list[str]:
+    """Clear task instances of one DAG run as the UI's *Clear* dialog does: the same endpoint function
+    (``POST /api/v2/dags/{dag_id}/clearTaskInstances``, ``dry_run=false``), called in process as ``user``.
+
+    The cleared tasks lose their state (not their try numbers) and the run is queued again; the other
+    tasks keep their state and XComs. The run's conf cannot be changed this way (Airflow 3.3 has no such
+    field on the clear or patch-run bodies). Returns the cleared task ids, sorted.
+    """
+    from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
+    from airflow.api_fastapi.core_api.datamodels.task_instances import ClearTaskInstancesBody
+    from airflow.api_fastapi.core_api.routes.public.task_instances import post_clear_task_instances
+    from airflow.models.dagbag import DBDagBag
+    from airflow.utils.session import create_session
+
+    body = ClearTaskInstancesBody(
+        dry_run=False, dag_run_id=run_id, task_ids=list(task_ids), include_downstream=include_downstream,
+        only_failed=only_failed, note=note,
+    )
+    with create_session() as session:
+        response = post_clear_task_instances(
+            dag_id=dag_id, dag_bag=DBDagBag(), body=body, session=session,
+            user=SimpleAuthManagerUser(username=user, role="admin"),
+        )
+        return sorted(ti.task_id for ti in response.task_instances)
+
+
+def resume_run(dag: Any, run_id: str, *, max_seconds: float = 3600) -> dict[str, Any]:
+    """Run a queued (e.g. just cleared) DAG run to the end without a scheduler.
+
+    What the scheduler would do: start the run, then schedule and run the task instances whose
+    dependencies are met, one at a time, with the task runner ``dag.test()`` uses. Only cleared task
+    instances run again (their try number goes up); finished ones are left alone. Returns
+    :func:`run_summary`.
+    """
+    import time
+
+    from airflow.models.dagbag import DBDagBag
+    from airflow.models.dagrun import DagRun
+    from airflow.sdk.definitions.dag import _run_task
+    from airflow.utils.session import create_session
+    from airflow.utils.state import DagRunState, TaskInstanceState
+
+    deadline = time.monotonic() + max_seconds
+    with create_session() as session:
+        dr = session.query(DagRun).filter(DagRun.dag_id == dag.dag_id, DagRun.run_id == run_id).one()
+        if dr.state != DagRunState.QUEUED:
+            raise RuntimeError(f"DAG run {run_id} is {dr.state}, not queued: clear some of its tasks first")
+        dr.dag = DBDagBag().get_dag_for_run(dr, session=session)
+        dr.set_state(DagRunState.RUNNING)
+        session.commit()
+        while dr.state == DagRunState.RUNNING:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"DAG run {run_id} still running after {max_seconds} s")
+            session.expire_all()
+            schedulable, _ = dr.update_state(session=session)
+            for ti in schedulable:
+                if ti.state != TaskInstanceState.UP_FOR_RESCHEDULE:
+                    ti.try_number += 1
+                ti.state = TaskInstanceState.SCHEDULED
+            session.commit()
+            scheduled = [ti for ti in dr.get_task_instances(session=session) if ti.state == TaskInstanceState.SCHEDULED]
+            if not scheduled and dr.state == DagRunState.RUNNING:
+                time.sleep(1)
+            for ti in scheduled:
+                try:
+                    _run_task(ti=ti, task=dag.task_dict[ti.task_id], run_triggerer=True)
+                except Exception:  # the task's state says what happened; keep going like dag.test()
+                    import logging
+
+                    logging.getLogger(__name__).exception("task %s failed", ti.task_id)
+    return run_summary(dag.dag_id, run_id)

@@ -105,8 +105,9 @@ class ModelEvaluationGateOperator(BaseOperator):
 
 
 class RegisterModelOperator(BaseOperator):
-    """Register the trained model once per DAG run (a retry or a cleared rerun reuses its version), with
-    lineage tags (DAG run, data interval, dataset digest, feature refs, package version, git sha, seed,
+    """Register the trained model once per DAG run and training (a retry or a cleared rerun of the same
+    training reuses its version; ``train`` cleared and rerun with other settings registers one new
+    version — see :func:`gd_provider.core.registry.register_model`), with lineage tags (DAG run, data interval, dataset digest, feature refs, package version, git sha, seed,
     training run, health) and the gate decision."""
 
     template_fields: Sequence[str] = ("dataset", "training", "gate")
@@ -133,7 +134,7 @@ class RegisterModelOperator(BaseOperator):
         self.mlflow_conn_id = mlflow_conn_id
 
     def execute(self, context: Any) -> dict[str, Any]:
-        from gd_provider.core.lineage import lineage_tags
+        from gd_provider.core.lineage import TRAINING_FINGERPRINT, lineage_tags
         from gd_provider.core.registry import register_model
         from gd_provider.hooks.mlflow import MlflowHook
 
@@ -158,6 +159,7 @@ class RegisterModelOperator(BaseOperator):
             run_key=run_key(context),
             run_id=self.training["mlflow_run_id"],
             tags=tags,
+            fingerprint=tags[TRAINING_FINGERPRINT],
         )
         self.log.info("%s %s version %s", "Registered" if created else "Reused", self.model_name, version)
         push_link(context, MlflowModelVersionLink, mlflow_model_version_url(config.ui_url, self.model_name, version))

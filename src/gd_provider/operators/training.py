@@ -29,6 +29,7 @@ DEFAULT_JOB_ENV = {
 }
 MAX_ATTEMPTS = 50  # resubmissions of one task's job (-r2 ... -r50) before giving up
 LOG_TAIL_LINES = 40
+ON_KILL_WAIT_S = 4.0  # on_kill waits this long for a stopped job to leave RUNNING
 _ACTIVE = ("PENDING", "RUNNING")
 
 
@@ -101,6 +102,7 @@ class RayTrainOperator(BaseOperator):
         spec: dict[str, Any],
         model_name: str,
         spec_overrides: dict[str, Any] | None = None,
+        rerun_variable: str | None = None,
         experiment_name: str | None = None,
         ray_conn_id: str = "ray_default",
         mlflow_conn_id: str = "mlflow_default",
@@ -114,6 +116,8 @@ class RayTrainOperator(BaseOperator):
         self.dataset = dataset
         self.spec = spec
         self.spec_overrides = spec_overrides
+        self.rerun_variable = rerun_variable
+        self._overrides: tuple[dict[str, Any], dict[str, Any] | None] | None = None
         self.model_name = model_name
         self.experiment_name = experiment_name
         self.ray_conn_id = ray_conn_id
@@ -126,20 +130,56 @@ class RayTrainOperator(BaseOperator):
         self._submission_id: str | None = None
 
     # ------------------------------------------------------------------------------------------- shared
-    def _resolve_spec(self):
+    def _effective_overrides(self, context: Any = None) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """``(overrides, rerun override record or None)``: the ``spec_overrides`` Param, updated by the rerun
+        override in the Variable ``rerun_variable`` when it names this DAG run (``core.rerun``). Read once
+        per try, so training and what is recorded agree."""
+        if self._overrides is not None:
+            return self._overrides
+        from gd_provider.core.rerun import RerunOverrideError, resolve_training_overrides
+
+        value = None
+        if self.rerun_variable and context is not None:
+            from airflow.sdk import Variable
+
+            value = Variable.get(self.rerun_variable, default=None)
+        run_id = context["dag_run"].run_id if context is not None else ""
+        try:
+            overrides, rerun, note = resolve_training_overrides(
+                self.spec_overrides, value, variable=self.rerun_variable or "", run_id=run_id
+            )
+        except RerunOverrideError as exc:
+            raise AirflowFailException(f"invalid training overrides: {exc}") from exc
+        if note:
+            self.log.info("%s", note)
+        if rerun is not None:
+            self.log.warning("Rerun override from Variable %r applied (%s): %s -> training overrides %s",
+                             rerun.variable, rerun.reason, rerun.training_overrides, overrides)
+        self._overrides = (overrides, rerun.to_dict() if rerun else None)
+        return self._overrides
+
+    def _run_name(self, context: Any, spec: Any) -> str:
+        """Ray Train run name (checkpoints): per DAG run, so a retry resumes it. A rerun override trains
+        other settings, which must not resume the earlier training: it gets its own name per spec."""
+        name = f"train-{run_key(context)}"
+        if self._effective_overrides(context)[1] is not None:
+            digest = hashlib.sha256(json.dumps([spec.to_dict(), self._dataset_dict().get("sha256")], sort_keys=True,
+                                               default=str).encode()).hexdigest()[:10]
+            name += f"-rerun-{digest}"
+        return safe_name(name)
+
+    def _resolve_spec(self, context: Any = None):
         from gd_provider.core.training.spec import SpecError, TrainingSpec
 
+        overrides, rerun = self._effective_overrides(context)
         try:
             spec = TrainingSpec.from_dict(self.spec)
-            if self.spec_overrides:
-                if not isinstance(self.spec_overrides, dict):
-                    raise SpecError(
-                        "spec_overrides", f"must be a mapping, got {self.spec_overrides!r}"
-                    )
-                spec = spec.with_overrides(self.spec_overrides)
+            if overrides:
+                spec = spec.with_overrides(overrides)
             spec.validate()
         except SpecError as exc:
-            raise AirflowFailException(f"invalid training spec: {exc}") from exc
+            origin = f" (rerun override from Variable {rerun['variable']!r})" if rerun else ""
+            raise AirflowFailException(f"invalid training spec{origin}: {exc}") from exc
         return spec
 
     def _experiment(self) -> tuple[Any, str]:
@@ -159,10 +199,61 @@ class RayTrainOperator(BaseOperator):
             raise AirflowFailException(f"dataset must be a dataset manifest (mapping), got {type(dataset).__name__}")
         return dataset
 
+    def _logged_before(self, record: Path, mlflow_config: Any, tags: dict[str, str]) -> dict[str, Any] | None:
+        """What an earlier try logged for this very result (same job, same DAG run), if that MLflow run is
+        still there; ``None`` otherwise (then the result is logged now)."""
+        try:
+            saved = json.loads(record.read_text())
+            logged, saved_tags = saved["logged"], saved["tags"]
+            run_id = logged["mlflow_run_id"]
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            self.log.warning("Ignoring unreadable MLflow record %s (%s): logging the result again", record, exc)
+            return None
+        if saved_tags != tags:
+            self.log.warning("MLflow record %s belongs to %s, not %s: logging the result again", record, saved_tags, tags)
+            return None
+        try:
+            run = mlflow_config.client().get_run(run_id)
+        except Exception as exc:  # MlflowException (deleted for good / another server)
+            self.log.warning("MLflow run %s of an earlier try is gone (%s): logging the result again", run_id, exc)
+            return None
+        if run.info.lifecycle_stage != "active" or run.info.status != "FINISHED":
+            self.log.warning(
+                "MLflow run %s of an earlier try is %s/%s: logging the result again",
+                run_id, run.info.lifecycle_stage, run.info.status,
+            )
+            return None
+        self.log.info("Reusing MLflow run %s, logged for this job's result by an earlier try", run_id)
+        return logged
+
+    def _supersede_orphans(self, mlflow_config: Any, experiment_id: str, tags: dict[str, str], run_id: str) -> None:
+        """Runs logged for the same job by a try that died before recording them: mark them superseded."""
+        submission_id = tags.get("gd.ray.submission_id")
+        if not submission_id:
+            return
+        try:
+            client = mlflow_config.client()
+            others = client.search_runs(
+                [experiment_id],
+                filter_string=f"tags.`gd.ray.submission_id` = '{submission_id}' and tags.`gd.run_key` = '{tags['gd.run_key']}'",
+            )
+            for other in others:
+                if other.info.run_id == run_id or "gd.superseded_by" in other.data.tags:
+                    continue
+                client.set_tag(other.info.run_id, "gd.superseded_by", run_id)
+                if other.info.status == "RUNNING":
+                    client.set_terminated(other.info.run_id, status="KILLED")
+                self.log.warning("MLflow run %s of an interrupted try is superseded by %s", other.info.run_id, run_id)
+        except Exception as exc:  # best effort: the new run and its record are what counts
+            self.log.warning("Could not look for superseded MLflow runs of job %s: %s", submission_id, exc)
+
     def execute(self, context: Any) -> dict[str, Any]:
         from gd_provider.hooks.ray import RayHook
 
-        spec = self._resolve_spec()
+        self._overrides = None  # read the rerun override afresh for this try
+        spec = self._resolve_spec(context)
         cluster = RayHook(self.ray_conn_id).cluster_config()
         mlflow_config, experiment_id = self._experiment()
         if cluster is None:
@@ -181,24 +272,45 @@ class RayTrainOperator(BaseOperator):
         *,
         tags: dict[str, str] | None = None,
         extra: dict[str, Any] | None = None,
+        logged_record: Path | None = None,
     ) -> dict[str, Any]:
-        """Judge a TrainingResult and log it to MLflow - the same for local and remote training."""
+        """Judge a TrainingResult and log it to MLflow - the same for local and remote training.
+
+        ``logged_record`` (remote training: one per Ray job) is where what was logged for this result is
+        kept: a later try that adopts the same finished job reuses that MLflow run instead of logging a
+        second one for the same training.
+        """
         from gd_provider.core.training.pyfunc import log_training_run
 
         if result.sensitivity:
             self.log.info("Learning-rate sensitivity check %s: %s", result.sensitivity["status"], result.sensitivity["reason"])
         if result.status not in ("completed", "diverged"):
             raise AirflowFailException(f"training did not complete ({result.status}): {result.error}")
+        from gd_provider.core.rerun import rerun_tags
+
         dag_run = context["dag_run"]
         key = run_key(context)
-        logged = log_training_run(
-            result,
-            spec,
-            dataset,
-            experiment_id=experiment_id,
-            run_name=f"{dag_run.dag_id}:{dag_run.run_id}",
-            tags={"gd.dag_id": dag_run.dag_id, "gd.airflow_run_id": dag_run.run_id, "gd.run_key": key, **(tags or {})},
-        )
+        overrides, rerun = self._effective_overrides(context)
+        recorded = {"spec_overrides": overrides, "param_overrides": dict(self.spec_overrides or {}), "rerun": rerun}
+        all_tags = {"gd.dag_id": dag_run.dag_id, "gd.airflow_run_id": dag_run.run_id, "gd.run_key": key,
+                    **{k: v if isinstance(v, str) else json.dumps(v, sort_keys=True)
+                       for k, v in rerun_tags(recorded).items()},
+                    **(tags or {})}
+        logged = self._logged_before(logged_record, mlflow_config, all_tags) if logged_record else None
+        if logged is None:
+            logged = log_training_run(
+                result,
+                spec,
+                dataset,
+                experiment_id=experiment_id,
+                run_name=f"{dag_run.dag_id}:{dag_run.run_id}",
+                tags=all_tags,
+            )
+            if logged_record is not None:
+                from gd_provider.core.training.entrypoint import write_json_atomic
+
+                write_json_atomic(logged_record, {"tags": all_tags, "logged": logged})
+                self._supersede_orphans(mlflow_config, experiment_id, all_tags, logged["mlflow_run_id"])
         push_link(context, MlflowRunLink, mlflow_run_url(mlflow_config.ui_url, experiment_id, logged["mlflow_run_id"]))
         if result.status == "diverged":
             guard = result.guard
@@ -209,8 +321,7 @@ class RayTrainOperator(BaseOperator):
             )
         self.log.info("Training finished: %s, MLflow run %s", logged["metrics"], logged["mlflow_run_id"])
         self.log.info("Training health: %s", logged["health"])
-        return {**logged, "spec": spec.to_dict(), "spec_overrides": dict(self.spec_overrides or {}),
-                "holdout": result.holdout, **(extra or {})}
+        return {**logged, "spec": spec.to_dict(), **recorded, "holdout": result.holdout, **(extra or {})}
 
     # -------------------------------------------------------------------------------------------- local
     def _train_locally(self, context: Any, spec: Any) -> Any:
@@ -222,7 +333,7 @@ class RayTrainOperator(BaseOperator):
                 self.dataset,
                 spec,
                 storage_path=str(run_dir(context, "ray")),
-                run_name=safe_name(f"train-{run_key(context)}"),
+                run_name=self._run_name(context, spec),
                 ray_address="local",
             )
         except (SpecError, runner.TrainingInputError) as exc:
@@ -261,6 +372,15 @@ class RayTrainOperator(BaseOperator):
                 return None
             raise AirflowException(f"Ray Jobs API error for job {submission_id}: {exc}") from exc
 
+    def _same_training(self, jobs_dir: Path, submission_id: str, spec: Any) -> bool:
+        """Whether the job ``submission_id`` was submitted for this spec and dataset (its request file)."""
+        try:
+            request = json.loads(self._request_path(jobs_dir, submission_id).read_text())
+        except (OSError, ValueError):
+            return True  # no request to compare with: keep the adopt-on-retry behaviour
+        same_spec = request.get("spec") == json.loads(json.dumps(spec.to_dict()))
+        return same_spec and (request.get("dataset") or {}).get("sha256") == self._dataset_dict().get("sha256")
+
     def _adopt_or_submit(
         self, context: Any, client: Any, spec: Any, cluster: Any, jobs_dir: Path
     ) -> tuple[str, str]:
@@ -279,6 +399,13 @@ class RayTrainOperator(BaseOperator):
         if previous is not None:
             prev_id, prev = previous
             status = _status_name(prev.status)
+            if (status in _ACTIVE or status == "SUCCEEDED") and not self._same_training(jobs_dir, prev_id, spec):
+                # A cleared task rerun with other settings (a rerun override) must not adopt the old job.
+                self.log.warning("Ray job %s (%s) trained other settings or data than this try: not adopting it",
+                                 prev_id, status)
+                if status in _ACTIVE:
+                    self._stop(client, prev_id)
+                status = "SUPERSEDED"
             if status in _ACTIVE:
                 self.log.info("Adopting Ray job %s (%s), submitted by an earlier try of this task", prev_id, status)
                 return prev_id, status
@@ -299,7 +426,7 @@ class RayTrainOperator(BaseOperator):
             self._dataset_dict(),
             spec.to_dict(),
             storage_path=str(run_dir(context, "ray")),
-            run_name=safe_name(f"train-{run_key(context)}"),
+            run_name=self._run_name(context, spec),
             result_path=str(jobs_dir / f"{submission_id}.result.json"),
             submission_id=submission_id,
         )
@@ -377,6 +504,7 @@ class RayTrainOperator(BaseOperator):
             experiment_id,
             tags={"gd.ray.submission_id": submission_id, "gd.ray.dashboard": cluster.link_base},
             extra={"ray_job": {"submission_id": submission_id, "dashboard_url": cluster.link_base}},
+            logged_record=self._jobs_dir(context) / f"{submission_id}.mlflow.json",
         )
 
     def _wait(self, client: Any, submission_id: str) -> str:
@@ -495,6 +623,18 @@ class RayTrainOperator(BaseOperator):
         return self._finish_remote(context, None, result, request, mlflow_config, experiment_id, cluster, submission_id)
 
     def on_kill(self) -> None:
-        """The task is being killed: stop its Ray job (synchronous mode; the trigger handles deferral)."""
+        """The task is being killed: stop its Ray job (synchronous mode; the trigger handles deferral).
+
+        Ray stops a job asynchronously; waiting (briefly: Airflow sends SIGKILL 5 s after SIGTERM) until
+        it has left RUNNING lets the next try - a clear while training runs - find it STOPPED and resubmit,
+        instead of adopting a job that is about to stop."""
         if self._job_client is not None and self._submission_id:
             self._stop(self._job_client, self._submission_id)
+            deadline = time.monotonic() + ON_KILL_WAIT_S
+            while time.monotonic() < deadline:
+                try:
+                    if _status_name(self._job_client.get_job_status(self._submission_id)) not in _ACTIVE:
+                        return
+                except Exception:  # the stop was requested; the status is a courtesy
+                    return
+                time.sleep(0.25)
