@@ -42,6 +42,10 @@ class FeaturesConfig(_Strict):
     label_column: str
     sort_by: list[str] | None = None
     lookback_days: float = Field(21, gt=0)
+    partition_rows: int | None = Field(
+        1_000_000, gt=0, description="write the training set as parquet parts of this many rows when larger; "
+        "null: always one file",
+    )
 
     @model_validator(mode="after")
     def _one_feature_selector(self) -> FeaturesConfig:
@@ -259,7 +263,8 @@ def data_stage(cfg: RetrainingConfig, group_id: str = "data") -> tuple[Any, Any]
             task_id="retrieve_training_set", label_source=f.label_source, feature_service=f.feature_service,
             features=f.features, entity_keys=f.entity_keys, timestamp_column=f.timestamp_column,
             label_column=f.label_column, sort_by=f.sort_by, lookback=timedelta(days=f.lookback_days),
-            feast_conn_id=cfg.feast_conn_id, as_of="{{ params.as_of }}", on_failure_callback=alerts,
+            feast_conn_id=cfg.feast_conn_id, as_of="{{ params.as_of }}", partition_rows=f.partition_rows,
+            on_failure_callback=alerts,
         )
         v = cfg.validation
         if v.schema_checks and not f.feature_service:

@@ -51,6 +51,7 @@ def test_fraud_config_builds_the_nightly_dag():
         ({"gate.value_thresholds": {}, "gate.max_abs_regression": {}}, "gate"),
         ({"drift.policy": "ignore"}, "drift.policy"),
         ({"features.lookback_days": 0}, "features.lookback_days"),
+        ({"features.partition_rows": 0}, "features.partition_rows"),
         ({"schedule": {"cron": "@daily", "assets": ["x"]}}, "schedule"),
         ({"surprise": 1}, "surprise"),
         ({"training.momentun": 0.9}, "training"),
@@ -62,6 +63,12 @@ def test_bad_configs_name_the_file_and_field(tmp_path, changes, field):
     with pytest.raises(ConfigError) as err:
         load_config(path)
     assert str(path) in str(err.value) and field in str(err.value)
+
+
+def test_partition_rows_reach_the_retrieval_task():
+    assert build_retraining_dag(FRAUD).task_dict["retrieve_training_set"].partition_rows == 1_000_000
+    dag = build_retraining_dag(_config(**{"features.partition_rows": 250_000}))
+    assert dag.task_dict["retrieve_training_set"].partition_rows == 250_000
 
 
 def test_asset_scheduled_config():

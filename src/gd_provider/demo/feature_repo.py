@@ -15,7 +15,12 @@ from typing import Any
 import yaml
 
 from gd_provider.demo import schema
-from gd_provider.demo.generator import FEATURE_DTYPES
+from gd_provider.demo.generator import (
+    EXTRA_CARD_FEATURES,
+    EXTRA_FEATURE_DTYPES,
+    EXTRA_MERCHANT_FEATURES,
+    FEATURE_DTYPES,
+)
 
 PROJECT = "gd_fraud"
 CARD_TTL = timedelta(days=2)
@@ -51,11 +56,20 @@ def _field_type(dtype: str):
     return {"int64": Int64, "float64": Float64, "str": String}[dtype]
 
 
-def feast_objects(data_dir: str | os.PathLike[str]) -> list:
+def feast_objects(data_dir: str | os.PathLike[str], extra_features: bool = False) -> list:
     """The repo's objects, in the order: card, merchant, card source, merchant source, the two views, service.
 
     ``data_dir`` holds ``card_stats.parquet`` and ``merchant_stats.parquet`` (see ``write_demo_data``).
+    ``extra_features=True`` adds the generator's optional columns (``GeneratorConfig(extra_features=True)``:
+    ``EXTRA_CARD_FEATURES`` / ``EXTRA_MERCHANT_FEATURES``) to the views, so the service has 14 features.
     """
+    dtypes = {**FEATURE_DTYPES, **EXTRA_FEATURE_DTYPES}
+    card_features = schema.CARD_FEATURES + (EXTRA_CARD_FEATURES if extra_features else ())
+    merchant_features = (
+        schema.MERCHANT_NUMERIC
+        + (EXTRA_MERCHANT_FEATURES if extra_features else ())
+        + schema.MERCHANT_CATEGORICAL
+    )
     from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType
     from feast.data_format import ParquetFormat
     from feast.types import Int64
@@ -86,7 +100,7 @@ def feast_objects(data_dir: str | os.PathLike[str]) -> list:
         entities=[card],
         ttl=CARD_TTL,
         schema=[Field(name="card_id", dtype=Int64)]
-        + [Field(name=c, dtype=_field_type(FEATURE_DTYPES[c])) for c in schema.CARD_FEATURES],
+        + [Field(name=c, dtype=_field_type(dtypes[c])) for c in card_features],
         source=card_source,
         online=True,
         description="Daily card snapshots (00:00 UTC) from the card's earlier transactions.",
@@ -96,10 +110,7 @@ def feast_objects(data_dir: str | os.PathLike[str]) -> list:
         entities=[merchant],
         ttl=MERCHANT_TTL,
         schema=[Field(name="merchant_id", dtype=Int64)]
-        + [
-            Field(name=c, dtype=_field_type(FEATURE_DTYPES[c]))
-            for c in schema.MERCHANT_NUMERIC + schema.MERCHANT_CATEGORICAL
-        ],
+        + [Field(name=c, dtype=_field_type(dtypes[c])) for c in merchant_features],
         source=merchant_source,
         online=True,
         description="Daily merchant snapshots (00:00 UTC) from the merchant's earlier transactions.",
@@ -155,13 +166,15 @@ def create_feature_repo(
     *,
     online_store: dict[str, Any] | None = None,
     offline_store: str | dict[str, Any] = "asof",
+    extra_features: bool = False,
 ) -> Path:
     """Write ``feature_store.yaml`` and ``definitions.py`` into ``repo_dir`` and apply the objects.
 
     ``offline_store`` is ``"asof"`` (default: ``gd_provider.feast_ext.asof_store.AsofDuckDBOfflineStore``,
     DuckDB ASOF joins) or ``"duckdb"`` (Feast's own DuckDB store), or a full ``offline_store`` section.
-    Both give the same historical features. Idempotent: a second call rewrites the same files and
-    re-applies the same objects.
+    Both give the same historical features. ``extra_features=True`` declares the generator's two optional
+    snapshot columns (data written from ``GeneratorConfig(extra_features=True)``). Idempotent: a second
+    call rewrites the same files and re-applies the same objects.
     """
     from feast import FeatureStore
 
@@ -176,9 +189,13 @@ def create_feature_repo(
     config = feature_store_config(repo, online_store, offline_store)
     _write_text(repo / "feature_store.yaml", yaml.safe_dump(config, sort_keys=False))
     src_dir = str(Path(__file__).resolve().parents[2])  # the directory that holds gd_provider/
-    _write_text(repo / "definitions.py", _DEFINITIONS.format(src_dir=src_dir, data_dir=str(data)))
+    definitions = _DEFINITIONS.format(src_dir=src_dir, data_dir=str(data))
+    if extra_features:
+        call = f"feast_objects({str(data)!r})"
+        definitions = definitions.replace(call, call[:-1] + ", extra_features=True)")
+    _write_text(repo / "definitions.py", definitions)
     store = FeatureStore(repo_path=str(repo))
-    store.apply(feast_objects(data))
+    store.apply(feast_objects(data, extra_features=extra_features))
     return repo
 
 

@@ -42,6 +42,15 @@ FEATURE_DTYPES: dict[str, str] = {
     "merchant_category": "str",
 }
 
+# Two optional snapshot features (``GeneratorConfig(extra_features=True)``), appended after the default
+# columns of their view: 16 + 2 numeric + 2 categorical = 20 model features with the transaction columns.
+# They are derived from the same simulated transactions without drawing random numbers, so every other
+# column is identical with or without them. The default demo does not generate them.
+EXTRA_CARD_FEATURES = ("card_avg_amount_30d",)
+EXTRA_MERCHANT_FEATURES = ("merchant_fraud_rate_7d",)
+EXTRA_FEATURE_DTYPES: dict[str, str] = {"card_avg_amount_30d": "float64", "merchant_fraud_rate_7d": "float64"}
+EXTRA_FEATURES = EXTRA_CARD_FEATURES + EXTRA_MERCHANT_FEATURES
+
 TRANSACTION_COLUMNS = (
     schema.TRANSACTION_ID,
     "card_id",
@@ -114,6 +123,7 @@ class GeneratorConfig:
     n_merchants: int = 200
     txns_per_day: int = 1500
     target_fraud_rate: float = 0.03
+    extra_features: bool = False  # add EXTRA_CARD_FEATURES / EXTRA_MERCHANT_FEATURES to the snapshots
 
     def __post_init__(self) -> None:
         if self.days < 1 or self.n_cards < 1 or self.n_merchants < 1 or self.txns_per_day < 1:
@@ -276,16 +286,26 @@ def generate(config: GeneratorConfig | None = None) -> DemoData:
     f90 = _window_sums(c_fraud, snap, _CHARGEBACK_WINDOW) + prior_f[:, None] * frac_prior[None, :]
     cb90 = np.where(n90 > 0, f90 / np.maximum(n90, 1e-12), 0.0)
 
-    # distinct merchants in [s-7, s): each (card, merchant, day) counts for snapshots day+1 .. day+7
-    pair_day = np.unique((card * n_m + merchant) * n_days + day)
+    # distinct merchants in [s-7, s): a (card, merchant) pair seen on day d covers snapshots d+1 .. d+7.
+    # Per pair (days sorted), each day adds only the snapshots not covered by the pair's previous day;
+    # a per-card difference array of those intervals, summed up, counts the covering pairs per snapshot.
+    pair_day = np.unique((card * n_m + merchant) * n_days + day)  # sorted by pair, then day
     pd_day = pair_day % n_days
     pd_pair = pair_day // n_days
-    shifted = (pd_pair[:, None] * (n_days + 8) + pd_day[:, None] + np.arange(1, 8)[None, :]).ravel()
-    shifted = np.unique(shifted)
-    s_day = shifted % (n_days + 8)
-    s_card = (shifted // (n_days + 8)) // n_m
-    keep = (s_day >= warm) & (s_day < n_days)
-    distinct7 = _daily(s_card[keep], s_day[keep] - warm, n_c, cfg.days).astype(np.int64)
+    first = np.ones(len(pair_day), dtype=bool)
+    first[1:] = pd_pair[1:] != pd_pair[:-1]
+    prev_end = np.empty_like(pd_day)
+    prev_end[0] = 0
+    prev_end[1:] = pd_day[:-1] + 8
+    cover_start = np.where(first, pd_day + 1, np.maximum(prev_end, pd_day + 1))
+    cover_end = pd_day + 8  # exclusive
+    new_cover = cover_start < cover_end
+    width = n_days + 8
+    pd_card = pd_pair[new_cover] // n_m
+    delta = np.bincount(pd_card * width + cover_start[new_cover], minlength=n_c * width) - np.bincount(
+        pd_card * width + cover_end[new_cover], minlength=n_c * width
+    )
+    distinct7 = np.cumsum(delta.reshape(n_c, width), axis=1)[:, warm:n_days].astype(np.int64)
 
     n_snap = len(snap)
     card_stats = pd.DataFrame(
@@ -302,6 +322,11 @@ def generate(config: GeneratorConfig | None = None) -> DemoData:
             "card_distinct_merchants_7d": distinct7.T.ravel(),
         }
     )
+    if cfg.extra_features:
+        cnt30c = _window_sums(c_cnt, snap, 30)
+        sum30c = _window_sums(c_sum, snap, 30)
+        avg30c = np.where(cnt30c > 0, sum30c / np.maximum(cnt30c, 1), 0.0)
+        card_stats["card_avg_amount_30d"] = np.round(avg30c.T.ravel(), 4)
 
     m_cnt = _daily(merchant, day, n_m, n_days)
     m_sum = _daily(merchant, day, n_m, n_days, amount)
@@ -325,6 +350,12 @@ def generate(config: GeneratorConfig | None = None) -> DemoData:
             "merchant_category": np.tile(categories[merch_cat], n_snap),
         }
     )
+    if cfg.extra_features:
+        cnt7m = _window_sums(m_cnt, snap, 7)
+        fr7m = _window_sums(m_fraud, snap, 7)
+        merchant_stats["merchant_fraud_rate_7d"] = np.round(
+            np.where(cnt7m > 0, fr7m / np.maximum(cnt7m, 1), 0.0).T.ravel(), 6
+        )
 
     # ---- the returned transactions: output days only
     out = day >= warm

@@ -320,8 +320,24 @@ def drop_stale_databases(tag: str = "gd_sys", max_age_s: float = 6 * 3600, **con
     return dropped
 
 
-def database_uri(name: str, host: str = PG_HOST, port: int = PG_PORT, user: str = PG_USER) -> str:
-    return f"postgresql+psycopg2://{user}@{host}:{port}/{name}"
+def database_uri(name: str, host: str = PG_HOST, port: int = PG_PORT, user: str = PG_USER,
+                 password: str | None = None) -> str:
+    """SQLAlchemy URL of a database (with ``password`` when given; trust auth ignores it)."""
+    from urllib.parse import quote
+
+    auth = f"{user}:{quote(password, safe='')}" if password else user
+    return f"postgresql+psycopg2://{auth}@{host}:{port}/{name}"
+
+
+def pg_query(dbname: str, sql: str, params: Iterable[Any] = (), **conn: Any) -> list[tuple]:
+    """Rows of one query against ``dbname`` (for checks on what a service stored)."""
+    c = _pg_connect(dbname=dbname, **conn)
+    try:
+        with c.cursor() as cur:
+            cur.execute(sql, tuple(params))
+            return cur.fetchall()
+    finally:
+        c.close()
 
 
 # --------------------------------------------------------------------------------------------- Redis
@@ -331,20 +347,22 @@ class RedisDb:
 
     OWNER_KEY = "__gd_stack_owner__"
 
-    def __init__(self, client: Any, db: int, token: str, host: str, port: int, lease_s: int = 3600) -> None:
+    def __init__(self, client: Any, db: int, token: str, host: str, port: int, lease_s: int = 3600,
+                 password: str | None = None) -> None:
         self.client, self.db, self.token, self.host, self.port = client, db, token, host, port
         self.lease_s = lease_s
+        self.password = password
 
     @classmethod
     def claim(cls, host: str = REDIS_HOST, port: int = REDIS_PORT, dbs: Iterable[int] = range(15, 0, -1),
-              lease_s: int = 3600) -> RedisDb:
+              lease_s: int = 3600, password: str | None = None) -> RedisDb:
         import redis
 
         token = secrets.token_hex(8)
         for db in dbs:
-            client = redis.Redis(host=host, port=port, db=db, socket_timeout=10)
+            client = redis.Redis(host=host, port=port, db=db, password=password, socket_timeout=10)
             if client.set(cls.OWNER_KEY, token, nx=True, ex=lease_s):
-                held = cls(client, db, token, host, port, lease_s)
+                held = cls(client, db, token, host, port, lease_s, password)
                 held.flush()
                 return held
             client.close()
@@ -352,8 +370,15 @@ class RedisDb:
 
     @property
     def connection_string(self) -> str:
-        """Feast's ``online_store.connection_string``."""
+        """Feast's ``online_store.connection_string`` (no password: see :meth:`feast_connection_string`)."""
         return f"{self.host}:{self.port},db={self.db}"
+
+    def feast_connection_string(self, password_var: str = "REDIS_PASSWORD") -> str:
+        """The connection string for ``feature_store.yaml`` with the password as ``${password_var}``, which
+        Feast expands from the environment when it loads the file (the FeastHook fills it in from the
+        ``feast`` connection's password), so the password is never written to the repo."""
+        base = self.connection_string
+        return f"{base},password=${{{password_var}}}" if self.password else base
 
     def data_keys(self) -> list[bytes]:
         return [k for k in self.client.scan_iter(count=1000) if k != self.OWNER_KEY.encode()]
@@ -368,6 +393,31 @@ class RedisDb:
                 self.client.flushdb()
         finally:
             self.client.close()
+
+
+def redis_server(port: int, password: str, work_dir: Path) -> list[str]:
+    """A private ``redis-server`` command line on loopback ``port`` that requires ``password`` (the
+    compose ``redis`` service's ``--requirepass``). The password goes into a config file (mode 0600) in
+    ``work_dir``, not onto the command line where ``ps`` shows it. No persistence."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    conf = work_dir / "redis.conf"
+    conf.write_text(f'bind 127.0.0.1\nport {port}\nrequirepass "{password}"\nsave ""\nappendonly no\n'
+                    f"dir {work_dir}\nprotected-mode yes\n")
+    conf.chmod(0o600)
+    return ["redis-server", str(conf)]
+
+
+def redis_ping(host: str, port: int, password: str | None = None) -> bool:
+    import redis
+
+    try:
+        client = redis.Redis(host=host, port=port, password=password, socket_timeout=2)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+    except Exception:
+        return False
 
 
 # --------------------------------------------------------------------------------------------- MLflow
@@ -414,13 +464,20 @@ class RayHead:
         except (OSError, ValueError):
             return False
 
-    def jobs(self) -> list[dict[str, Any]]:
-        req = urllib.request.Request(self.url + "/api/jobs/", headers={"Authorization": f"Bearer {self.token}"})
+    def _get(self, path: str) -> Any:
+        req = urllib.request.Request(self.url + path, headers={"Authorization": f"Bearer {self.token}"})
         with urllib.request.urlopen(req, timeout=20) as resp:
             return json.loads(resp.read())
 
+    def jobs(self) -> list[dict[str, Any]]:
+        """Every job the head knows (Jobs API job info: entrypoint, runtime_env, metadata, status...)."""
+        return self._get("/api/jobs/")
 
-def ray_head(num_cpus: int = 2, base: Mapping[str, str] | None = None) -> RayHead:
+    def job_logs(self, submission_id: str) -> str:
+        return str(self._get(f"/api/jobs/{submission_id}/logs").get("logs") or "")
+
+
+def ray_head(num_cpus: int = 2, base: Mapping[str, str] | None = None, token: str | None = None) -> RayHead:
     """A ``ray start --head --block`` command line. ``--temp-dir`` is short (Unix socket paths are limited
     to ~107 bytes) and private; stop it by stopping its :class:`Service` (never ``ray stop``, which stops
     every Ray instance on the machine)."""
@@ -428,7 +485,7 @@ def ray_head(num_cpus: int = 2, base: Mapping[str, str] | None = None) -> RayHea
 
     temp_dir = Path(tempfile.mkdtemp(prefix="gdr", dir="/tmp"))
     gcs, dash, client, agent_http, agent_grpc, env_agent, metrics = free_ports(7)
-    token = secrets.token_hex(32)
+    token = token or secrets.token_hex(32)
     env = {k: v for k, v in quiet_env(base).items() if not k.startswith("RAY_AUTH")}
     env.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token})
     argv = [venv_bin("ray"), "start", "--head", "--block", "--port", str(gcs), "--dashboard-port", str(dash),
@@ -510,6 +567,25 @@ def airflow_environment(
     return env
 
 
+def local_secrets_backend(path: Path, connections: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
+    """Write ``connections`` (conn id → JSON form) to a file read by Airflow's
+    ``LocalFilesystemBackend`` and return the settings that make it the secrets backend (workers fall
+    back to ``[secrets] backend``): pass them as ``airflow_environment(extra=...)``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    forms = {}
+    for conn_id, conn in connections.items():
+        form = dict(conn)
+        if isinstance(form.get("extra"), dict):
+            form["extra"] = json.dumps(form["extra"])
+        forms[conn_id] = form
+    path.write_text(json.dumps(forms))
+    path.chmod(0o600)
+    return {
+        "AIRFLOW__SECRETS__BACKEND": "airflow.secrets.local_filesystem.LocalFilesystemBackend",
+        "AIRFLOW__SECRETS__BACKEND_KWARGS": json.dumps({"connections_file_path": str(path)}),
+    }
+
+
 def has_async_postgres_driver() -> bool:
     """Whether Airflow's async engine can use PostgreSQL here (``asyncpg``, Airflow's default driver)."""
     import importlib.util
@@ -582,6 +658,15 @@ class AirflowRest:
 
     def post(self, path: str, payload: Any) -> Any:
         return self.call("POST", "/api/v2" + path, payload)
+
+    def clear(self, dag_id: str, run_id: str, task_ids: Iterable[str], *, downstream: bool = True,
+              only_failed: bool = False) -> list[dict[str, Any]]:
+        """Clear task instances of one DAG run (as "Clear" in the UI); returns the cleared ones."""
+        body = self.post(f"/dags/{dag_id}/clearTaskInstances", {
+            "dag_run_id": run_id, "task_ids": list(task_ids), "include_downstream": downstream,
+            "include_upstream": False, "only_failed": only_failed, "dry_run": False, "reset_dag_runs": True,
+        })
+        return list(body.get("task_instances") or [])
 
     def try_get(self, path: str) -> tuple[int, Any]:
         return self._request("GET", "/api/v2" + path)

@@ -2,10 +2,63 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from airflow.sdk import BaseHook, Connection
 from airflow.sdk.exceptions import AirflowNotFoundException
+
+
+def strip_credentials(url: str | None) -> str | None:
+    """``url`` without its user info (``http://user:pw@host:5000/x`` → ``http://host:5000/x``), for what is
+    recorded or shown: extra links, tags, reports. Anything that is not such a URL is returned unchanged."""
+    if not url or "://" not in url or "@" not in url:
+        return url
+    try:
+        parts = urlsplit(url)
+        if parts.username is None and parts.password is None:
+            return url
+        host = parts.hostname or ""
+        if ":" in host:  # IPv6
+            host = f"[{host}]"
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:  # unparsable: keep only what follows the last '@' of the authority
+        scheme, rest = url.split("://", 1)
+        authority, sep, path = rest.partition("/")
+        return f"{scheme}://{authority.rsplit('@', 1)[-1]}{sep}{path}"
+    return urlunsplit(parts._replace(netloc=host + port))
+
+
+def _strings(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _strings(v)
+    elif isinstance(value, list | tuple):
+        for v in value:
+            yield from _strings(v)
+
+
+def mask_connection_secrets(conn: Connection) -> None:
+    """Mask what Airflow does not: Airflow masks a connection's password and its extra as one whole JSON
+    string, so a secret *inside* the extra (``{"token": ...}``, a password in ``tracking_uri``) would be
+    logged in clear. Masks the values of sensitive extra keys (token, password, secret, ...) and the
+    password of every URL in the host or the extra."""
+    from airflow.sdk.log import mask_secret
+
+    extra = conn.extra_dejson
+    if extra:
+        mask_secret(extra)  # values whose key name is sensitive, recursively
+    for value in [conn.host or "", *_strings(extra)]:
+        if "://" in value and "@" in value:
+            try:
+                password = urlsplit(value).password
+            except ValueError:
+                continue
+            if password:
+                mask_secret(password)
 
 
 class GdBaseHook(BaseHook):
@@ -28,6 +81,7 @@ class GdBaseHook(BaseHook):
         if not self._looked_up:
             try:
                 self._conn = self.get_connection(self.conn_id)
+                mask_connection_secrets(self._conn)
             except AirflowNotFoundException:
                 if self.conn_id != self.default_conn_name:
                     raise

@@ -6,7 +6,7 @@ from typing import Any
 
 from gd_provider import settings
 from gd_provider.core.registry import MlflowConfig
-from gd_provider.hooks._base import GdBaseHook
+from gd_provider.hooks._base import GdBaseHook, strip_credentials
 
 EMBEDDED_UI_URL = "http://localhost:5000"
 
@@ -68,7 +68,10 @@ class MlflowHook(GdBaseHook):
             registry_uri=extra.get("registry_uri"),
             artifact_root=extra.get("artifact_root"),
             token=conn.password or None,
-            ui_url=extra.get("ui_url") or (tracking if tracking.startswith(("http://", "https://")) else None),
+            # links end up in XCom and the UI: never with credentials from the tracking URI
+            ui_url=strip_credentials(
+                extra.get("ui_url") or (tracking if tracking.startswith(("http://", "https://")) else None)
+            ),
         )
 
     def get_conn(self) -> Any:

@@ -37,7 +37,10 @@ class RayClusterConfig:
 
     @property
     def link_base(self) -> str:
-        return (self.ui_url or self.dashboard_url).rstrip("/")
+        """The dashboard for links and tags, never with credentials from the address."""
+        from gd_provider.hooks._base import strip_credentials
+
+        return str(strip_credentials(self.ui_url or self.dashboard_url)).rstrip("/")
 
     def auth_headers(self) -> dict[str, str]:
         """``Authorization: Bearer <token>`` when the connection has a token, else what Ray itself would
