@@ -64,3 +64,12 @@ def interval(context: Any) -> tuple[Any, Any]:
     end = dag_run.data_interval_end or dag_run.logical_date or dag_run.run_after
     start = dag_run.data_interval_start or end
     return start, end
+
+
+def load_pyfunc(model_uri: str) -> Any:
+    """``mlflow.pyfunc.load_model`` without MLflow's pip-requirements check: it compares the model's
+    requirements with every installed distribution (~5 s CPU on the first load in a process) only to log
+    warnings; our models are trained by this package and record its version in their lineage tags."""
+    import mlflow
+
+    return mlflow.pyfunc.load_model(model_uri, suppress_warnings=True)

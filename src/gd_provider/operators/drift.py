@@ -9,7 +9,7 @@ from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
 
 from gd_provider.links import MlflowRunLink, ReportLink, mlflow_run_url, push_link
-from gd_provider.operators._common import run_dir, run_key
+from gd_provider.operators._common import load_pyfunc, run_dir, run_key
 
 
 class DriftCheckOperator(BaseOperator):
@@ -180,10 +180,9 @@ class DriftCheckOperator(BaseOperator):
         return manifest
 
     def _prediction_drift(self, core: Any, reference: Any, current: Any, champion: str) -> dict[str, Any]:
-        import mlflow
         import numpy as np
 
-        model = mlflow.pyfunc.load_model(f"models:/{self.model_name}/{champion}")
+        model = load_pyfunc(f"models:/{self.model_name}/{champion}")
         n = self.sample_size
         ref = reference.sample(n=n, random_state=self.seed) if len(reference) > n else reference
         cur = current.sample(n=n, random_state=self.seed) if len(current) > n else current

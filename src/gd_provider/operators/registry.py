@@ -18,7 +18,7 @@ from gd_provider.links import (
     mlflow_run_url,
     push_link,
 )
-from gd_provider.operators._common import actor, run_key
+from gd_provider.operators._common import actor, load_pyfunc, run_key
 
 
 def _registry_failure(what: str, tracking_uri: str, exc: Exception) -> AirflowException:
@@ -62,7 +62,6 @@ class ModelEvaluationGateOperator(BaseOperator):
         self.mlflow_conn_id = mlflow_conn_id
 
     def execute(self, context: Any) -> dict[str, Any]:
-        import mlflow
 
         from gd_provider.core.gate import GateConfigError, GatePolicy, classification_metrics, decide
         from gd_provider.core.registry import ensure_experiment, get_alias_version
@@ -80,12 +79,12 @@ class ModelEvaluationGateOperator(BaseOperator):
         spec = TrainingSpec.from_dict(self.training["spec"])
         holdout = holdout_frame(self.dataset, spec)
         y = holdout[spec.label].to_numpy()
-        challenger_proba = np.asarray(mlflow.pyfunc.load_model(self.training["model_uri"]).predict(holdout))
+        challenger_proba = np.asarray(load_pyfunc(self.training["model_uri"]).predict(holdout))
         challenger = classification_metrics(y, challenger_proba, policy.decision_threshold)
         champion_version = get_alias_version(client, self.model_name, self.alias)
         champion = None
         if champion_version is not None:
-            model = mlflow.pyfunc.load_model(f"models:/{self.model_name}/{champion_version}")
+            model = load_pyfunc(f"models:/{self.model_name}/{champion_version}")
             champion = classification_metrics(y, np.asarray(model.predict(holdout)), policy.decision_threshold)
         decision = decide(challenger, champion, policy, champion_version=champion_version)
         decision.holdout_rows = len(holdout)
@@ -279,7 +278,6 @@ class ModelSmokeTestOperator(BaseOperator):
         self.mlflow_conn_id = mlflow_conn_id
 
     def execute(self, context: Any) -> dict[str, Any]:
-        import mlflow
 
         from gd_provider.core.data import read_dataset
         from gd_provider.core.registry import NO_CHAMPION, PREVIOUS_CHAMPION_TAG, get_alias_version
@@ -291,7 +289,7 @@ class ModelSmokeTestOperator(BaseOperator):
         if version is None:
             raise AirflowFailException(f"{self.model_name} has no {self.alias!r} alias to smoke-test")
         push_link(context, MlflowModelVersionLink, mlflow_model_version_url(config.ui_url, self.model_name, version))
-        model = mlflow.pyfunc.load_model(f"models:/{self.model_name}@{self.alias}")
+        model = load_pyfunc(f"models:/{self.model_name}@{self.alias}")
         df = read_dataset(self.dataset)
         canary = df.sample(n=min(self.canary_rows, len(df)), random_state=self.seed)
         proba = np.asarray(model.predict(canary), dtype=float)
@@ -307,7 +305,7 @@ class ModelSmokeTestOperator(BaseOperator):
         previous = client.get_model_version(self.model_name, version).tags.get(PREVIOUS_CHAMPION_TAG, NO_CHAMPION)
         previous_rate = None
         if previous != NO_CHAMPION and self.max_positive_rate_change is not None:
-            prev_model = mlflow.pyfunc.load_model(f"models:/{self.model_name}/{previous}")
+            prev_model = load_pyfunc(f"models:/{self.model_name}/{previous}")
             previous_rate = float(np.mean(np.asarray(prev_model.predict(canary)) >= self.decision_threshold))
             if abs(rate - previous_rate) > self.max_positive_rate_change:
                 problems.append(

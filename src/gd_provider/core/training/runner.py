@@ -58,6 +58,11 @@ DEFAULT_HEALTH_CHECK_INTERVAL_S = "0.25"
 # niceness unless ``RAY_worker_niceness`` is set already.
 WORKER_NICENESS_ENV = "RAY_worker_niceness"
 DEFAULT_WORKER_NICENESS = "0"
+LOCAL_RAY_ENV_DEFAULTS = {
+    WORKER_NICENESS_ENV: DEFAULT_WORKER_NICENESS,
+    # A private one-machine instance has no preemptible nodes; the watcher is one more ~200 MB actor.
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+}
 
 
 class TrainingInputError(ValueError):
@@ -236,16 +241,18 @@ def init_local_ray(num_cpus: int | None = None, **kwargs: Any) -> None:
     ``address="local"`` always starts a new instance (a stale session or ``RAY_ADDRESS`` is ignored). When
     ``gd_provider`` is not installed in site-packages (e.g. a source checkout), its parent directory is put on
     the workers' ``PYTHONPATH``, since Ray Train unpickles the training loop by module name. Workers run at
-    the driver's niceness (Ray's default is +15; ``RAY_worker_niceness`` in the environment wins).
+    the driver's niceness (Ray's default is +15) and Ray Train's preemption watcher is off (no preemptible
+    nodes here); a value already in the environment (``RAY_worker_niceness``,
+    ``RAY_TRAIN_ENABLE_PREEMPTION_WATCHER``) wins.
     """
     import ray
 
     # .../<root>/gd_provider/core/training/runner.py -> <root> (works for namespace packages too)
     pkg_root = str(Path(__file__).resolve().parents[3])
     previous = os.environ.get("PYTHONPATH")
-    set_niceness = WORKER_NICENESS_ENV not in os.environ
-    if set_niceness:
-        os.environ[WORKER_NICENESS_ENV] = DEFAULT_WORKER_NICENESS
+    env_set = [k for k in LOCAL_RAY_ENV_DEFAULTS if k not in os.environ]
+    for key in env_set:
+        os.environ[key] = LOCAL_RAY_ENV_DEFAULTS[key]
     installed = {str(Path(p).resolve()) for p in site.getsitepackages() + [site.getusersitepackages()]}
     paths = [p for p in (previous or "").split(os.pathsep) if p]
     if pkg_root not in installed and pkg_root not in paths:
@@ -258,8 +265,8 @@ def init_local_ray(num_cpus: int | None = None, **kwargs: Any) -> None:
             **kwargs,
         )
     finally:
-        if set_niceness:
-            os.environ.pop(WORKER_NICENESS_ENV, None)
+        for key in env_set:
+            os.environ.pop(key, None)
         if previous is None:
             os.environ.pop("PYTHONPATH", None)
         else:
