@@ -239,16 +239,30 @@ def release_memory() -> None:
 
     A task process that read, validated and drift-checked a large frame keeps the freed pages: Arrow's
     memory pool and glibc's malloc cache them for reuse (1M rows: ~1 GB held). ``gc.collect`` drops
-    cycles, ``release_unused`` empties Arrow's pool, ``malloc_trim(0)`` returns glibc's free heap pages.
+    cycles, ``release_unused`` empties Arrow's pool, ``malloc_trim(0)`` returns glibc's free heap pages, and
+    resetting DuckDB's ``memory_limit`` (only while it is the default) on ibis's default DuckDB connection
+    (the one Feast's ibis-based retrieval used, if any in this process) makes DuckDB's allocator hand back
+    its cache (~0.3 GB at 1M rows).
     """
     import contextlib
     import ctypes
     import gc
+    import sys
 
     import pyarrow as pa
 
     gc.collect()
     pa.default_memory_pool().release_unused()
+    ibis = sys.modules.get("ibis")
+    backend = getattr(getattr(ibis, "options", None), "default_backend", None)
+    if backend is not None and getattr(backend, "name", "") == "duckdb":
+        with contextlib.suppress(Exception):  # best effort: a closed or foreign connection is fine
+            import duckdb
+
+            query = "SELECT current_setting('memory_limit')"
+            default = duckdb.connect().execute(query).fetchall()[0][0]
+            if backend.raw_sql(query).fetchall()[0][0] == default:  # never touch a limit someone set
+                backend.raw_sql("RESET memory_limit").fetchall()  # fetch all: leave no open result behind
     with contextlib.suppress(OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
