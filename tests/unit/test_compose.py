@@ -73,6 +73,11 @@ def test_airflow_services_share_connections_and_data(compose):
             assert json.loads(env[f"AIRFLOW_CONN_{conn}_DEFAULT"])["conn_type"] == conn_type
         assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql")
         assert "gd-data:/data" in svc["volumes"]
+        # the Redis password reaches tasks through the feast connection (masked), not as a plain variable
+        assert json.loads(env["AIRFLOW_CONN_FEAST_DEFAULT"])["password"] == services["redis"]["environment"][
+            "REDIS_PASSWORD"]
+    assert [n for n, s in services.items() if "REDIS_PASSWORD" in (s.get("environment") or {})] == [
+        "redis", "airflow-init"]
     assert "gd-data:/data" in services["mlflow"]["volumes"]
 
 
