@@ -108,3 +108,18 @@ def lineage_tags(
         for name, value in (gate.get("challenger_metrics") or {}).items():
             tags[f"gd.metric.{name}"] = f"{value:.6f}"
     return {k: _clip(v) for k, v in tags.items()}
+
+
+class LineageError(ValueError):
+    """A model version lacks the lineage tags a check needs."""
+
+
+def training_dataset(client: Any, name: str, version: str) -> Any:
+    """The dataset a registered version was trained on, from its lineage tags (uri + sha256): a
+    ``DatasetManifest`` that ``read_dataset`` verifies against the recorded digest."""
+    from gd_provider.core.data import DatasetManifest
+
+    tags = client.get_model_version(name, version).tags
+    if DATASET_URI not in tags or DATASET_SHA256 not in tags:
+        raise LineageError(f"champion {name} v{version} has no {DATASET_URI}/{DATASET_SHA256} lineage tags")
+    return DatasetManifest(uri=tags[DATASET_URI], sha256=tags[DATASET_SHA256], rows=0, columns={})

@@ -77,8 +77,8 @@ class DriftCheckOperator(BaseOperator):
 
     def execute(self, context: Any) -> dict[str, Any]:
         from gd_provider.core import drift as core
-        from gd_provider.core.data import DatasetError, DatasetManifest, read_dataset
-        from gd_provider.core.lineage import DATASET_SHA256, DATASET_URI
+        from gd_provider.core.data import DatasetError, read_dataset
+        from gd_provider.core.lineage import LineageError, training_dataset
         from gd_provider.core.registry import ensure_experiment, get_alias_version
         from gd_provider.core.tracking import log_check_run
         from gd_provider.hooks.mlflow import MlflowHook
@@ -98,13 +98,10 @@ class DriftCheckOperator(BaseOperator):
             self.log.info("%s has no %r version yet: no reference data, drift not checked", self.model_name, self.alias)
             return {"status": "no_reference", "policy": self.policy, "champion_version": None,
                     "message": "no champion yet: nothing to compare"}
-        tags = client.get_model_version(self.model_name, champion).tags
-        if DATASET_URI not in tags or DATASET_SHA256 not in tags:
-            raise AirflowFailException(
-                f"champion {self.model_name} v{champion} has no {DATASET_URI}/{DATASET_SHA256} lineage tags: "
-                "no reference data"
-            )
-        ref_manifest = DatasetManifest(uri=tags[DATASET_URI], sha256=tags[DATASET_SHA256], rows=0, columns={})
+        try:
+            ref_manifest = training_dataset(client, self.model_name, champion)
+        except LineageError as exc:
+            raise AirflowFailException(f"{exc}: no reference data") from exc
         try:
             reference = read_dataset(ref_manifest)
             current = read_dataset(self.dataset)

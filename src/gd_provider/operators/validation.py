@@ -163,8 +163,8 @@ class DataValidationOperator(BaseOperator, BranchMixIn):
 
     def _champion_expectations(self, manifest: dict[str, Any], notes: list[str]) -> tuple[list[dict], dict]:
         from gd_provider.core import profile as core
-        from gd_provider.core.data import DatasetError, DatasetManifest, read_dataset
-        from gd_provider.core.lineage import DATASET_SHA256, DATASET_URI
+        from gd_provider.core.data import DatasetError, read_dataset
+        from gd_provider.core.lineage import LineageError, training_dataset
         from gd_provider.core.registry import get_alias_version
 
         name, alias = self.champion_model_name, self.champion_alias
@@ -176,13 +176,10 @@ class DataValidationOperator(BaseOperator, BranchMixIn):
             self.log.warning(note)
             notes.append(note)
             return [], {"status": "no_champion", "model": name, "alias": alias}
-        tags = client.get_model_version(name, champion).tags
-        if DATASET_URI not in tags or DATASET_SHA256 not in tags:
-            raise AirflowFailException(
-                f"champion {name} v{champion} has no {DATASET_URI}/{DATASET_SHA256} lineage tags: "
-                "cannot profile its training data"
-            )
-        ref = DatasetManifest(uri=tags[DATASET_URI], sha256=tags[DATASET_SHA256], rows=0, columns={})
+        try:
+            ref = training_dataset(client, name, champion)
+        except LineageError as exc:
+            raise AirflowFailException(f"{exc}: cannot profile its training data") from exc
         try:
             reference = read_dataset(ref)
         except DatasetError as exc:
