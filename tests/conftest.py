@@ -126,3 +126,18 @@ def mlflow_backend(request, gd_home):
         (root / "artifacts").mkdir(parents=True)
         return MlflowConfig(tracking_uri=f"sqlite:///{root / 'mlflow.db'}", artifact_root=str(root / "artifacts"))
     return MlflowConfig(tracking_uri=request.getfixturevalue("mlflow_server"))
+
+
+@pytest.fixture
+def mlflow_conn(mlflow_backend, monkeypatch):
+    """``mlflow_backend`` reached the way operators reach it: the embedded default for SQLite, an
+    ``mlflow_default`` connection to the real server for HTTP."""
+    import json
+
+    if mlflow_backend.tracking_uri.startswith("http"):
+        host, port = mlflow_backend.tracking_uri.removeprefix("http://").split(":")
+        monkeypatch.setenv(
+            "AIRFLOW_CONN_MLFLOW_DEFAULT",
+            json.dumps({"conn_type": "mlflow", "host": host, "port": int(port), "schema": "http"}),
+        )
+    return mlflow_backend

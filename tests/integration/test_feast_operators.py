@@ -521,20 +521,6 @@ def test_drift_reference_from_lineage_reads_and_verifies_a_partitioned_dataset(r
 # ------------------------------------------------------------------------ MLflow dataset input (issue 3)
 
 
-@pytest.fixture
-def mlflow_conn(mlflow_backend, monkeypatch):
-    """The embedded SQLite store, then a real MLflow server over HTTP (through ``mlflow_default``)."""
-    import json
-
-    if mlflow_backend.tracking_uri.startswith("http"):
-        host, port = mlflow_backend.tracking_uri.removeprefix("http://").split(":")
-        monkeypatch.setenv(
-            "AIRFLOW_CONN_MLFLOW_DEFAULT",
-            json.dumps({"conn_type": "mlflow", "host": host, "port": int(port), "schema": "http"}),
-        )
-    return mlflow_backend
-
-
 def test_training_set_is_logged_as_an_mlflow_dataset_input(repo, labels, mlflow_conn):
     import json
 

@@ -42,15 +42,9 @@ def _frame(n: int, shift: float = 0.0, seed: int = 0) -> pd.DataFrame:
 
 
 @pytest.fixture(autouse=True)
-def backend(request, mlflow_backend, monkeypatch):
+def backend(mlflow_conn):
     """Every operator test runs on the embedded SQLite store and on a real MLflow server over HTTP."""
-    if mlflow_backend.tracking_uri.startswith("http"):
-        host, port = mlflow_backend.tracking_uri.removeprefix("http://").split(":")
-        monkeypatch.setenv(
-            "AIRFLOW_CONN_MLFLOW_DEFAULT",
-            json.dumps({"conn_type": "mlflow", "host": host, "port": int(port), "schema": "http"}),
-        )
-    return mlflow_backend
+    return mlflow_conn
 
 
 @pytest.fixture
