@@ -132,7 +132,7 @@ def main() -> int:
         elapsed = time.perf_counter() - t0
         outcome.update(night=i, logical=str(logical.date()), story=story, seconds=elapsed)
         outcome["report"] = _read_report(home, outcome["run_id"])
-        outcome["validation"] = _read_report(home, outcome["run_id"], "validation/validation.json")
+        outcome["validation"] = _read_report(home, outcome["run_id"], "validate/validation.json")
         outcome["log"] = str(logs / f"night{i}.log")
         outcome["champion"] = champion
         results.append(outcome)

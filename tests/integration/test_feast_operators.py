@@ -439,12 +439,14 @@ def test_large_training_set_is_partitioned_and_every_consumer_reads_it(repo, lab
     parts_op = FeastHistoricalFeaturesOperator(
         task_id="parts", label_source=labels, partition_rows=200, **RETRIEVAL
     )
-    single = single_op.execute(context(day(6), day(8), run_id="r0"))  # (outputs are keyed by DAG run)
+    # two retrieval tasks in one DAG run: outputs are keyed by run and task, so neither overwrites the other
+    single = single_op.execute(context(day(6), day(8), run_id="r1"))
     ctx = context(day(6), day(8), run_id="r1")
     parts = parts_op.execute(ctx)
 
     assert single["partitions"] is None and single["rows"] == rows
-    root = gd_home / "runs" / "test_dag" / "r1" / "data" / "training_set.parquet"
+    assert single["uri"] == str(gd_home / "runs" / "test_dag" / "r1" / "single" / "training_set.parquet")
+    root = gd_home / "runs" / "test_dag" / "r1" / "parts" / "training_set.parquet"
     assert parts["uri"] == str(root) and root.is_dir()  # same URI shape: a directory now
     assert parts["partitions"]["parts"] == 3 and parts["partitions"]["rows_per_part"] == 200
     assert [f["rows"] for f in parts["partitions"]["files"]] == [200, 200, 50]
@@ -510,7 +512,7 @@ def test_drift_reference_from_lineage_reads_and_verifies_a_partitioned_dataset(r
 
     # a part of the champion's data altered after registration: the drift check names the file
     part = reference["partitions"]["files"][2]["name"]
-    path = gd_home / "runs" / "test_dag" / "champion_run" / "data" / "training_set.parquet" / part
+    path = gd_home / "runs" / "test_dag" / "champion_run" / "ref" / "training_set.parquet" / part
     table = pq.read_table(path).to_pandas()
     table["amount"] = table["amount"] * 3
     table.to_parquet(path, index=False)

@@ -120,7 +120,7 @@ def test_skip_mode_and_local_link_without_mlflow(gd_home, client, champion):
     assert "[champion_profile:both_classes]: missing values [1]" in str(exc.value)
     assert "[champion_profile:positive_rate]: observed 0.0" in str(exc.value)
     link = ti.xcoms[("validate", ValidationReportLink().xcom_key)]
-    assert link.startswith("file://") and link.endswith("validation/validation.html")
+    assert link.startswith("file://") and link.endswith("/validate/validation.html")
     assert Path(link.removeprefix("file://")).is_file()
     assert ("validate", MlflowRunLink().xcom_key) not in ti.xcoms
 
@@ -181,3 +181,22 @@ def test_schema_checks_from_a_real_feature_service(gd_home):
 def test_bad_arguments_fail_when_the_dag_is_parsed(kwargs, match):
     with pytest.raises(ValueError, match=match):
         _op({"uri": "x", "sha256": "y", "rows": 0, "columns": {}}, **kwargs)
+
+
+def test_two_validation_tasks_in_one_run_keep_their_reports_and_mlflow_runs_apart(gd_home, client):
+    """E.g. a check of the raw data and one of the training set in the same DAG run: each task gets its own
+    report folder and MLflow run, and a retry of one task updates its own run only."""
+    dataset = _manifest(_frame(500), gd_home / "night.parquet")
+    raw = DataValidationOperator(task_id="validate_raw", dataset=dataset, expectations=BASIC)
+    train = DataValidationOperator(task_id="validate_training_set", dataset=dataset, expectations=BASIC)
+    first = raw.execute(fake_context(ti=FakeTI(task_id="validate_raw")))
+    second = train.execute(fake_context(ti=FakeTI(task_id="validate_training_set")))
+    run_folder = gd_home / "runs" / "test_dag" / "manual__test"
+    assert Path(first["report"]["json"]).parent == run_folder / "validate_raw"
+    assert Path(second["report"]["json"]).parent == run_folder / "validate_training_set"
+    assert first["mlflow_run_id"] != second["mlflow_run_id"]
+    retry = raw.execute(fake_context(ti=FakeTI(task_id="validate_raw")))
+    assert retry["mlflow_run_id"] == first["mlflow_run_id"]
+    tags = {t: client.get_run(r).data.tags["gd.task"] for t, r in
+            (("raw", first["mlflow_run_id"]), ("train", second["mlflow_run_id"]))}
+    assert tags == {"raw": "validate_raw", "train": "validate_training_set"}

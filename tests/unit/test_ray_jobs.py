@@ -100,6 +100,18 @@ def test_submission_id_is_deterministic_per_task_instance_and_try_independent():
     assert op._base_submission_id(ctx1) == op._base_submission_id(ctx2) == ray_submission_id("test_dag", "r1", "train")
 
 
+def test_two_training_tasks_of_one_dag_run_never_share_checkpoints():
+    """The Ray Train run name (what a retry resumes from) is keyed by task and map index as well as run."""
+    spec = TrainingSpec.for_demo(epochs=2)
+    ctx = fake_context(run_id="r1")
+    names = {_op()._run_name(ctx, spec)}
+    other = RayTrainOperator(task_id="train_model_b", dataset={}, spec=spec.to_dict(), model_name="b")
+    names.add(other._run_name(ctx, spec))
+    ctx["ti"].map_index = 2
+    names.add(_op()._run_name(ctx, spec))
+    assert names == {"train-test_dag_r1", "train_model_b-test_dag_r1", "train_2_-test_dag_r1"}
+
+
 def test_submit_then_adopt_running_then_resubmit_after_failure(gd_home, capsys):
     op, client, cluster, ctx = _op(), FakeJobs(), _cluster(), fake_context()
     spec = op._resolve_spec()

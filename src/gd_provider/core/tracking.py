@@ -16,6 +16,7 @@ from typing import Any
 
 RUN_KEY_TAG = "gd.run_key"
 KIND_TAG = "gd.kind"
+TASK_TAG = "gd.task"
 DATASET_SHA256_TAG = "gd.dataset.sha256"
 DATASET_ROWS_TAG = "gd.dataset.rows"
 DATASET_PARTS_TAG = "gd.dataset.parts"
@@ -57,23 +58,28 @@ def log_check_run(
     metrics: dict[str, float],
     tags: dict[str, Any] | None = None,
     artifacts: Iterable[str] = (),
+    task: str = "",
 ) -> str:
     """Log a check's numbers and report files into an MLflow run; returns its run id.
 
-    A retry of the same check in the same DAG run finds and updates its run instead of adding another.
+    A retry of the same check (same DAG run, kind and ``task``) finds and updates its run instead of adding
+    another; two checks of one kind in one DAG run (different ``task``) get a run each.
     """
     from mlflow.entities import Metric, RunTag
 
-    escaped = run_key.replace("'", "\\'")
-    found = client.search_runs(
-        [experiment_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{escaped}' and tags.`{KIND_TAG}` = '{kind}'",
-        max_results=1,
-    )
+    def quoted(value: str) -> str:
+        return "'" + value.replace("'", "\\'") + "'"
+
+    filter_string = f"tags.`{RUN_KEY_TAG}` = {quoted(run_key)} and tags.`{KIND_TAG}` = {quoted(kind)}"
+    if task:
+        filter_string += f" and tags.`{TASK_TAG}` = {quoted(task)}"
+    found = client.search_runs([experiment_id], filter_string=filter_string, max_results=1)
     if found:
         run_id = found[0].info.run_id
     else:
-        run = client.create_run(experiment_id, run_name=f"{kind}:{run_key}",
-                                tags={RUN_KEY_TAG: run_key, KIND_TAG: kind})
+        identity = {RUN_KEY_TAG: run_key, KIND_TAG: kind, **({TASK_TAG: task} if task else {})}
+        name = f"{kind}:{run_key}" + (f":{task}" if task else "")
+        run = client.create_run(experiment_id, run_name=name, tags=identity)
         run_id = run.info.run_id
     import time
 

@@ -28,6 +28,23 @@ def run_dir(context: Any, *parts: str) -> Path:
     return path
 
 
+def task_key(context: Any, task_id: str) -> str:
+    """``task_id``, plus ``[<map index>]`` for a mapped task instance: unique within a DAG run."""
+    ti = context.get("ti") if hasattr(context, "get") else None
+    map_index = getattr(ti, "map_index", -1)
+    return f"{task_id}[{map_index}]" if isinstance(map_index, int) and map_index >= 0 else task_id
+
+
+def task_dir(context: Any, task_id: str, *parts: str) -> Path:
+    """``<run dir>/<task_id>[.<map index>]/...``: where one task writes its files.
+
+    Keyed by task as well as run, so two retrieval, validation or drift tasks in one DAG (two models, a
+    mapped task, a check of raw data and of the training set) never overwrite each other's outputs.
+    """
+    folder = safe_name(task_key(context, task_id).replace("[", ".").replace("]", ""))
+    return run_dir(context, folder, *parts)
+
+
 class StoragePathError(ValueError):
     """A path from a Param, a config or a DAG argument points outside the configured storage root."""
 

@@ -9,7 +9,7 @@ from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
 
 from gd_provider.links import MlflowRunLink, ReportLink, mlflow_run_url, push_link
-from gd_provider.operators._common import load_pyfunc, run_dir, run_key
+from gd_provider.operators._common import load_pyfunc, run_key, task_dir, task_key
 
 
 class DriftCheckOperator(BaseOperator):
@@ -107,7 +107,7 @@ class DriftCheckOperator(BaseOperator):
             current = read_dataset(self.dataset)
         except DatasetError as exc:
             raise AirflowFailException(f"drift check cannot read its data: {exc}") from exc
-        out_dir = run_dir(context, "drift")
+        out_dir = task_dir(context, self.task_id)
         per_column = self.per_column or {}
         try:
             report = core.detect_drift(
@@ -146,7 +146,8 @@ class DriftCheckOperator(BaseOperator):
         if prediction is not None:
             metrics["prediction_drift_score"] = prediction["score"]
         mlflow_run_id = log_check_run(
-            client, experiment_id, run_key=run_key(context), kind="drift_check", metrics=metrics,
+            client, experiment_id, run_key=run_key(context), kind="drift_check", task=task_key(context, self.task_id),
+            metrics=metrics,
             tags={"gd.champion_version": champion, "gd.drift.policy": self.policy, "gd.drift.method": report.method,
                   "gd.drift.decision": decision.level if proceed else "block"},
             artifacts=[p for p in (report.html_path, report.json_path) if p],

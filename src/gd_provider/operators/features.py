@@ -9,7 +9,7 @@ from typing import Any
 from airflow.sdk import Asset, AssetAlias, BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
 
-from gd_provider.operators._common import StoragePathError, interval, resolve_home_path, run_dir
+from gd_provider.operators._common import StoragePathError, interval, resolve_home_path, task_dir
 
 DEFAULT_MATERIALIZED_ALIAS = "feast_materialized_views"
 DEFAULT_PARTITION_ROWS = 1_000_000  # = gd_provider.core.data.DEFAULT_PARTITION_ROWS (not imported at parse time)
@@ -55,7 +55,7 @@ def _parse_as_of(value: str) -> Any:
 class FeastHistoricalFeaturesOperator(BaseOperator):
     """Build the training set for this DAG run: entity/label rows whose timestamp falls in
     ``[data_interval_end - lookback, data_interval_end)``, joined point-in-time correctly with the
-    features of ``feature_service`` (or ``features`` refs). Writes ``<run folder>/data/training_set.parquet``
+    features of ``feature_service`` (or ``features`` refs). Writes ``<run folder>/<task_id>/training_set.parquet``
     and returns the dataset manifest (uri, sha256, rows, columns, ...) — never the data. With more than
     ``partition_rows`` rows (default 1,000,000; ``None``: never) that URI is a directory of parquet part
     files of ``partition_rows`` rows each, recorded in the manifest's ``partitions`` (``core.data``).
@@ -219,7 +219,7 @@ class FeastHistoricalFeaturesOperator(BaseOperator):
             manifest = retrieve_training_set(
                 store,
                 entity_df,
-                out_uri=str(run_dir(context, "data") / "training_set.parquet"),
+                out_uri=str(task_dir(context, self.task_id) / "training_set.parquet"),
                 feature_service=self.feature_service,
                 features=self.features,
                 entity_keys=self.entity_keys,

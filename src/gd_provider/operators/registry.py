@@ -18,7 +18,7 @@ from gd_provider.links import (
     mlflow_run_url,
     push_link,
 )
-from gd_provider.operators._common import actor, load_pyfunc, run_key
+from gd_provider.operators._common import actor, load_pyfunc, run_key, task_key
 
 
 def _registry_failure(what: str, tracking_uri: str, exc: Exception) -> AirflowException:
@@ -94,7 +94,8 @@ class ModelEvaluationGateOperator(BaseOperator):
         metrics.update({f"champion.{k}": v for k, v in (champion or {}).items()})
         experiment_id = ensure_experiment(client, self.model_name, config.artifact_root)
         run_id = log_check_run(
-            client, experiment_id, run_key=run_key(context), kind="evaluation", metrics=metrics,
+            client, experiment_id, run_key=run_key(context), kind="evaluation", task=task_key(context, self.task_id),
+            metrics=metrics,
             tags={"gd.blessed": str(decision.blessed).lower(), "gd.gate.reason": "; ".join(decision.reasons)[:4000],
                   "gd.gate.baseline_version": champion_version or "none",
                   "gd.gate.holdout_sha256": decision.holdout_sha256, "gd.gate.holdout_rows": len(holdout)},

@@ -15,7 +15,7 @@ from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from gd_provider.links import MlflowRunLink, RayJobLink, mlflow_run_url, push_link, ray_job_url
-from gd_provider.operators._common import run_dir, run_key, safe_name
+from gd_provider.operators._common import run_dir, run_key, safe_name, task_key
 
 ENTRYPOINT_MODULE = "gd_provider.core.training.entrypoint"
 JOBS_SUBDIR = "ray_jobs"
@@ -159,9 +159,10 @@ class RayTrainOperator(BaseOperator):
         return self._overrides
 
     def _run_name(self, context: Any, spec: Any) -> str:
-        """Ray Train run name (checkpoints): per DAG run, so a retry resumes it. A rerun override trains
-        other settings, which must not resume the earlier training: it gets its own name per spec."""
-        name = f"train-{run_key(context)}"
+        """Ray Train run name (checkpoints): per task of a DAG run, so a retry resumes it and two training
+        tasks of one run (two models, a mapped task) never resume each other's checkpoints. A rerun override
+        trains other settings, which must not resume the earlier training: it gets its own name per spec."""
+        name = f"{task_key(context, self.task_id)}-{run_key(context)}"
         if self._effective_overrides(context)[1] is not None:
             digest = hashlib.sha256(json.dumps([spec.to_dict(), self._dataset_dict().get("sha256")], sort_keys=True,
                                                default=str).encode()).hexdigest()[:10]

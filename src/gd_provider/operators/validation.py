@@ -13,7 +13,7 @@ from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from gd_provider.links import MlflowRunLink, ValidationReportLink, mlflow_run_url, push_link
-from gd_provider.operators._common import interval, run_dir, run_key
+from gd_provider.operators._common import interval, run_key, task_dir, task_key
 
 IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 Expectations = list[dict[str, Any]] | Callable[..., list[dict[str, Any]]] | str
@@ -214,7 +214,7 @@ class DataValidationOperator(BaseOperator, BranchMixIn):
             config, client = self._mlflow_client()
             experiment_id = ensure_experiment(client, self.experiment_name, config.artifact_root)
             run_id = log_check_run(
-                client, experiment_id, run_key=run_key(context), kind="validation",
+                client, experiment_id, run_key=run_key(context), kind="validation", task=task_key(context, self.task_id),
                 metrics={"evaluated": report.evaluated, "failed": report.failed, "success": float(report.success),
                          "rows": report.rows or 0, "elapsed_s": report.elapsed_s},
                 tags={"gd.validation.suite": report.suite_name, "gd.validation.success": report.success},
@@ -255,7 +255,7 @@ class DataValidationOperator(BaseOperator, BranchMixIn):
         except ValidationConfigError as exc:
             raise AirflowFailException(f"the validation suite is invalid: {exc}") from exc
         report.notes = notes
-        paths = write_report(report, str(run_dir(context, "validation")))
+        paths = write_report(report, str(task_dir(context, self.task_id)))
         self.log.info("Validation report: %s", paths)
         tracked = self._log_to_mlflow(context, report, paths) if self.log_to_mlflow else {}
         push_link(context, ValidationReportLink, tracked.get("report_url") or f"file://{paths['html']}")
