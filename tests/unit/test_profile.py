@@ -203,3 +203,18 @@ def test_dtype_family_lists_are_ge_names():
              "kwargs": {"column": c, "type_list": DTYPE_FAMILIES[f]}} for c, f in fam.items()]
     report = validate_dataframe(df, exps)
     assert report.success, report.summary()
+
+
+def test_zero_tolerance_bounds_still_pass_the_champions_own_data():
+    """Bounds are rounded outward: with no widening the champion's data passes its own checks."""
+    champion = pd.DataFrame({"amount": [0.1234567, 0.5, 7.7654321], "is_fraud": [0, 1, 0]})
+    exps = profile_expectations(
+        profile_dataframe(champion, label_column="is_fraud"),
+        Tolerances(range_widening=0.0, positive_rate_band=1.0),
+    )
+    bounds = {e["meta"]["gd_check"]: (e["kwargs"]["min_value"], e["kwargs"]["max_value"])
+              for e in exps if "min_value" in e["kwargs"] and "column" in e["kwargs"]}
+    assert bounds["champion_profile:value_range"] == (0.123456, 7.76544)
+    low, high = bounds["champion_profile:positive_rate"]
+    assert low <= 1 / 3 <= high and (low, high) == (0.333333, 0.333334)
+    assert validate_dataframe(champion, exps).success

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from typing import Any
 
 import numpy as np
@@ -263,8 +264,14 @@ def schema_expectations(schema: Mapping[str, str]) -> list[dict[str, Any]]:
     return exps
 
 
-def _round(value: float) -> float:
-    return float(f"{value:.6g}")
+def _round(value: float, direction: str) -> float:
+    """``value`` to 6 significant digits, rounded outward (``"down"`` for a lower bound, ``"up"`` for an
+    upper one), so a bound never excludes a value that the champion's own data holds."""
+    if value == 0 or not math.isfinite(value):
+        return float(value)
+    exponent = math.floor(math.log10(abs(value))) - 5
+    rounding = ROUND_FLOOR if direction == "down" else ROUND_CEILING
+    return float(Decimal(repr(float(value))).quantize(Decimal(1).scaleb(exponent), rounding=rounding))
 
 
 def profile_expectations(
@@ -316,7 +323,7 @@ def profile_expectations(
             if col.min >= 0:
                 low = max(low, 0.0)
             exps.append(_exp("expect_column_values_to_be_between", CHAMPION, "value_range", column=name,
-                             min_value=_round(low), max_value=_round(col.max + widen)))
+                             min_value=_round(low, "down"), max_value=_round(col.max + widen, "up")))
         elif tol.category_sets and col.values is not None and col.family in ("string", "bool"):
             exps.append(_exp("expect_column_values_to_be_in_set", CHAMPION, "category_set", column=name,
                              value_set=list(col.values)))
@@ -334,7 +341,7 @@ def profile_expectations(
             else:
                 low, high = rate / tol.positive_rate_band, rate * tol.positive_rate_band
             exps.append(_exp("expect_column_mean_to_be_between", CHAMPION, "positive_rate", column=label,
-                             min_value=_round(max(0.0, low)), max_value=_round(min(1.0, high))))
+                             min_value=_round(max(0.0, low), "down"), max_value=_round(min(1.0, high), "up")))
     return exps
 
 
