@@ -172,3 +172,30 @@ def test_a_remote_rerun_with_other_settings_does_not_adopt_the_earlier_job(earli
     earlier = json.loads((jobs_dir / f"{base}.request.json").read_text())
     assert earlier["run_name"] == f"train-test_dag_{RUN}".replace(":", "_").replace("+", "_")
     assert request["run_name"].startswith(earlier["run_name"] + "-rerun-")
+
+
+def test_a_deferred_resume_records_the_overrides_the_job_was_submitted_with(monkeypatch, gd_home):
+    """``execute_complete`` runs in a fresh operator: it records the settings stored in the job's request,
+    not the rerun Variable as it reads by then (edited or deleted while the job ran)."""
+    from tests.support import fake_context
+    from tests.unit.test_ray_jobs import FakeJobs, _cluster
+
+    client, cluster, ctx = FakeJobs(), _cluster(), fake_context(run_id=RUN)
+    submitting, _ = _train_op(GOOD, monkeypatch, spec_overrides={"lr": 50.0})
+    spec = submitting._resolve_spec(ctx)
+    sid, _ = submitting._adopt_or_submit(ctx, client, spec, cluster, submitting._jobs_dir(ctx))
+    request = json.loads((submitting._jobs_dir(ctx) / f"{sid}.request.json").read_text())
+    assert request["airflow_settings"]["rerun"]["reason"] == "diverged at lr=50"
+
+    resumed, seen = _train_op(None, monkeypatch, spec_overrides={"lr": 50.0})  # the Variable is gone now
+    recorded = {}
+
+    def fake_finish(context, trained_spec, *args, **kwargs):
+        recorded["spec"], recorded["settings"] = trained_spec, resumed._effective_overrides(context)
+        return {}
+
+    monkeypatch.setattr(resumed, "_finish", fake_finish)
+    resumed._finish_remote(ctx, None, None, request, None, "0", cluster, sid)
+    overrides, rerun = recorded["settings"]
+    assert recorded["spec"].lr == 0.003 and overrides["lr"] == 0.003
+    assert rerun is not None and rerun["reason"] == "diverged at lr=50" and seen == []

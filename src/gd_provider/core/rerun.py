@@ -11,8 +11,9 @@ engineer writes a rerun override into the Airflow Variable ``gd_rerun.<dag_id>``
      "reason": "night diverged at lr=0.5; back to the configured lr",
      "requested_by": "alice"}
 
-and then clears ``train`` with *Downstream*. ``train`` reads the Variable at run time (a templated field,
-so the value used shows under "Rendered Template" of that try) and applies ``training_overrides`` on top
+and then clears ``train`` with *Downstream*. ``train`` reads the Variable once per try, logs what it applied, stores it
+in a remote job's request (so a deferred resume or a later adopting try records the settings the job was
+really submitted with) and applies ``training_overrides`` on top
 of the run's ``training_overrides`` Param — only in the DAG run named by ``run_id``: a stale override
 never leaks into another night. The override is validated like the Param (a mapping of TrainingSpec
 fields, checked against the spec before Ray starts) and must give a reason. What was applied is recorded

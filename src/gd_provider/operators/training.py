@@ -19,6 +19,7 @@ from gd_provider.operators._common import run_dir, run_key, safe_name, task_key
 
 ENTRYPOINT_MODULE = "gd_provider.core.training.entrypoint"
 JOBS_SUBDIR = "ray_jobs"
+REQUEST_SETTINGS_KEY = "airflow_settings"  # in a job's request JSON: the overrides it was submitted with
 # Set for the job's driver and every Ray worker of the job (runtime_env.env_vars); the connection's and
 # the operator's runtime_env win over these.
 DEFAULT_JOB_ENV = {
@@ -431,6 +432,10 @@ class RayTrainOperator(BaseOperator):
             result_path=str(jobs_dir / f"{submission_id}.result.json"),
             submission_id=submission_id,
         )
+        # What this try resolved (Param + rerun Variable): whoever collects the job - this try, a deferred
+        # resume, a later try adopting it - records these, not whatever the Variable says by then.
+        overrides, rerun = self._effective_overrides(context)
+        request[REQUEST_SETTINGS_KEY] = {"spec_overrides": overrides, "rerun": rerun}
         write_json_atomic(request_path, request)
         entrypoint = f"{cluster.python} -m {ENTRYPOINT_MODULE} --request {shlex.quote(str(request_path))}"
         ti = context.get("ti") if hasattr(context, "get") else None
@@ -496,6 +501,9 @@ class RayTrainOperator(BaseOperator):
         from gd_provider.core.training.spec import TrainingSpec
 
         trained_spec = TrainingSpec.from_dict(request["spec"]) if request.get("spec") else spec
+        settings = request.get(REQUEST_SETTINGS_KEY)
+        if isinstance(settings, dict):  # the overrides this job was submitted with (see _adopt_or_submit)
+            self._overrides = (dict(settings.get("spec_overrides") or {}), settings.get("rerun"))
         return self._finish(
             context,
             trained_spec,
