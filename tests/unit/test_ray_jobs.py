@@ -198,6 +198,7 @@ def test_deferrable_submits_then_defers_to_the_trigger_without_the_token(gd_home
     assert classpath == "gd_provider.triggers.ray.RayJobTrigger"
     assert kwargs["submission_id"] == op._base_submission_id(ctx) == client.submitted[0]["submission_id"]
     assert TOKEN not in json.dumps(kwargs) and kwargs["timeout_at"]
+    assert kwargs["stop_marker"] == str(op._jobs_dir(ctx) / f"{kwargs['submission_id']}.stop_requested")
     assert ctx["ti"].xcoms[("task", "_link_RayJobLink")] == f"http://ray-head:8265/#/jobs/{kwargs['submission_id']}"
     with pytest.raises(AirflowException, match="waiting for Ray job .* failed: boom"):
         op.execute_complete(ctx, {"status": "error", "submission_id": kwargs["submission_id"], "message": "boom"})
@@ -277,6 +278,29 @@ def test_trigger_polls_until_terminal_times_out_and_stops_on_kill(gd_home, monke
     assert late["status"] == "timeout" and late["job_status"] == "RUNNING"
     assert ("POST", "/api/jobs/gd-long/stop", f"Bearer {TOKEN}") in seen and states["gd-long"] == ["STOPPED"]
     assert unauthorized["status"] == "error" and "401" in unauthorized["message"]
+
+
+def test_trigger_on_kill_writes_the_stop_marker_and_waits_for_the_job_to_end(gd_home, monkeypatch, tmp_path):
+    """A clear of a deferred ``train``: the trigger's on_kill marks the job as being stopped (the next try
+    then never adopts it), asks Ray to stop it and follows it until it has ended."""
+    states = {"gd-d": ["RUNNING"]}
+    seen: list = []
+    marker = tmp_path / "ray_jobs" / "gd-d.stop_requested"
+    trigger = RayJobTrigger(submission_id="gd-d", poll_interval=0.01, stop_marker=str(marker))
+    assert trigger.serialize()[1]["stop_marker"] == str(marker)
+
+    async def scenario():
+        runner, url = await _serve(states, seen)
+        try:
+            _conn(monkeypatch, url)
+            await trigger.on_kill()
+            return await trigger.wait_until_ended(0.0)
+        finally:
+            await runner.cleanup()
+
+    assert asyncio.run(scenario()) == "STOPPED"
+    assert marker.read_text().startswith("stop requested by trigger on_kill")
+    assert ("POST", "/api/jobs/gd-d/stop", f"Bearer {TOKEN}") in seen
 
 
 def test_entrypoint_reports_input_errors_in_its_result_file_without_airflow(tmp_path):

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from gd_provider.core.training.spec import TrainingSpec
 from gd_provider.operators import training
 from gd_provider.operators.training import RayTrainOperator
@@ -51,3 +53,57 @@ def test_on_kill_gives_up_waiting_before_airflow_kills_the_task(monkeypatch):
     op.on_kill()
     assert client.stopped == ["gd-k"] and client.jobs["gd-k"] == "RUNNING"
     assert 0.3 <= time.monotonic() - t0 < 2.0
+
+
+def _remote_op() -> RayTrainOperator:
+    return RayTrainOperator(task_id="train", dataset={"uri": "/nowhere.parquet", "sha256": "0" * 64, "rows": 10},
+                            model_name="m", spec=TrainingSpec.for_demo(epochs=1).to_dict(), poll_interval=0.01)
+
+
+def test_a_new_try_never_adopts_a_job_an_earlier_try_is_stopping(gd_home):
+    """Clear during training: the killed try wrote the stop marker, but the stop has not landed yet when the
+    new try looks. The new try waits for the job to end and resubmits, instead of adopting a job that is
+    about to stop under it."""
+    from tests.support import fake_context
+    from tests.unit.test_ray_jobs import _cluster
+
+    ctx = fake_context()
+    killed = _remote_op()
+    jobs_dir = killed._jobs_dir(ctx)
+    killed._jobs_dir_path = jobs_dir
+    base = killed._base_submission_id(ctx)
+    client = SlowStop({}, running_polls=10**6)
+    assert killed._adopt_or_submit(ctx, client, killed._resolve_spec(ctx), _cluster(), jobs_dir) == (base, "PENDING")
+    client.jobs[base] = "RUNNING"
+    killed._job_client, killed._submission_id = client, base
+    training.ON_KILL_WAIT_S, saved = 0.05, training.ON_KILL_WAIT_S
+    try:
+        killed.on_kill()  # SIGTERM: stop requested, still RUNNING when on_kill returns
+    finally:
+        training.ON_KILL_WAIT_S = saved
+    assert killed._stop_marker(jobs_dir, base).is_file() and client.jobs[base] == "RUNNING"
+
+    client.running_polls = client.polls + 2  # the stop lands two polls later
+    new_try = _remote_op()
+    new_try._jobs_dir_path = jobs_dir
+    sid, status = new_try._adopt_or_submit(ctx, client, new_try._resolve_spec(ctx), _cluster(), jobs_dir)
+    assert (sid, status) == (f"{base}-r2", "PENDING") and client.jobs[base] == "STOPPED"
+
+
+def test_a_job_that_will_not_stop_is_neither_adopted_nor_duplicated(gd_home, monkeypatch):
+    from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+    from tests.support import fake_context
+    from tests.unit.test_ray_jobs import _cluster
+
+    monkeypatch.setattr(training, "STOPPING_WAIT_S", 0.1)
+    ctx = fake_context()
+    op = _remote_op()
+    jobs_dir = op._jobs_dir(ctx)
+    base = op._base_submission_id(ctx)
+    client = SlowStop({base: "RUNNING"}, running_polls=10**6)
+    op._stop_marker(jobs_dir, base).write_text("stop requested\n")
+    with pytest.raises(AirflowException, match="still RUNNING .* not adopting it") as err:
+        op._adopt_or_submit(ctx, client, op._resolve_spec(ctx), _cluster(), jobs_dir)
+    assert not isinstance(err.value, AirflowFailException)  # retryable
+    assert client.submitted == [] and client.stopped == [base]

@@ -31,6 +31,7 @@ DEFAULT_JOB_ENV = {
 MAX_ATTEMPTS = 50  # resubmissions of one task's job (-r2 ... -r50) before giving up
 LOG_TAIL_LINES = 40
 ON_KILL_WAIT_S = 4.0  # on_kill waits this long for a stopped job to leave RUNNING
+STOPPING_WAIT_S = 60.0  # a new try waits this long for a job an earlier try is stopping, before resubmitting
 _ACTIVE = ("PENDING", "RUNNING")
 
 
@@ -129,6 +130,7 @@ class RayTrainOperator(BaseOperator):
         self.runtime_env = runtime_env
         self._job_client: Any = None
         self._submission_id: str | None = None
+        self._jobs_dir_path: Path | None = None
 
     # ------------------------------------------------------------------------------------------- shared
     def _effective_overrides(self, context: Any = None) -> tuple[dict[str, Any], dict[str, Any] | None]:
@@ -356,6 +358,28 @@ class RayTrainOperator(BaseOperator):
     def _request_path(jobs_dir: Path, submission_id: str) -> Path:
         return jobs_dir / f"{submission_id}.request.json"
 
+    @staticmethod
+    def _stop_marker(jobs_dir: Path, submission_id: str) -> Path:
+        """Written before any stop request (on_kill, the trigger's on_kill, a job timeout): a later try never
+        adopts a job that some try is stopping, however late the stop lands on the cluster."""
+        return jobs_dir / f"{submission_id}.stop_requested"
+
+    def _wait_for_stopping_job(self, client: Any, submission_id: str, status: str) -> str:
+        """The status of a job that an earlier try asked to stop, once it has ended (bounded wait)."""
+        self.log.info("Ray job %s is %s but an earlier try asked to stop it: waiting for it to end, then "
+                      "resubmitting", submission_id, status)
+        deadline = time.monotonic() + STOPPING_WAIT_S
+        while status in _ACTIVE and time.monotonic() < deadline:
+            time.sleep(min(1.0, self.poll_interval))
+            status = _status_name(client.get_job_status(submission_id))
+        if status in _ACTIVE:
+            self._stop(client, submission_id)
+            raise AirflowException(
+                f"Ray job {submission_id} is still {status} {STOPPING_WAIT_S:.0f} s after an earlier try asked to "
+                "stop it: not adopting it; a retry resubmits once it has ended"
+            )
+        return status
+
     def _runtime_env(self, cluster: Any) -> dict[str, Any]:
         runtime_env: dict[str, Any] = {}
         env_vars = dict(DEFAULT_JOB_ENV)
@@ -408,6 +432,8 @@ class RayTrainOperator(BaseOperator):
                 if status in _ACTIVE:
                     self._stop(client, prev_id)
                 status = "SUPERSEDED"
+            if status in _ACTIVE and self._stop_marker(jobs_dir, prev_id).exists():
+                status = self._wait_for_stopping_job(client, prev_id, status)
             if status in _ACTIVE:
                 self.log.info("Adopting Ray job %s (%s), submitted by an earlier try of this task", prev_id, status)
                 return prev_id, status
@@ -470,6 +496,7 @@ class RayTrainOperator(BaseOperator):
         t0 = time.monotonic()
         client = job_client_for(cluster)
         jobs_dir = self._jobs_dir(context)
+        self._jobs_dir_path = jobs_dir
         submission_id, status = self._adopt_or_submit(context, client, spec, cluster, jobs_dir)
         self._job_client, self._submission_id = client, submission_id
         push_link(context, RayJobLink, ray_job_url(cluster.link_base, submission_id))
@@ -487,6 +514,7 @@ class RayTrainOperator(BaseOperator):
                     ray_conn_id=self.ray_conn_id,
                     poll_interval=self.poll_interval,
                     timeout_at=timeout_at,
+                    stop_marker=str(self._stop_marker(jobs_dir, submission_id)),
                 ),
                 method_name="execute_complete",
             )
@@ -569,6 +597,13 @@ class RayTrainOperator(BaseOperator):
         return "\n".join(logs.rstrip().splitlines()[-lines:])
 
     def _stop(self, client: Any, submission_id: str) -> None:
+        if self._jobs_dir_path is not None:
+            try:
+                self._stop_marker(self._jobs_dir_path, submission_id).write_text(
+                    f"stop requested by task {self.task_id} at {datetime.now(UTC).isoformat()}\n"
+                )
+            except OSError as exc:
+                self.log.warning("Could not write the stop marker of Ray job %s: %s", submission_id, exc)
         try:
             stopped = client.stop_job(submission_id)
             self.log.info("Stop requested for Ray job %s (was running: %s)", submission_id, stopped)
@@ -623,6 +658,7 @@ class RayTrainOperator(BaseOperator):
             raise AirflowException(f"waiting for Ray job {submission_id} failed: {event.get('message')}")
         client = job_client_for(cluster)
         self._job_client = client
+        self._jobs_dir_path = self._jobs_dir(context)
         if event.get("status") == "timeout":
             self._stop(client, submission_id)
             raise AirflowException(f"{event.get('message')}; job_timeout={self.job_timeout} s: stopped it")

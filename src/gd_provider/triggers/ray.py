@@ -15,6 +15,7 @@ TERMINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
 MAX_CONSECUTIVE_ERRORS = 10  # transient HTTP/connection errors tolerated in a row before giving up
 REQUEST_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 15.0
+ON_KILL_WAIT_S = 20.0  # on_kill waits this long for the stopped job to end (the triggerer allows 30 s)
 
 
 class _FatalResponse(Exception):
@@ -35,7 +36,9 @@ class RayJobTrigger(BaseTrigger):
     The address and token come from the Ray connection at run time (the token is never serialized into
     the trigger row). With ``tail_logs`` the job's new log lines go to the task log on every poll.
     ``on_kill`` (Airflow calls it only when a user kills/clears/marks the deferred task - not on triggerer
-    restarts or trigger timeouts) stops the Ray job.
+    restarts or trigger timeouts) writes ``stop_marker`` (a file next to the job's request: the next try of
+    a cleared task then never adopts the job it is stopping), stops the Ray job and waits, bounded, until it
+    has ended.
     """
 
     def __init__(
@@ -46,6 +49,7 @@ class RayJobTrigger(BaseTrigger):
         poll_interval: float = 10.0,
         timeout_at: str | None = None,
         tail_logs: bool = True,
+        stop_marker: str | None = None,
     ) -> None:
         super().__init__()
         self.submission_id = submission_id
@@ -53,6 +57,7 @@ class RayJobTrigger(BaseTrigger):
         self.poll_interval = float(poll_interval)
         self.timeout_at = timeout_at
         self.tail_logs = bool(tail_logs)
+        self.stop_marker = stop_marker
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -63,6 +68,7 @@ class RayJobTrigger(BaseTrigger):
                 "poll_interval": self.poll_interval,
                 "timeout_at": self.timeout_at,
                 "tail_logs": self.tail_logs,
+                "stop_marker": self.stop_marker,
             },
         )
 
@@ -188,8 +194,36 @@ class RayJobTrigger(BaseTrigger):
 
     # ------------------------------------------------------------------------------------------- killing
     async def on_kill(self) -> None:
-        """The user killed the deferred task: stop the Ray job (bounded; errors are logged, not raised)."""
-        await self.stop_job()
+        """The user killed the deferred task: stop the Ray job and wait until it has ended (bounded; errors
+        are logged, not raised)."""
+        if self.stop_marker:
+            try:
+                await asyncio.to_thread(_write_stop_marker, self.stop_marker, "trigger on_kill")
+            except OSError as exc:
+                self.log.warning("Could not write the stop marker %s: %s", self.stop_marker, exc)
+        if await self.stop_job() is None:
+            return
+        status = await self.wait_until_ended(ON_KILL_WAIT_S)
+        self.log.info("Ray job %s after the stop request: %s", self.submission_id, status)
+
+    async def wait_until_ended(self, seconds: float) -> str | None:
+        """Poll the job's status until it is terminal or ``seconds`` pass; returns the last status seen."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        status = None
+        try:
+            config = await self._cluster()
+            async with await self._session(config) as session:
+                while True:
+                    async with session.get(self._url(config.dashboard_url)) as resp:
+                        await self._check(resp, f"Ray job {self.submission_id}")
+                        status = str((await resp.json()).get("status"))
+                    if status in TERMINAL_STATES or loop.time() >= deadline:
+                        return status
+                    await asyncio.sleep(min(0.5, max(0.0, deadline - loop.time())))
+        except Exception as exc:  # the stop was requested; its landing is a courtesy
+            self.log.warning("Could not follow Ray job %s after the stop request: %s", self.submission_id, exc)
+            return status
 
     async def stop_job(self) -> bool | None:
         import aiohttp
@@ -206,3 +240,11 @@ class RayJobTrigger(BaseTrigger):
             return None
         self.log.info("Stop requested for Ray job %s (was running: %s)", self.submission_id, stopped)
         return stopped
+
+
+def _write_stop_marker(path: str, who: str) -> None:
+    from pathlib import Path
+
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(f"stop requested by {who} at {datetime.now(UTC).isoformat()}\n")
