@@ -57,13 +57,16 @@ def test_secrets_inside_extras_and_urls_are_masked(gd_home, monkeypatch):
     from airflow.sdk._shared.secrets_masker import _secrets_masker, redact
 
     from gd_provider.hooks.mlflow import MlflowHook
+    from gd_provider.hooks.ray import RayHook
 
     _secrets_masker().min_length_to_mask = 5  # as in a task process (the default config in tests may differ)
     url_pw, extra_token = "url-pw-4f1b9c", "extra-token-77ad2e"
-    _conn(monkeypatch, "mlflow_default", conn_type="mlflow",
-          extra={"tracking_uri": f"http://gd:{url_pw}@mlflow:5000", "token": extra_token})
+    _conn(monkeypatch, "mlflow_default", conn_type="mlflow", extra={"tracking_uri": f"http://gd:{url_pw}@mlflow:5000"})
+    _conn(monkeypatch, "ray_default", conn_type="ray", host="http://ray-head:8265",
+          extra={"runtime_env": {"env_vars": {"AWS_SECRET_ACCESS_KEY": extra_token}}})
     assert url_pw in redact(f"talking to http://gd:{url_pw}@mlflow:5000")  # not masked before the lookup
     config = MlflowHook().get_config()
+    assert RayHook().cluster_config().runtime_env["env_vars"]["AWS_SECRET_ACCESS_KEY"] == extra_token
     text = f"MLflow at {config.tracking_uri} with {extra_token}"
     assert url_pw not in redact(text) and extra_token not in redact(text), redact(text)
     # links are built from the UI url: no credentials in what is recorded

@@ -42,6 +42,25 @@ def test_missing_non_default_connection_is_an_error(gd_home):
         MlflowHook("mlflow_prod").get_config()
 
 
+def test_a_misspelled_extra_field_is_an_error_not_a_silent_default(gd_home, monkeypatch):
+    """``tracking-uri`` for ``tracking_uri`` would otherwise leave the connection without a tracking URI and
+    every worker on its own embedded store."""
+    from gd_provider.hooks._base import ConnectionConfigError
+
+    _conn(monkeypatch, "mlflow_default", conn_type="mlflow", extra={"tracking-uri": "http://mlflow:5000"})
+    with pytest.raises(ConnectionConfigError, match=r"MLflow connection 'mlflow_default'.*\['tracking-uri'\].*tracking_uri"):
+        MlflowHook().get_config()
+    _conn(monkeypatch, "ray_default", conn_type="ray", host="http://ray-head:8265", extra={"adress": "x"})
+    with pytest.raises(ConnectionConfigError, match=r"Ray connection 'ray_default'.*\['adress'\]"):
+        RayHook().cluster_config()
+    _conn(monkeypatch, "feast_default", conn_type="feast", extra={"repo": "/opt/repo"})
+    with pytest.raises(ConnectionConfigError, match=r"Feast connection 'feast_default'.*\['repo'\].*repo_path"):
+        FeastHook().repo_path()
+    # a defined connection with no host is the embedded store on purpose (the UI's placeholder says so)
+    _conn(monkeypatch, "mlflow_default", conn_type="mlflow", extra={"ui_url": "http://localhost:5000"})
+    assert MlflowHook().get_config().tracking_uri == f"sqlite:///{gd_home / 'mlflow' / 'mlflow.db'}"
+
+
 def test_ray_client_address_is_a_clear_error_naming_the_jobs_api(gd_home, monkeypatch):
     _conn(monkeypatch, "ray_default", conn_type="ray", host="ray://ray-head", port=10001)
     with pytest.raises(AirflowException, match=r"Ray Client address 'ray://ray-head'.*Jobs API.*http://ray-head:8265"):

@@ -61,6 +61,21 @@ def mask_connection_secrets(conn: Connection) -> None:
                 mask_secret(password)
 
 
+class ConnectionConfigError(ValueError):
+    """A connection's settings cannot be right (e.g. an unknown extra field: most often a misspelled one)."""
+
+
+def check_extra_fields(conn_id: str, service: str, extra: dict[str, Any], known: frozenset[str]) -> None:
+    """Refuse extra fields this service does not read: a misspelled ``tracking-uri`` would otherwise be
+    ignored and the connection silently fall back to a default."""
+    unknown = sorted(set(extra) - known)
+    if unknown:
+        raise ConnectionConfigError(
+            f"{service} connection {conn_id!r}: unknown extra field(s) {unknown}; the known ones are "
+            f"{sorted(known)}"
+        )
+
+
 class GdBaseHook(BaseHook):
     """Base for our hooks.
 
@@ -70,6 +85,8 @@ class GdBaseHook(BaseHook):
     """
 
     default_conn_name: str = ""
+    hook_name: str = ""
+    extra_fields: frozenset[str] = frozenset()  # the extra keys this hook reads; others are refused
 
     def __init__(self, conn_id: str | None = None) -> None:
         super().__init__()
@@ -92,4 +109,9 @@ class GdBaseHook(BaseHook):
 
     def extra(self) -> dict[str, Any]:
         conn = self.connection()
-        return dict(conn.extra_dejson) if conn is not None else {}
+        if conn is None:
+            return {}
+        extra = dict(conn.extra_dejson)
+        if self.extra_fields:
+            check_extra_fields(self.conn_id, self.hook_name or type(self).__name__, extra, self.extra_fields)
+        return extra

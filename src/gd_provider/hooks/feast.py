@@ -28,6 +28,7 @@ class FeastHook(GdBaseHook):
     default_conn_name = "feast_default"
     conn_type = "feast"
     hook_name = "Feast"
+    extra_fields = frozenset({"repo_path", "password_env"})
 
     def __init__(self, feast_conn_id: str = default_conn_name) -> None:
         super().__init__(feast_conn_id)

@@ -28,6 +28,7 @@ class MlflowHook(GdBaseHook):
     default_conn_name = "mlflow_default"
     conn_type = "mlflow"
     hook_name = "MLflow"
+    extra_fields = frozenset({"tracking_uri", "registry_uri", "artifact_root", "ui_url"})
 
     def __init__(self, mlflow_conn_id: str = default_conn_name) -> None:
         super().__init__(mlflow_conn_id)
@@ -49,6 +50,9 @@ class MlflowHook(GdBaseHook):
         conn = self.connection()
         extra = self.extra()
         if conn is None or not (conn.host or extra.get("tracking_uri")):
+            if conn is not None:
+                self.log.info("Connection %r names no host or tracking_uri: using the embedded MLflow store",
+                              self.conn_id)
             root = settings.subdir("mlflow")
             tracking = f"sqlite:///{root / 'mlflow.db'}"
             return MlflowConfig(

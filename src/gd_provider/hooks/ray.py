@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 from airflow.sdk.exceptions import AirflowException
 
-from gd_provider.hooks._base import GdBaseHook
+from gd_provider.hooks._base import GdBaseHook, check_extra_fields
 
 LOCAL = "local"
 DEFAULT_JOBS_PORT = 8265
@@ -56,6 +56,9 @@ class RayClusterConfig:
             return {}
 
 
+RAY_EXTRA_FIELDS = frozenset({"address", "runtime_env", "verify", "python", "ui_url"})
+
+
 def parse_ray_connection(
     host: str | None,
     port: int | None,
@@ -70,6 +73,7 @@ def parse_ray_connection(
     when the URL has none); or host ``head`` + port + schema (defaults: ``http``, 8265). Ray Client addresses (``ray://``) are refused: training is submitted as a
     Ray job, so the connection must name the Jobs API (dashboard) address.
     """
+    check_extra_fields(conn_id, "Ray", extra, RAY_EXTRA_FIELDS)
     address = str(extra.get("address") or host or LOCAL).strip()
     if address.lower() == LOCAL:
         return None
