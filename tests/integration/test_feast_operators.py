@@ -90,8 +90,8 @@ def _online(store, card_ids):
 
 def test_materialize_named_views_serves_online_features_and_emits_assets(repo):
     op = FeastMaterializeOperator(task_id="materialize", feature_views=[schema.CARD_VIEW], project=PROJECT)
-    assert op.outlets == [feature_view_asset(PROJECT, schema.CARD_VIEW)]
-    assert op.outlets[0].uri == f"feast://{PROJECT}/{schema.CARD_VIEW}"
+    # no declared per-view Asset: Airflow would register an event for it even when nothing was loaded
+    assert op.outlets == [AssetAlias(DEFAULT_MATERIALIZED_ALIAS)]
     cards = [1, 5, 17]
     before = _online(repo["store"], cards)
     assert before["card_txn_count_7d"] == [None, None, None]
@@ -104,12 +104,14 @@ def test_materialize_named_views_serves_online_features_and_emits_assets(repo):
     [view] = manifest["views"]
     assert view["name"] == schema.CARD_VIEW and view["rows"] == CONFIG.n_cards
     assert view["asset_uri"] == f"feast://{PROJECT}/{schema.CARD_VIEW}"
-    event = ctx["outlet_events"][feature_view_asset(PROJECT, schema.CARD_VIEW)]
+    [event] = ctx["outlet_events"][AssetAlias(DEFAULT_MATERIALIZED_ALIAS)].asset_alias_events
+    assert event.dest_asset_key.uri == feature_view_asset(PROJECT, schema.CARD_VIEW).uri
     assert event.extra == {
         "project": PROJECT,
         "view": schema.CARD_VIEW,
         "rows": CONFIG.n_cards,
         "interval": [day(3).isoformat(), day(6).isoformat()],
+        "materialized_through": day(6).isoformat(),
     }
 
     # online: the card snapshot of day 6 (the interval end is inclusive in Feast); merchants untouched
@@ -179,6 +181,41 @@ def test_incremental_first_run_with_an_empty_interval_loads_one_ttl_window(repo)
     assert not view["skipped"] and view["rows"] > 0
     assert view["interval"] == [(day(6) - ttl).isoformat(), day(6).isoformat()]
     assert repo["store"].get_feature_view(schema.CARD_VIEW).most_recent_end_time == day(6)
+
+
+def test_non_incremental_materialization_of_an_empty_interval_fails_and_moves_nothing(repo):
+    # CronTriggerTimetable (Airflow 3's default for a cron schedule) gives data_interval_start == end:
+    # Feast would load nothing and still mark the view materialized through the end
+    op = FeastMaterializeOperator(task_id="m", feature_views=[schema.CARD_VIEW], project=PROJECT)
+    ctx = context(day(6), day(6))
+    with pytest.raises(AirflowFailException, match="empty materialization interval .* incremental=True"):
+        op.execute(ctx)
+    assert repo["store"].get_feature_view(schema.CARD_VIEW).most_recent_end_time is None
+    assert ctx["outlet_events"][AssetAlias(DEFAULT_MATERIALIZED_ALIAS)].asset_alias_events == []
+
+
+def test_sensor_and_retrieval_of_a_manual_afternoon_run_use_the_last_tick(repo, labels):
+    """A UI trigger of a daily cron DAG at 14:37 (interval (now, now)): the sensor is satisfied by the
+    materialization through midnight, and the training set ends at that midnight too."""
+    from types import SimpleNamespace
+
+    from airflow.sdk import DAG
+
+    afternoon = day(6) + timedelta(hours=14, minutes=37)
+    dag = DAG("nightly", schedule="@daily", start_date=day(0))
+    dag_run = SimpleNamespace(dag_id="nightly", run_id="manual__pm", run_type="manual", logical_date=afternoon,
+                              data_interval_start=afternoon, data_interval_end=afternoon, run_after=afternoon)
+    ctx = {"dag_run": dag_run, "dag": dag, "params": {"as_of": ""}, "outlet_events": OutletEventAccessors()}
+    FeastMaterializeOperator(task_id="m", feature_views=VIEWS, incremental=True).execute(context(day(3), day(6)))
+
+    done = FeatureFreshnessSensor(task_id="fresh", feature_views=VIEWS).poke(ctx)
+    assert done.is_done and done.xcom_value["through"] == day(6).isoformat()
+    retrieve = FeastHistoricalFeaturesOperator(
+        task_id="retrieve", label_source=labels, as_of="{{ params.as_of }}", **RETRIEVAL
+    )
+    retrieve.render_template_fields(ctx)
+    result = retrieve.execute(ctx)
+    assert result["data_interval"] == [day(3).isoformat(), day(6).isoformat()]
 
 
 def test_materialize_refuses_wrong_project_and_unknown_views(repo):

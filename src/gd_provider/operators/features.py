@@ -9,7 +9,13 @@ from typing import Any
 from airflow.sdk import Asset, AssetAlias, BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
 
-from gd_provider.operators._common import StoragePathError, interval, resolve_home_path, task_dir
+from gd_provider.operators._common import (
+    StoragePathError,
+    data_window_end,
+    resolve_home_path,
+    run_interval,
+    task_dir,
+)
 
 DEFAULT_MATERIALIZED_ALIAS = "feast_materialized_views"
 DEFAULT_PARTITION_ROWS = 1_000_000  # = gd_provider.core.data.DEFAULT_PARTITION_ROWS (not imported at parse time)
@@ -42,20 +48,14 @@ def _emit(context: Any, outlets: Sequence[Any], asset: Asset, extra: dict[str, A
     return False
 
 
-def _parse_as_of(value: str) -> Any:
-    from datetime import UTC, datetime
-
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError as exc:
-        raise AirflowFailException(f"as_of {value!r} is not an ISO date/time (e.g. 2026-03-01)") from exc
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
 class FeastHistoricalFeaturesOperator(BaseOperator):
     """Build the training set for this DAG run: entity/label rows whose timestamp falls in
-    ``[data_interval_end - lookback, data_interval_end)``, joined point-in-time correctly with the
-    features of ``feature_service`` (or ``features`` refs). Writes ``<run folder>/<task_id>/training_set.parquet``
+    ``[end - lookback, end)``, joined point-in-time correctly with the features of ``feature_service``
+    (or ``features`` refs). ``end`` is the run's data window end (``_common.data_window_end``, shared
+    with FeatureFreshnessSensor and validation): ``as_of`` (templated; default: the Param ``as_of``),
+    else a scheduled run's ``data_interval_end``, else for a manual run of a cron DAG the last schedule
+    tick at or before its logical date, else for an asset-triggered run the materialized-through
+    instant of its triggering events. Writes ``<run folder>/<task_id>/training_set.parquet``
     and returns the dataset manifest (uri, sha256, rows, columns, ...) — never the data. With more than
     ``partition_rows`` rows (default 1,000,000; ``None``: never) that URI is a directory of parquet part
     files of ``partition_rows`` rows each, recorded in the manifest's ``partitions`` (``core.data``).
@@ -207,11 +207,8 @@ class FeastHistoricalFeaturesOperator(BaseOperator):
         from gd_provider.core.features import FeatureRetrievalError, retrieve_training_set
         from gd_provider.hooks.feast import FeastHook
 
-        _, end = interval(context)
-        if self.as_of and str(self.as_of).strip():
-            # a manual run's target interval (Param ``as_of``): train on data up to that instant instead
-            end = _parse_as_of(str(self.as_of).strip())
-            self.log.info("as_of=%s overrides the data interval end", end.isoformat())
+        # the same end as the freshness sensor and validation: as_of, else the run's schedule slot
+        end = data_window_end(context, as_of=self.as_of, log=self.log).end
         start = end - self.lookback
         store = FeastHook(self.feast_conn_id).get_conn()
         try:
@@ -280,15 +277,19 @@ class FeastMaterializeOperator(BaseOperator):
     goes from the end of its latest materialization to ``data_interval_end`` (the rule of Feast's
     ``materialize_incremental``); a view never materialized starts at ``data_interval_start`` (Feast
     would take ``now - ttl``, which breaks backfills), and one already materialized through the end is
-    skipped.
+    skipped. With ``incremental=False`` an empty interval (``data_interval_start == data_interval_end``,
+    what Airflow 3's default cron timetable, ``CronTriggerTimetable`` without ``interval=``, gives every
+    run) fails the task: Feast would load nothing yet move the view's watermark to the end.
 
     Returns a manifest ``{project, views: [{name, interval, rows, skipped, materialized_through,
     asset_uri}], interval, incremental}`` (``rows``: entity keys written, ``None`` if not countable) and
     emits an asset event per materialized view on ``feast://<project>/<view>`` with ``{project, view,
-    rows, interval}`` as its extra. Outlets: with
-    ``project`` and ``feature_views`` given, one Asset per view (visible to the scheduler at parse time);
-    otherwise the views are only known at run time and the events go through the AssetAlias
-    ``asset_alias`` (default ``feast_materialized_views``).
+    rows, interval, materialized_through}`` as its extra - and none for a skipped view. The events go
+    through the AssetAlias ``asset_alias`` (default ``feast_materialized_views``), the task's only
+    outlet by default: Airflow registers an event for every Asset declared as an outlet whenever the task
+    succeeds, so a declared per-view Asset would announce fresh features after a rerun that materialized
+    nothing. (Assets you add to ``outlets`` yourself get that event on every success.) DAGs scheduled on
+    ``feast://<project>/<view>`` are triggered by the alias's events like by any other.
     """
 
     template_fields: Sequence[str] = ("feature_service",)
@@ -313,10 +314,8 @@ class FeastMaterializeOperator(BaseOperator):
         outlets = list(kwargs.pop("outlets", None) or [])
         self.feature_views = list(feature_views) if feature_views else None
         self.project = project
-        if self.feature_views and project:
-            outlets += [feature_view_asset(project, v) for v in self.feature_views]
-        if asset_alias or not (self.feature_views and project):
-            outlets.append(AssetAlias(asset_alias or DEFAULT_MATERIALIZED_ALIAS))
+        # only an alias: events for the views actually materialized (see the class docstring)
+        outlets.append(AssetAlias(asset_alias or DEFAULT_MATERIALIZED_ALIAS))
         super().__init__(outlets=outlets, **kwargs)
         self.feature_service = feature_service
         self.incremental = incremental
@@ -328,7 +327,16 @@ class FeastMaterializeOperator(BaseOperator):
         from gd_provider.core.features import FeatureMaterializationError, materialize_feature_views
         from gd_provider.hooks.feast import FeastHook
 
-        start, end = interval(context)
+        start, end = run_interval(context)
+        if not self.incremental and start is not None and start >= end:
+            raise AirflowFailException(
+                f"empty materialization interval [{start.isoformat()}, {end.isoformat()}]: "
+                "data_interval_start == data_interval_end, as Airflow 3's CronTriggerTimetable gives every "
+                "run unless it has an interval=. Feast would load nothing and still mark the views "
+                "materialized through the end. Use incremental=True (each view goes on from its own "
+                "watermark), or a timetable with a data interval, e.g. CronTriggerTimetable(cron, "
+                "timezone='UTC', interval=timedelta(days=1))"
+            )
         store = FeastHook(self.feast_conn_id).get_conn()
         if self.project and store.project != self.project:
             raise AirflowFailException(
@@ -353,14 +361,22 @@ class FeastMaterializeOperator(BaseOperator):
             view["asset_uri"] = asset.uri
             if view["skipped"]:
                 self.log.info(
-                    "%s: already materialized through %s", view["name"], view["materialized_through"]
+                    "%s: already materialized through %s: no asset event",
+                    view["name"],
+                    view["materialized_through"],
                 )
+                if any(isinstance(o, Asset) and o.uri == asset.uri for o in self.outlets):
+                    self.log.warning(
+                        "%s is a declared outlet: Airflow registers an event for it on success anyway",
+                        asset.uri,
+                    )
                 continue
             extra = {
                 "project": project,
                 "view": view["name"],
                 "rows": view["rows"],
                 "interval": view["interval"],
+                "materialized_through": view["materialized_through"],
             }
             _emit(context, self.outlets, asset, extra, self.log)
             self.log.info(

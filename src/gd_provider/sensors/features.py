@@ -1,4 +1,4 @@
-"""FeatureFreshnessSensor: wait until Feast feature views are materialized through the data interval end."""
+"""FeatureFreshnessSensor: wait until Feast feature views are materialized through the run's data window end."""
 
 from __future__ import annotations
 
@@ -9,21 +9,27 @@ from typing import Any
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
 from airflow.sdk.exceptions import AirflowFailException, AirflowSensorTimeout
 
-from gd_provider.operators._common import interval
+from gd_provider.operators._common import data_window_end
 
 
 class FeatureFreshnessSensor(BaseSensorOperator):
     """Succeeds when every feature view (``feature_views``, else those of ``feature_service``, else all)
-    has been materialized through the run's ``data_interval_end``: the end of its most recent
+    has been materialized through the run's data window end: the end of its most recent
     materialization interval in the Feast registry is at or after it. The registry is read afresh on
     each poke. Returns (XCom) ``{through, fresh, stale, watermarks}``.
+
+    The data window end is the one retrieval and validation use (``_common.data_window_end``): ``as_of``
+    (templated; default: the run's Param ``as_of``) when set, else a scheduled run's
+    ``data_interval_end``, else for a manual run of a cron DAG the last schedule tick at or before its
+    logical date (not the wall clock of the trigger), else for an asset-triggered run the
+    materialized-through instant in its triggering events. A run none of these fits fails at once.
 
     ``mode="reschedule"`` by default (the worker slot is freed between pokes). ``deferrable=True`` hands
     the waiting to the triggerer (``FeatureFreshnessTrigger``). On timeout the error names each stale
     view and its watermark. An unknown view name fails the task at once.
     """
 
-    template_fields: Sequence[str] = ("feature_service",)
+    template_fields: Sequence[str] = ("feature_service", "as_of")
     ui_color = "#d9f0e3"
 
     def __init__(
@@ -35,6 +41,7 @@ class FeatureFreshnessSensor(BaseSensorOperator):
         deferrable: bool = False,
         mode: str = "reschedule",
         poke_interval: timedelta | float = 300,
+        as_of: str | None = None,
         **kwargs: Any,
     ) -> None:
         if feature_views is not None and feature_service is not None:
@@ -46,13 +53,14 @@ class FeatureFreshnessSensor(BaseSensorOperator):
         self.feature_service = feature_service
         self.feast_conn_id = feast_conn_id
         self.deferrable = deferrable
+        self.as_of = as_of
         self._last_report: Any = None
 
     def _report(self, context: Any):
         from gd_provider.core.features import FeatureMaterializationError, check_freshness
         from gd_provider.hooks.feast import FeastHook
 
-        _, end = interval(context)
+        end = data_window_end(context, as_of=self.as_of, log=self.log).end
         store = FeastHook(self.feast_conn_id).get_conn()  # a new FeatureStore: nothing cached between pokes
         try:
             report = check_freshness(
