@@ -248,4 +248,8 @@ def test_resume_after_a_killed_worker(local_ray, manifest, workdir):
     assert resume["from_epoch"] == 1 and resume["world_size"] == 2
     steps_per_epoch = result.history[0]["steps"]
     assert result.steps["step"] == list(range(1, 3 * steps_per_epoch + 1))  # epoch 2 redone, not duplicated
+    # each rank's own guard loss window is checkpointed (a resumed rank puts its own back, not the mean)
+    windows = result.run_state["guard_loss_windows"]
+    assert len(windows) == 2 and all(len(w) == min(spec.guards.spike_window, result.health["steps"]) for w in windows)
+    assert windows[0] != windows[1]
     assert result.metrics["val_roc_auc"] > 0.95

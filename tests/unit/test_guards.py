@@ -117,6 +117,23 @@ def test_vanishing_needs_n_consecutive_small_norms():
     assert first_trip(TrainingGuard(GuardConfig(vanishing_eps=None)), loss, norm) is None
 
 
+def test_dead_gradient_is_vanishing_not_a_relative_explosion():
+    # a running median of 0 must not make any positive norm an "explosion" (50 x 0 = 0)
+    cfg = GuardConfig(vanishing_eps=1e-8, vanishing_steps=13)
+    norms = [0.0] * 12 + [1e-9]
+    index, verdict = first_trip(TrainingGuard(cfg), [0.69] * 13, norms)
+    assert (index, verdict.code) == (12, TripCode.VANISHING_GRADIENT)
+    # below the floor but not vanishing long enough yet: no trip at all
+    assert first_trip(TrainingGuard(GuardConfig(vanishing_steps=20)), [0.69] * 13, norms) is None
+    # without the vanishing rule the floor is tiny (1e-12), and a median of 0 still says nothing
+    no_vanish = GuardConfig(vanishing_eps=None, max_grad_norm=None)
+    assert first_trip(TrainingGuard(no_vanish), [0.69] * 13, norms) is None
+    # a healthy (above-floor) small median still gets the relative rule
+    index, verdict = first_trip(TrainingGuard(no_vanish), [0.69] * 13, [1e-6] * 12 + [1e-3])
+    assert (index, verdict.code) == (12, TripCode.GRAD_EXPLOSION_RELATIVE)
+    assert verdict.threshold == pytest.approx(50 * 1e-6)
+
+
 def test_loss_spike_against_running_window():
     cfg = GuardConfig(spike_window=20, spike_rtol=2.0, spike_atol=0.1)
     loss = np.full(60, 0.3)
@@ -475,6 +492,35 @@ def test_assess_health_thresholds_can_relax_checks():
     assert not assess_health(health, {})[0]
     assert assess_health(health, {"max_clipped_share": None})[0]
     assert assess_health(health, HealthThresholds(max_clipped_share=0.95))[0]
+
+
+@pytest.mark.parametrize("name", ["allow_diverged", "require_sensitivity_pass"])
+@pytest.mark.parametrize("value", ["false", "true", "", 0, 1, None])
+def test_boolean_health_thresholds_must_be_real_booleans(name, value):
+    with pytest.raises(ValueError, match=name):
+        HealthThresholds.from_value({name: value})
+    with pytest.raises(ValueError, match=name):
+        HealthThresholds(**{name: value})
+
+
+def test_a_diverged_run_is_not_passed_by_the_string_false():
+    health = health_summary(_steps(100), status="diverged", trip={"reason": "gradient explosion", "step": 5})
+    with pytest.raises(ValueError, match="allow_diverged"):
+        assess_health(health, {"allow_diverged": "false"})
+    assert not assess_health(health, {"allow_diverged": False})[0]
+    assert assess_health(health, {"allow_diverged": True})[0]
+    failed_sensitivity = health_summary(
+        _steps(100), status="completed", sensitivity={"status": "failed", "spread": 0.3, "max_spread": 0.05}
+    )
+    with pytest.raises(ValueError, match="require_sensitivity_pass"):
+        assess_health(failed_sensitivity, {"require_sensitivity_pass": "true"})
+    assert assess_health(failed_sensitivity, {"require_sensitivity_pass": False})[0]
+
+
+@pytest.mark.parametrize("value", ["0.5", True, -0.1, 1.5])
+def test_max_clipped_share_must_be_a_fraction(value):
+    with pytest.raises(ValueError, match="max_clipped_share"):
+        HealthThresholds.from_value({"max_clipped_share": value})
 
 
 def test_assess_health_fails_on_missing_information():

@@ -103,6 +103,28 @@ def test_unguarded_loop_trains_the_same_weights():
         assert torch.equal(p, q)
 
 
+@pytest.mark.parametrize(
+    "schedule",
+    [
+        {"lr_schedule": "step", "lr_step_size": 7, "lr_gamma": 0.5},
+        {"lr_schedule": "cosine", "warmup_steps": 5},
+    ],
+)
+def test_bare_loop_follows_the_same_lr_schedule_across_epochs(schedule):
+    """The unguarded benchmark baseline (no telemetry) must not restart the schedule every epoch."""
+    spec = BASE.with_overrides(**schedule)
+    guarded = fit(spec)
+    bare = fit(spec, guarded=False, telemetry=False)
+    per_epoch = math.ceil(600 / 32)
+    expected_last_lrs = [guarded.steps["lr"][e * per_epoch - 1] for e in (1, 2, 3)]
+    assert [h["lr"] for h in guarded.history] == pytest.approx(expected_last_lrs)
+    assert [h["lr"] for h in bare.history] == pytest.approx(expected_last_lrs)
+    assert [h["global_step"] for h in bare.history] == [per_epoch, 2 * per_epoch, 3 * per_epoch]
+    assert [h["global_step"] for h in bare.history] == [h["global_step"] for h in guarded.history]
+    for p, q in zip(guarded.model.parameters(), bare.model.parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
 def test_explosion_stops_at_the_recorded_step():
     spec = BASE.with_overrides(
         model="mlp",

@@ -76,6 +76,8 @@ BAD_VALUES = [
     ("validation_fraction", 0.0),
     ("validation_fraction", 1.2),
     ("holdout_fraction", -0.1),
+    ("holdout_fraction", 0.0),
+    ("holdout_fraction", 0),
     ("holdout_fraction", 1.0),
     ("num_workers", 0),
     ("cpus_per_worker", 0),

@@ -93,6 +93,7 @@ def read_request(path: str | os.PathLike[str]) -> dict[str, Any]:
 def run_request(request: dict[str, Any]) -> tuple[dict[str, Any], int]:
     """Run one request; returns (envelope, exit code). Input problems become an ``input_error`` envelope."""
     from gd_provider.core.data import DatasetError
+    from gd_provider.core.training.preprocess import PreprocessError
     from gd_provider.core.training.runner import TrainingInputError, run_training
     from gd_provider.core.training.spec import SpecError, TrainingSpec
 
@@ -112,7 +113,7 @@ def run_request(request: dict[str, Any]) -> tuple[dict[str, Any], int]:
             run_name=request["run_name"],
             ray_address=request.get("ray_address") or "auto",
         )
-    except (SpecError, TrainingInputError, DatasetError) as exc:
+    except (SpecError, TrainingInputError, PreprocessError, DatasetError) as exc:
         meta["seconds"] = time.time() - started
         return {"kind": "input_error", "error": f"{type(exc).__name__}: {exc}", "meta": meta}, EXIT_INPUT_ERROR
     meta["seconds"] = time.time() - started

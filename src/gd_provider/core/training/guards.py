@@ -8,7 +8,9 @@ when several fire, the most severe code wins - codes are ordered by severity):
 * ``NONFINITE_LOSS`` / ``NONFINITE_GRAD`` - the step's loss or (pre-clip) global gradient norm is NaN/inf.
 * ``GRAD_EXPLOSION`` - the gradient norm is above the absolute bound ``max_grad_norm``.
 * ``GRAD_EXPLOSION_RELATIVE`` - the gradient norm is above ``explosion_factor`` x the running median of the
-  previous ``median_window`` finite norms (only once ``min_history`` norms have been seen).
+  previous ``median_window`` finite norms (only once ``min_history`` norms have been seen, and only while
+  that median is above ``max(vanishing_eps, 1e-12)``: a median of ~0 - a dead gradient - is no scale to
+  compare with, and such a run is the vanishing rule's to report).
 * ``LOSS_SPIKE`` - after ``spike_window`` finite losses have been seen, the loss exceeds the running mean
   ``mu`` of the previous ``spike_window`` losses by at least ``spike_rtol * |mu|`` AND by at least
   ``spike_atol`` (and, when ``spike_zscore`` is set, by at least ``spike_zscore`` standard deviations of
@@ -22,6 +24,10 @@ The two statistical rules (relative explosion and loss spike) compare a step wit
 batch of ONE row (``batch_mode="sgd"``) single-sample losses and gradients are far too noisy for that, so
 the guard is built with ``statistical_rules=False`` there (non-finite, absolute-bound and vanishing rules
 still apply).
+
+Resumes: ``prime`` rebuilds the windows from the recorded telemetry, whose losses are the cross-rank means;
+the training loop then puts back each rank's own loss window (``loss_window``/``restore_loss_window``, kept
+in the checkpoint), so a resumed rank judges loss spikes on the same quantity as before the restart.
 
 Collective decisions: every rank runs its own guard on its own (local) losses; at each check point the
 ranks all-reduce (MAX) one packed integer (``pack_decision``) holding (severity code, earliest step,
@@ -141,6 +147,9 @@ class StepVerdict:
 
 
 _OK = StepVerdict(TripCode.OK)
+# The smallest running median of gradient norms the relative explosion rule compares against (see
+# ``TrainingGuard.median_floor``): below it a multiple of the median is no meaningful bound.
+MEDIAN_FLOOR = 1e-12
 
 
 class TrainingGuard:
@@ -156,6 +165,8 @@ class TrainingGuard:
         self._loss_sq_sum = 0.0
         self._small_run = 0
         self.steps_seen = 0
+        # The relative explosion rule is skipped while the running median is at or below this floor.
+        self.median_floor = max(config.vanishing_eps or 0.0, MEDIAN_FLOOR)
 
     # ------------------------------------------------------------------ state
     def _push_norm(self, norm: float) -> None:
@@ -197,6 +208,20 @@ class TrainingGuard:
                 self._small_run = self._small_run + 1 if eps is not None and norm < eps else 0
             self.steps_seen += 1
 
+    def loss_window(self) -> list[float]:
+        """The losses the spike rule currently compares with (oldest first): this rank's own losses."""
+        return list(self._losses)
+
+    def restore_loss_window(self, losses: Iterable[float]) -> None:
+        """Replace the loss window with ``losses`` (what ``loss_window`` returned on this rank, e.g. before
+        a checkpoint): after ``prime``, so a resumed rank judges spikes against its own recent losses, as
+        it did before the restart, not against the cross-rank mean that the telemetry records."""
+        self._losses.clear()
+        self._loss_sum = self._loss_sq_sum = 0.0
+        finite = [v for v in map(float, losses) if math.isfinite(v)]
+        for value in finite[-self.config.spike_window :]:
+            self._push_loss(value)
+
     # ------------------------------------------------------------------ rules
     def observe(self, loss: float, grad_norm: float) -> StepVerdict:
         """Judge one step (then add it to the running windows)."""
@@ -214,9 +239,14 @@ class TrainingGuard:
             and cfg.explosion_factor is not None
             and len(self._norms) >= cfg.min_history
         ):
-            bound = cfg.explosion_factor * self.running_median()
-            if grad_norm > bound:
-                verdict = StepVerdict(TripCode.GRAD_EXPLOSION_RELATIVE, grad_norm, bound)
+            median = self.running_median()
+            # A median at (or below) the vanishing floor says nothing about the gradient's scale: x50 of
+            # ~0 trips on any positive norm, so a dead-gradient run would be reported as an explosion.
+            # The absolute bound and the vanishing rule still judge such steps.
+            if median > self.median_floor:
+                bound = cfg.explosion_factor * median
+                if grad_norm > bound:
+                    verdict = StepVerdict(TripCode.GRAD_EXPLOSION_RELATIVE, grad_norm, bound)
         if verdict is _OK and self.statistical_rules and cfg.spike_rtol is not None:
             n = len(self._losses)
             if n >= cfg.spike_window:

@@ -37,14 +37,24 @@ class HealthThresholds:
         unknown = sorted(set(value) - known)
         if unknown:
             raise ValueError(f"unknown health threshold(s) {unknown}; known: {sorted(known)}")
-        out = cls(**dict(value))
-        if out.max_clipped_share is not None and not 0 <= out.max_clipped_share <= 1:
-            raise ValueError(f"max_clipped_share must be in [0, 1], got {out.max_clipped_share!r}")
+        return cls(**dict(value))
+
+    def __post_init__(self) -> None:
+        # Checked for every instance (a mapping from YAML/params or a direct construction): a string such as
+        # "false" is truthy, and a gate must never pass a diverged run because of how a flag was spelled.
+        for name in ("allow_diverged", "require_sensitivity_pass"):
+            v = getattr(self, name)
+            if not isinstance(v, bool):
+                raise ValueError(f"health threshold {name} must be true or false, got {v!r} ({type(v).__name__})")
+        share = self.max_clipped_share
+        if share is not None and (
+            isinstance(share, bool) or not isinstance(share, int | float) or not 0 <= share <= 1
+        ):
+            raise ValueError(f"health threshold max_clipped_share must be a number in [0, 1] or null, got {share!r}")
         for name in ("max_nonfinite_steps", "max_restarts"):
-            v = getattr(out, name)
+            v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
-                raise ValueError(f"{name} must be a non-negative integer or null, got {v!r}")
-        return out
+                raise ValueError(f"health threshold {name} must be a non-negative integer or null, got {v!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

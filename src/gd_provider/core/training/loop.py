@@ -18,7 +18,9 @@ all-reduce (MAX) - so all ranks stop after the same step and call ``ray.train.re
 
 Per epoch every rank calls ``ray.train.report``; rank 0 attaches a checkpoint with ``model.pt`` (state dict
 of the unwrapped module), ``optimizer.pt``, ``history.json`` (per-epoch metrics so far), ``steps.json``
-(per-step telemetry so far) and ``run_state.json`` (status, resumes, timeline). When the guards stop a run,
+(per-step telemetry so far) and ``run_state.json`` (status, resumes, timeline, and every rank's guard loss
+window - the telemetry's losses are cross-rank means, each guard judges its own rank's losses, and a resumed
+rank restores its own window). When the guards stop a run,
 every rank reports once more; rank 0's checkpoint then holds the telemetry and ``run_state.json`` with
 ``status="diverged"`` and the trip, but no model. A restarted run resumes from the latest checkpoint.
 """
@@ -233,6 +235,9 @@ class Collective:
     def mean_(self, tensor: torch.Tensor) -> torch.Tensor:
         return tensor
 
+    def sum_(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor
+
     def gather_ints(self, values: list[int]) -> list[list[int]]:
         return [list(values)]
 
@@ -267,6 +272,12 @@ class TorchDistCollective(Collective):
         tensor /= self.world_size
         return tensor
 
+    def sum_(self, tensor: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor
+
     def gather_ints(self, values: list[int]) -> list[list[int]]:
         import torch.distributed as dist
 
@@ -292,6 +303,8 @@ class EpochOutcome:
     lrs: np.ndarray
     trip: GuardTrip | None = None
     seconds: float = 0.0
+    # Every rank's guard loss window at the end of the epoch (index = rank), when guarded.
+    loss_windows: list[list[float]] | None = None
 
 
 class EpochRunner:
@@ -418,12 +431,41 @@ class EpochRunner:
         if buf is None:
             empty = np.zeros(0)
             return EpochOutcome(done, empty, empty, lrs[:done], None, time.perf_counter() - started)
-        part = buf[:done].clone()
-        if self.collective.world_size > 1:
-            # Losses are per rank; report their mean (norms are identical on every rank under DDP).
-            self.collective.mean_(part)
+        part, windows = self._epoch_end_exchange(buf[:done].clone())
         host = part.cpu().numpy().astype(np.float64)
-        return EpochOutcome(done, host[:, 0], host[:, 1], lrs[:done], trip, time.perf_counter() - started)
+        return EpochOutcome(
+            done, host[:, 0], host[:, 1], lrs[:done], trip, time.perf_counter() - started, windows
+        )
+
+    def _epoch_end_exchange(self, part: torch.Tensor) -> tuple[torch.Tensor, list[list[float]] | None]:
+        """The epoch's telemetry averaged over ranks and every rank's guard loss window, in ONE all-reduce.
+
+        Losses are per rank: the telemetry records their mean (norms are identical on every rank under DDP).
+        Each guard judges its own rank's losses, so a checkpoint keeps every rank's loss window (a resumed
+        rank puts its own back; see ``TrainingSession``). The windows ride in the same SUM all-reduce as the
+        telemetry (each rank fills its own slot, zeros elsewhere): no extra collective.
+        """
+        world, rank = self.collective.world_size, self.collective.rank
+        own = self.guard.loss_window() if self.guard is not None else None
+        if world == 1:
+            return part, None if own is None else [own]
+        n = part.numel()
+        width = self.guard.config.spike_window if self.guard is not None else 0
+        flat = torch.zeros(n + (world * (width + 1) if own is not None else 0), dtype=part.dtype, device=part.device)
+        flat[:n] = part.reshape(-1)
+        if own is not None:
+            own = own[-width:]
+            start = n + rank * width
+            flat[start : start + len(own)] = torch.tensor(own, dtype=part.dtype)
+            flat[n + world * width + rank] = len(own)
+        self.collective.sum_(flat)
+        mean = flat[:n].reshape(part.shape)
+        mean /= world
+        if own is None:
+            return mean, None
+        tail = flat[n:].cpu().tolist()
+        lengths = [int(v) for v in tail[world * width :]]
+        return mean, [tail[r * width : r * width + lengths[r]] for r in range(world)]
 
 
 @dataclass
@@ -451,14 +493,26 @@ class TrainingSession:
     steps: dict[str, list] = field(default_factory=empty_steps)
     trip: GuardTrip | None = None
     partial_epoch: dict[str, Any] | None = None
+    # Every rank's guard loss window (index = rank) at the end of the last epoch: pass the checkpoint's to
+    # resume; updated after each epoch (``train_loop_per_worker`` keeps it in ``run_state.json``).
+    guard_loss_windows: list[list[float]] | None = None
+    # Optimizer steps done so far (the lr schedule's position). Counted separately from the telemetry: the
+    # bare loop (``telemetry=False``) records no steps but must follow the same schedule.
+    _steps_done: int = field(default=0, init=False, repr=False)
 
     def __post_init__(self) -> None:
         spec = self.spec
+        recorded = self.history[-1].get("global_step", 0) if self.history else 0
+        self._steps_done = max(len(self.steps["step"]), int(recorded or 0))
         guard = None
         if self.guarded and spec.guards.enabled:
             guard = TrainingGuard(spec.guards, statistical_rules=spec.batch_mode != "sgd")
             window = max(spec.guards.median_window, spec.guards.spike_window, spec.guards.vanishing_steps)
             guard.prime(self.steps["loss"][-window:], self.steps["grad_norm"][-window:])
+            # The recorded losses are cross-rank means; the live guard judged this rank's own losses.
+            windows = self.guard_loss_windows
+            if windows is not None and len(windows) == self.collective.world_size:
+                guard.restore_loss_window(windows[self.collective.rank])
         self.guard = guard
         probe = spec.batch_rows(len(self.xs))
         self.total_steps = spec.epochs * math.ceil(len(self.xs) / probe)
@@ -478,12 +532,13 @@ class TrainingSession:
 
     @property
     def global_step(self) -> int:
-        return len(self.steps["step"])
+        """Optimizer steps done so far in the run (also with ``telemetry=False``)."""
+        return self._steps_done
 
     def _record_steps(self, epoch: int, outcome: EpochOutcome) -> None:
         if not len(outcome.losses):
             return
-        start = self.global_step
+        start = len(self.steps["step"])
         clip = self.spec.grad_clip_norm
         s = self.steps
         s["step"] += list(range(start + 1, start + outcome.steps + 1))
@@ -521,6 +576,9 @@ class TrainingSession:
             steps_before = self.global_step
             outcome = self.runner.run_epoch(epoch, steps_before, order)
             self._record_steps(epoch, outcome)
+            self._steps_done += outcome.steps
+            if outcome.loss_windows is not None:
+                self.guard_loss_windows = outcome.loss_windows
             if outcome.trip is not None:
                 self.trip = outcome.trip
                 self.partial_epoch = {
@@ -837,6 +895,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         collective=collective,
         history=history,
         steps=steps,
+        guard_loss_windows=run_state.get("guard_loss_windows"),
     )
     fault = config.get("fault_injection")
     timeline = run_state.setdefault("timeline", {})
@@ -851,6 +910,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     def on_epoch_end(epoch: int, metrics: dict[str, Any]) -> None:
         timeline["last_epoch_ended_unix"] = time.time()
+        if session.guard_loss_windows is not None:
+            run_state["guard_loss_windows"] = session.guard_loss_windows
         _report(
             ray,
             rank,

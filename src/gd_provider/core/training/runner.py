@@ -1,7 +1,8 @@
 """Driver side of a training run: validate, split, preprocess once, train on Ray, collect the model.
 
-``run_training`` checks everything it can *before* starting Ray (spec, columns, labels, device), so a bad
-input fails in seconds with a message naming the problem instead of after a cluster start. When
+``run_training`` checks everything it can *before* starting Ray (spec, columns, labels, numeric features,
+a non-empty two-class holdout, device), so a bad input fails in seconds with a ``TrainingInputError`` (or
+``SpecError``) naming the problem instead of after a cluster start. When
 ``spec.sensitivity.enabled``, the learning-rate sensitivity check runs in this process before Ray starts.
 
 Outcomes (``TrainingResult.status``): ``completed`` (a model directory), ``diverged`` (the guards stopped
@@ -40,7 +41,7 @@ from gd_provider.core.training.loop import (
     read_progress,
     train_loop_per_worker,
 )
-from gd_provider.core.training.preprocess import Preprocessor, frame_digest, split_by_time
+from gd_provider.core.training.preprocess import PreprocessError, Preprocessor, frame_digest, split_by_time
 from gd_provider.core.training.spec import SpecError, TrainingSpec
 
 PREPROCESSOR_FILE = "preprocessor.json"
@@ -140,19 +141,48 @@ def check_columns(columns: Any, spec: TrainingSpec, where: str) -> None:
         raise TrainingInputError(f"{where} lacks column(s) required by the training spec: {', '.join(roles)}")
 
 
+def _examples(values: pd.Series, limit: int = 5) -> str:
+    return ", ".join(repr(v) for v in pd.unique(values)[:limit])
+
+
 def _check_labels(df: pd.DataFrame, spec: TrainingSpec) -> None:
     label = df[spec.label]
     if label.isna().any():
         raise TrainingInputError(
             f"label column {spec.label!r} has {int(label.isna().sum())} missing value(s)"
         )
-    values = set(pd.unique(label.astype("float64")))
+    try:
+        as_float = label.astype("float64")
+    except (ValueError, TypeError):
+        bad = label[pd.to_numeric(label, errors="coerce").isna()]
+        raise TrainingInputError(
+            f"label column {spec.label!r} must be 0/1 (numbers or booleans), found non-numeric values "
+            f"({label.dtype}) such as {_examples(bad)}"
+        ) from None
+    values = set(pd.unique(as_float))
     if not values <= {0.0, 1.0}:
         raise TrainingInputError(
             f"label column {spec.label!r} must be 0/1, found values {sorted(values)[:10]}"
         )
     if df[spec.timestamp_column].isna().any():
         raise TrainingInputError(f"timestamp column {spec.timestamp_column!r} has missing values")
+
+
+def _check_numeric_features(df: pd.DataFrame, spec: TrainingSpec) -> None:
+    """Every ``numeric_features`` column must convert to numbers (as ``Preprocessor`` converts them): checked
+    on the whole dataset, so a bad value in the validation or holdout rows fails here too."""
+    for col in spec.numeric_features:
+        series = df[col]
+        if pd.api.types.is_numeric_dtype(series.dtype) or pd.api.types.is_bool_dtype(series.dtype):
+            continue
+        try:
+            pd.to_numeric(series, errors="raise")
+        except (ValueError, TypeError):
+            bad = series[series.notna() & pd.to_numeric(series, errors="coerce").isna()]
+            raise TrainingInputError(
+                f"numeric feature {col!r} has non-numeric values ({series.dtype}) such as {_examples(bad)}; "
+                "fix the data or list the column under categorical_features"
+            ) from None
 
 
 def _time_range(df: pd.DataFrame, column: str) -> list[str] | None:
@@ -179,7 +209,9 @@ def holdout_frame(
 
 def holdout_info(holdout: pd.DataFrame, spec: TrainingSpec) -> dict[str, Any]:
     digest, basis = frame_digest(holdout, spec.key_columns)
-    positives = int(holdout[spec.label].sum()) if spec.label in holdout.columns and len(holdout) else 0
+    positives = (
+        int(holdout[spec.label].astype("float64").sum()) if spec.label in holdout.columns and len(holdout) else 0
+    )
     return {
         "rows": len(holdout),
         "positives": positives,
@@ -346,6 +378,23 @@ def _check_ray_resources(spec: TrainingSpec, use_gpu: bool = False) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- main
+def _check_holdout(holdout: pd.DataFrame, spec: TrainingSpec, *, total_rows: int) -> None:
+    """The evaluation gate scores challenger and champion on the holdout (ROC/PR AUC): refuse, before Ray
+    starts, a holdout that is empty or has a single label class instead of failing after training."""
+    if len(holdout) == 0:
+        raise TrainingInputError(
+            f"the holdout is empty: {total_rows} rows x holdout_fraction={spec.holdout_fraction:g} leave no "
+            "rows for the evaluation gate to score the model on; use more rows or a larger holdout_fraction"
+        )
+    classes = sorted(int(v) for v in pd.unique(holdout[spec.label].astype("float64")))
+    if len(classes) < 2:
+        raise TrainingInputError(
+            f"the holdout (the latest {len(holdout)} rows, holdout_fraction={spec.holdout_fraction:g}) has only "
+            f"label {classes[0]} in column {spec.label!r}: the evaluation gate needs both classes (ROC/PR AUC); "
+            "use more rows or a larger holdout_fraction"
+        )
+
+
 def _prepare_inputs(
     df: pd.DataFrame, spec: TrainingSpec, manifest: DatasetManifest, run_dir: Path
 ) -> tuple[Preprocessor, dict[str, Any], dict[str, Any], pd.DataFrame, dict[str, Any]]:
@@ -361,6 +410,7 @@ def _prepare_inputs(
             f"too few rows to train: {len(df)} rows give train={len(train)} val={len(val)} "
             f"holdout={len(holdout)} (num_workers={spec.num_workers})"
         )
+    _check_holdout(holdout, spec, total_rows=len(df))
     y_train = train[spec.label].astype("float32").to_numpy()
     positives = float(y_train.sum())
     negatives = float(len(y_train) - positives)
@@ -374,9 +424,12 @@ def _prepare_inputs(
     else:
         pos_weight = float(spec.pos_weight)
 
-    pre = Preprocessor.fit(train, spec.numeric_features, spec.categorical_features)
+    try:
+        pre = Preprocessor.fit(train, spec.numeric_features, spec.categorical_features)
+        x_train, x_val = pre.transform(train), pre.transform(val)
+    except PreprocessError as exc:  # the data, not the code: retrying cannot help
+        raise TrainingInputError(f"cannot preprocess the dataset: {exc}") from exc
     inputs = run_dir / INPUTS_DIR
-    inputs.mkdir(parents=True, exist_ok=True)
     fingerprint = {"spec": spec.to_dict(), "dataset_sha256": manifest.sha256}
     fp_path = inputs / FINGERPRINT_FILE
     if fp_path.exists() and json.loads(fp_path.read_text()) != fingerprint:
@@ -384,8 +437,10 @@ def _prepare_inputs(
             f"run directory {run_dir} already holds a run with a different spec or dataset; "
             "a run name is resumed, not reused - pick a new run_name"
         )
-    np.savez(inputs / TRAIN_ARRAYS, x=pre.transform(train), y=y_train)
-    np.savez(inputs / VAL_ARRAYS, x=pre.transform(val), y=val[spec.label].astype("float32").to_numpy())
+    inputs.mkdir(parents=True, exist_ok=True)
+    np.savez(inputs / TRAIN_ARRAYS, x=x_train, y=y_train)
+    np.savez(inputs / VAL_ARRAYS, x=x_val, y=val[spec.label].astype("float32").to_numpy())
+    del x_train, x_val
     (inputs / PREPROCESSOR_FILE).write_text(json.dumps(pre.to_dict()))
     fp_path.write_text(json.dumps(fingerprint))
     split = {
@@ -462,6 +517,7 @@ def run_training(
     df = read_dataset(manifest)
     check_columns(df.columns, spec, f"dataset {manifest.uri}")
     _check_labels(df, spec)
+    _check_numeric_features(df, spec)
 
     storage = Path(storage_path).expanduser().resolve()
     run_dir = storage / run_name

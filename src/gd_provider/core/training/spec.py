@@ -110,6 +110,9 @@ class TrainingSpec:
     * ``device``: ``auto`` (cuda when available), ``cpu`` or ``cuda``; ``precision``: ``fp32`` or ``bf16``
       (autocast, cuda only: bf16 on cpu is rejected, it is never silently downgraded).
     * ``max_failures``: worker-group restarts (from the latest checkpoint) Ray Train may do.
+    * ``validation_fraction`` / ``holdout_fraction``: the latest rows by time; the holdout (never trained
+      on) is what the evaluation gate scores, so it must be > 0, and ``run_training`` refuses a dataset
+      whose holdout comes out empty or with a single label class.
     """
 
     numeric_features: tuple[str, ...]
@@ -308,6 +311,12 @@ class TrainingSpec:
             "validation_fraction", self.validation_fraction, lo=0.0, hi=1.0, lo_open=True, hi_open=True
         )
         _check_number("holdout_fraction", self.holdout_fraction, lo=0.0, hi=1.0, hi_open=True)
+        if self.holdout_fraction == 0:
+            raise SpecError(
+                "holdout_fraction",
+                "must be > 0: every training run holds out its latest rows, on which the evaluation gate "
+                "scores the challenger against the champion (an empty holdout cannot be evaluated)",
+            )
         if self.validation_fraction + self.holdout_fraction > 0.9:
             raise SpecError(
                 "validation_fraction",
