@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from airflow.sdk import BaseOperator
-from airflow.sdk.exceptions import AirflowException, AirflowFailException
+from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowTaskTerminated
 
 from gd_provider.links import MlflowRunLink, RayJobLink, mlflow_run_url, push_link, ray_job_url
 from gd_provider.operators._common import run_dir, run_key, safe_name, task_key
@@ -131,6 +131,8 @@ class RayTrainOperator(BaseOperator):
         self._job_client: Any = None
         self._submission_id: str | None = None
         self._jobs_dir_path: Path | None = None
+        self._training_locally = False
+        self._killed = False
 
     # ------------------------------------------------------------------------------------------- shared
     def _effective_overrides(self, context: Any = None) -> tuple[dict[str, Any], dict[str, Any] | None]:
@@ -332,6 +334,7 @@ class RayTrainOperator(BaseOperator):
         from gd_provider.core.training import runner
         from gd_provider.core.training.spec import SpecError
 
+        self._training_locally = True
         try:
             return runner.run_training(
                 self.dataset,
@@ -343,6 +346,13 @@ class RayTrainOperator(BaseOperator):
         except (SpecError, runner.TrainingInputError) as exc:
             # Checked before Ray starts (columns, labels, device/precision): retrying cannot help.
             raise AirflowFailException(f"cannot train: {exc}") from exc
+        except KeyboardInterrupt as exc:
+            if not self._killed:
+                raise
+            # on_kill's interrupt, after Ray Train stopped and run_training shut the local Ray instance down
+            raise AirflowTaskTerminated("killed while training in-task (local Ray): training stopped") from exc
+        finally:
+            self._training_locally = False
 
     # ------------------------------------------------------------------------------------------- remote
     def _base_submission_id(self, context: Any) -> str:
@@ -668,11 +678,22 @@ class RayTrainOperator(BaseOperator):
         return self._finish_remote(context, None, result, request, mlflow_config, experiment_id, cluster, submission_id)
 
     def on_kill(self) -> None:
-        """The task is being killed: stop its Ray job (synchronous mode; the trigger handles deferral).
+        """The task is being killed: stop its training (synchronous mode; the trigger handles deferral).
+
+        In-task training (embedded Ray): Airflow 3.3's SIGTERM handler only calls ``on_kill`` and lets the
+        task run on until SIGKILL, 5 s later, with the local Ray instance left to its reaper. Interrupting
+        the main thread here (the signal handler runs there) unwinds the training now - Ray's blocking calls
+        pass on only ``KeyboardInterrupt``/``SystemExit`` from a signal handler - so Ray Train is stopped and
+        the private Ray instance shut down before a next try can start writing the same run directory; the
+        task then ends with ``AirflowTaskTerminated``.
 
         Ray stops a job asynchronously; waiting (briefly: Airflow sends SIGKILL 5 s after SIGTERM) until
         it has left RUNNING lets the next try - a clear while training runs - find it STOPPED and resubmit,
         instead of adopting a job that is about to stop."""
+        if self._training_locally:
+            self.log.warning("Task killed while training in-task: stopping Ray Train and the local Ray instance")
+            self._killed = True
+            raise KeyboardInterrupt("task killed: stop the in-task training")
         if self._job_client is not None and self._submission_id:
             self._stop(self._job_client, self._submission_id)
             deadline = time.monotonic() + ON_KILL_WAIT_S

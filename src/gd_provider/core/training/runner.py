@@ -309,8 +309,19 @@ def init_local_ray(num_cpus: int | None = None, **kwargs: Any) -> None:
     the driver's niceness (Ray's default is +15) and Ray Train's preemption watcher is off (no preemptible
     nodes here); a value already in the environment (``RAY_worker_niceness``,
     ``RAY_TRAIN_ENABLE_PREEMPTION_WATCHER``) wins.
+
+    The process's own SIGTERM handler is kept: ``ray.init`` replaces it (with ``sys.exit``, and the core
+    worker's abort handler), which inside an Airflow task would bypass the task runner's handler and so the
+    operator's ``on_kill`` - the process would abort instead of stopping its training. Only a Python-level
+    handler installed by the embedding program is restored; a plain script keeps Ray's.
     """
+    import signal
+    import threading
+
     import ray
+
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    term_handler = signal.getsignal(signal.SIGTERM) if in_main_thread else None
 
     # .../<root>/gd_provider/core/training/runner.py -> <root> (works for namespace packages too)
     pkg_root = str(Path(__file__).resolve().parents[3])
@@ -336,6 +347,8 @@ def init_local_ray(num_cpus: int | None = None, **kwargs: Any) -> None:
             os.environ.pop("PYTHONPATH", None)
         else:
             os.environ["PYTHONPATH"] = previous
+        if callable(term_handler):
+            signal.signal(signal.SIGTERM, term_handler)
 
 
 def check_ray_address(ray_address: str) -> None:

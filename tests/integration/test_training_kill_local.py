@@ -1,0 +1,79 @@
+"""Killing a task that trains in-task (embedded Ray): Airflow 3.3's SIGTERM handler only calls ``on_kill``,
+so ``RayTrainOperator.on_kill`` must itself unwind the training - Ray Train stopped, the private Ray
+instance shut down, every Ray process gone - long before Airflow's SIGKILL would (5 s later)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from gd_provider.core.data import write_dataset
+from gd_provider.demo import schema as S
+
+from .test_training import synthetic_transactions
+
+pytestmark = pytest.mark.integration
+
+CHILD = r"""
+import json, signal, sys
+from airflow.sdk.exceptions import AirflowTaskTerminated
+from gd_provider.core.training.spec import TrainingSpec
+from gd_provider.operators.training import RayTrainOperator
+from tests.support import fake_context
+
+op = RayTrainOperator(task_id="train", dataset=json.loads(sys.argv[1]), model_name="m",
+                      spec=TrainingSpec.for_demo(epochs=500, seed=1).to_dict())
+signal.signal(signal.SIGTERM, lambda signum, frame: op.on_kill())  # what Airflow's task runner does
+ctx = fake_context()
+try:
+    op._train_locally(ctx, op._resolve_spec(ctx))
+except AirflowTaskTerminated as exc:
+    print("TERMINATED:", exc, flush=True)
+    sys.exit(3)
+print("FINISHED", flush=True)
+"""
+
+
+def test_sigterm_during_in_task_training_stops_ray_train_and_the_local_ray(gd_home, tmp_path):
+    manifest = write_dataset(
+        synthetic_transactions(3000), str(tmp_path / "train.parquet"), sort_by=[S.TIMESTAMP, S.TRANSACTION_ID],
+        entity_keys=list(S.ENTITY_KEYS), timestamp_column=S.TIMESTAMP, label_column=S.LABEL,
+    ).to_dict()
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    child = subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(manifest)], cwd=root, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        ray_dir = gd_home / "runs" / "test_dag" / "manual__test" / "ray"
+        deadline = time.monotonic() + 240
+        while not list(ray_dir.glob("*/checkpoint_*")):  # the workers are training
+            assert child.poll() is None, child.communicate()[0]
+            assert time.monotonic() < deadline, "no checkpoint within 240 s"
+            time.sleep(0.5)
+        ray_processes = psutil.Process(child.pid).children(recursive=True)
+        assert ray_processes, "the local Ray instance runs as children of the task process"
+        t0 = time.monotonic()
+        child.send_signal(signal.SIGTERM)
+        try:
+            out, _ = child.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            pytest.fail("the task process kept training after SIGTERM: " + child.communicate()[0][-4000:])
+        stopped_after = time.monotonic() - t0
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.communicate()
+    assert child.returncode == 3 and "TERMINATED: killed while training in-task" in out, out[-3000:]
+    assert "FINISHED" not in out
+    gone, alive = psutil.wait_procs(ray_processes, timeout=20)
+    assert not alive, f"Ray processes left after the kill: {[p.pid for p in alive]}"
+    print(f"stopped {stopped_after:.1f} s after SIGTERM")
