@@ -46,7 +46,7 @@ def test_register_is_idempotent_per_run_key(client, mlflow_config, request):
     assert (v1, created1) == ("1", True)
     assert (v2, created2) == ("1", False) and (v3, created3) == ("1", False)
     assert len(client.search_model_versions(f"name = '{name}'")) == 1
-    assert client.get_model_version(name, "1").tags["a"] == "2"  # the newer decision is kept
+    assert client.get_model_version(name, "1").tags["a"] == "1"  # a reuse never rewrites a tag
     v4, created4 = registry.register_model(client, name, uri, run_key="dag/run2", run_id=run_id, tags={})
     assert (v4, created4) == ("2", True)
 

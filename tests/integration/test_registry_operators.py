@@ -161,7 +161,8 @@ def test_promotion_fails_clearly_when_mlflow_drops_and_alias_stays(monkeypatch, 
     v2 = register_scorer(client, exp, name, "d/r2", {})
     registry.promote(client, name, v1, actor="scheduler", reason="first")
     op = PromoteModelOperator(
-        task_id="promote", model={"name": name, "version": v2}, gate={"blessed": True, "reasons": ["ok"]}
+        task_id="promote", model={"name": name, "version": v2},
+        gate={"blessed": True, "reasons": ["ok"], "champion_version": v1},
     )
 
     def network_drop(self, *args, **kwargs):
@@ -193,7 +194,7 @@ def test_rejected_challenger_is_not_promoted(gd_home, client, champion, name):
     op = PromoteModelOperator(
         task_id="promote",
         model={"name": name, "version": "2"},
-        gate={"blessed": False, "reasons": ["pr_auc 0.1 vs champion 0.3: FAIL"]},
+        gate={"blessed": False, "reasons": ["pr_auc 0.1 vs champion 0.3: FAIL"], "champion_version": champion},
     )
     with pytest.raises(AirflowSkipException, match="not promoted: pr_auc 0.1 vs champion 0.3: FAIL"):
         op.execute(fake_context())
@@ -204,7 +205,8 @@ def test_audit_after_promote_rollback_and_manual_rollback(gd_home, client, exper
     v2 = register_scorer(client, experiment, name, "d/r2", {})
     ti = FakeTI()
     promoted = PromoteModelOperator(
-        task_id="promote", model={"name": name, "version": v2}, gate={"blessed": True, "reasons": ["better"]}
+        task_id="promote", model={"name": name, "version": v2},
+        gate={"blessed": True, "reasons": ["better"], "champion_version": champion},
     ).execute(fake_context(ti=ti))
     ti.xcoms[("promote", "return_value")] = promoted
     auto = RollbackModelOperator(task_id="rollback").execute(fake_context(ti=ti, user=None))
@@ -308,7 +310,8 @@ def test_register_three_times_in_one_dag_run_gives_one_version(gd_home, client, 
 def test_forced_promotion_records_the_reason(gd_home, client, experiment, champion, name):
     v2 = register_scorer(client, experiment, name, "d/r2", {})
     op = PromoteModelOperator(task_id="promote", model={"name": name, "version": v2},
-                              gate={"blessed": False, "reasons": ["pr_auc 0.20 vs champion 0.25: FAIL"]},
+                              gate={"blessed": False, "reasons": ["pr_auc 0.20 vs champion 0.25: FAIL"],
+                                    "champion_version": champion},
                               force_reason="hotfix for a known bad champion")
     out = op.execute(fake_context(user="alice"))
     assert out["version"] == v2 and registry.get_alias_version(client, name, "champion") == v2

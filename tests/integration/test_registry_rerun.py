@@ -54,8 +54,9 @@ def test_fingerprint_tells_trainings_of_one_run_apart(client, mlflow_backend, re
     uri_a2, run_a2 = _train(client, mlflow_backend)
     assert _register(client, name, uri_a2, run_a2, {"lr": 0.5}, {"gd.blessed": "true"}) == ("1", False)
     v1 = client.get_model_version(name, "1")
-    assert v1.tags["gd.blessed"] == "true"  # the newer decision is kept ...
-    assert v1.tags[registry.TRAINING_RUN_TAG] == run_a == v1.run_id  # ... but never another artifact's lineage
+    assert v1.tags["gd.blessed"] == "false"  # the decision the version was registered with is kept ...
+    assert '"gd.blessed": "true"' in v1.tags[registry.RERUN_DECISION_TAG]  # ... the rerun's is noted beside it
+    assert v1.tags[registry.TRAINING_RUN_TAG] == run_a == v1.run_id  # ... and never another artifact's lineage
     # train cleared and rerun with another learning rate: one new version, not the old one re-adopted
     uri_b, run_b = _train(client, mlflow_backend)
     assert _register(client, name, uri_b, run_b, {"lr": 0.003}) == ("2", True)

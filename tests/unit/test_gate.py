@@ -62,3 +62,23 @@ def test_classification_metrics_rejects_bad_scores():
         classification_metrics(np.array([0, 1]), np.array([0.1, np.nan]))
     with pytest.raises(ValueError, match="single class"):
         classification_metrics(np.array([1, 1]), np.array([0.1, 0.2]))
+
+
+def test_holdout_must_be_the_one_training_held_out():
+    import pandas as pd
+
+    from gd_provider.core.gate import HoldoutMismatchError, verify_holdout
+    from gd_provider.core.training.preprocess import frame_digest
+
+    holdout = pd.DataFrame({"transaction_id": ["a", "b", "c"], "amount": [1.0, 2.0, 3.0]})
+    digest, basis = frame_digest(holdout)
+    recorded = {"rows": 3, "sha256": digest, "sha256_basis": basis}
+    verify_holdout(recorded, rows=3, sha256=frame_digest(holdout.copy())[0])  # same rows: accepted
+    other = frame_digest(holdout.iloc[[0, 1]])[0]
+    with pytest.raises(HoldoutMismatchError, match=rf"digest over keys:transaction_id\): sha256 {other} vs training's"):
+        verify_holdout(recorded, rows=2, sha256=other)
+    with pytest.raises(HoldoutMismatchError, match="2 rows vs training's 3"):
+        verify_holdout(recorded, rows=2, sha256=digest)
+    for missing in (None, {}, {"rows": 3}):
+        with pytest.raises(HoldoutMismatchError, match="records no holdout digest"):
+            verify_holdout(missing, rows=3, sha256=digest)

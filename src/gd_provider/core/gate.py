@@ -22,6 +22,33 @@ class GateConfigError(ValueError):
     """The gate policy cannot decide anything as configured."""
 
 
+class HoldoutMismatchError(ValueError):
+    """The gate's holdout is not provably the one training held out: nothing can be decided on it."""
+
+
+def verify_holdout(recorded: dict[str, Any] | None, *, rows: int, sha256: str) -> None:
+    """Require the holdout the gate rebuilt (``rows``, ``sha256`` =
+    :func:`gd_provider.core.training.preprocess.frame_digest`, as training computes it) to be the holdout
+    training recorded (its manifest's ``holdout``: ``rows``, ``sha256``). A challenger scored on rows it
+    trained on, or champion and challenger on different rows, would make the comparison meaningless."""
+    if not recorded or not recorded.get("sha256"):
+        raise HoldoutMismatchError(
+            "the training manifest records no holdout digest (training['holdout']['sha256']): cannot prove the "
+            "gate scores the rows training held out"
+        )
+    problems = []
+    if str(recorded["sha256"]) != sha256:
+        problems.append(f"sha256 {sha256} vs training's {recorded['sha256']}")
+    if recorded.get("rows") is None or int(recorded["rows"]) != int(rows):
+        problems.append(f"{rows} rows vs training's {recorded.get('rows')}")
+    if problems:
+        basis = f" (digest over {recorded['sha256_basis']})" if recorded.get("sha256_basis") else ""
+        raise HoldoutMismatchError(
+            "the holdout rebuilt from the dataset is not the one training held out" + basis + ": "
+            + "; ".join(problems) + " (another dataset or split settings than training used?)"
+        )
+
+
 @dataclass(frozen=True)
 class GatePolicy:
     decision_threshold: float = 0.5

@@ -19,8 +19,6 @@ PREVIOUS_CHAMPION_TAG = "gd.previous_champion"
 RUN_KEY_TAG = "gd.run_key"
 FINGERPRINT_TAG = "gd.training_fingerprint"
 TRAINING_RUN_TAG = "gd.training_run_id"
-# Tags naming the artifact a version was created from: a rerun that reuses the version never rewrites them.
-_IDENTITY_TAGS = (RUN_KEY_TAG, FINGERPRINT_TAG, TRAINING_RUN_TAG)
 NO_CHAMPION = "none"
 
 
@@ -125,6 +123,18 @@ def _model_exists(client, model_name: str) -> bool:
         raise
 
 
+# Tags holding a gate/drift decision about a version: written once, when the version is created. A rerun
+# that reuses the version never rewrites them (the version keeps the decision it was promoted on); a rerun
+# that decided differently is recorded next to them in ``gd.gate.rerun.latest``.
+DECISION_TAG_PREFIXES = ("gd.blessed", "gd.gate.", "gd.metric.", "gd.drift.")
+RERUN_DECISION_TAG = "gd.gate.rerun.latest"
+MAX_TAG = 4000
+
+
+def _is_decision_tag(key: str) -> bool:
+    return key == "gd.blessed" or key.startswith(DECISION_TAG_PREFIXES[1:])
+
+
 def register_model(
     client,
     model_name: str,
@@ -143,18 +153,28 @@ def register_model(
     registers the new model as one new version, which a later clear of ``register`` reuses in turn.
 
     Returns ``(version, created)``. Tags are written when the version is created, so a version never
-    exists without its lineage. A reused version gets the newer decision tags, never other identity tags
-    (run key, fingerprint, training run) than its own.
+    exists without its lineage. A reused version keeps every tag it has: a rerun only adds tags the
+    version lacks (e.g. lineage a newer package records), never rewrites one, and never adds decision
+    tags (``gd.blessed``, ``gd.gate.*``, ``gd.metric.*``, ``gd.drift.*``) to it. When the rerun's decision
+    differs from the recorded one, the rerun's values are recorded in ``gd.gate.rerun.latest`` (JSON).
     """
     existing = find_version_by_run_key(client, model_name, run_key, fingerprint=fingerprint, run_id=run_id)
     if existing is not None:
-        for key, value in tags.items():  # a rerun may carry a newer gate decision
-            if key in _IDENTITY_TAGS and existing.tags.get(key) is not None:
-                continue
-            if existing.tags.get(key) != str(value):
-                client.set_model_version_tag(model_name, existing.version, key, str(value))
+        rerun_decision: dict[str, str] = {}
+        for key, value in tags.items():
+            value = str(value)
+            old = existing.tags.get(key)
+            if _is_decision_tag(key):
+                if old != value:
+                    rerun_decision[key] = value
+            elif old is None:
+                client.set_model_version_tag(model_name, existing.version, key, value)
         if fingerprint is not None and existing.tags.get(FINGERPRINT_TAG) is None:
             client.set_model_version_tag(model_name, existing.version, FINGERPRINT_TAG, fingerprint)
+        if rerun_decision:
+            note = json.dumps({"at": _now(), "tags": rerun_decision}, sort_keys=True)
+            client.set_model_version_tag(model_name, existing.version, RERUN_DECISION_TAG,
+                                         note if len(note) <= MAX_TAG else note[: MAX_TAG - 1] + "…")
         return str(existing.version), False
     if not _model_exists(client, model_name):
         client.create_registered_model(model_name, tags={"gd.managed": "true"})
@@ -219,6 +239,112 @@ def _append_audit(client, model_name: str, entry: dict[str, Any]) -> dict[str, A
     return entry
 
 
+class _Unchecked:
+    def __repr__(self) -> str:
+        return "UNCHECKED"
+
+
+UNCHECKED: Any = _Unchecked()  # promote() without a compare-and-swap (a person moving the alias by hand)
+DATA_INTERVAL_TAG = "gd.data_interval"
+LOGICAL_DATE_TAG = "gd.logical_date"
+
+
+def _label(version: str | None) -> str:
+    return "no champion" if version is None else f"v{version}"
+
+
+def comparison_champion(client, model_name: str, alias: str, run_key: str | None) -> str | None:
+    """The champion a DAG run's checks must compare with (``None``: there is none).
+
+    Normally the version ``alias`` points at. When that version was registered by this same DAG run
+    (tag ``gd.run_key`` == ``run_key``: the run was cleared after it promoted its own model), comparing
+    with it would compare the run with itself; its recorded previous champion (``gd.previous_champion``,
+    ``"none"`` → no champion) is the one the run was compared with, followed further back while that,
+    too, is a version of this run (a retraining of the same run). Raises :class:`RegistryError` when
+    such a version records no previous champion (it became champion without a promotion).
+    """
+    version = get_alias_version(client, model_name, alias)
+    seen: set[str] = set()
+    while version is not None:
+        tags = client.get_model_version(model_name, version).tags
+        if run_key is None or tags.get(RUN_KEY_TAG) != run_key:
+            return version
+        if version in seen:
+            raise RegistryError(f"{model_name}: the previous-champion chain of run {run_key} loops at v{version}")
+        seen.add(version)
+        previous = tags.get(PREVIOUS_CHAMPION_TAG)
+        if previous is None:
+            raise RegistryError(
+                f"{model_name}@{alias} chain reaches v{version}, registered by this run ({run_key}), which records "
+                f"no previous champion ({PREVIOUS_CHAMPION_TAG}): cannot tell which champion to compare with"
+            )
+        version = None if previous == NO_CHAMPION else str(previous)
+    return None
+
+
+def _parse_instant(text: str) -> datetime | None:
+    try:
+        value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def data_end(version_tags: dict[str, str]) -> datetime | None:
+    """The end of the data a version was trained on, from its lineage tags: the end of
+    ``gd.data_interval`` (the training set's window), else ``gd.logical_date``; None when neither is there."""
+    raw = (version_tags.get(DATA_INTERVAL_TAG) or "").strip()
+    if raw:
+        interval = _json_or_text(raw)
+        end = interval[-1] if isinstance(interval, list) and interval else interval
+        if isinstance(end, str) and (parsed := _parse_instant(end)) is not None:
+            return parsed
+    logical = (version_tags.get(LOGICAL_DATE_TAG) or "").strip()
+    return _parse_instant(logical) if logical else None
+
+
+def promotion_problems(
+    client,
+    model_name: str,
+    version: str,
+    *,
+    alias: str = "champion",
+    expected_current: Any = UNCHECKED,
+    dag_run: str | None = None,
+    version_tags: dict[str, str] | None = None,
+    current: str | None | _Unchecked = UNCHECKED,
+) -> list[str]:
+    """Why moving ``alias`` to ``version`` now would ship something that was not compared (empty: safe).
+
+    * compare-and-swap: ``expected_current`` is the champion the gate compared ``version`` with (None or
+      ``"none"``: there was none). The alias must still be that version — or a version this same DAG run
+      (``dag_run``) promoted over it, see :func:`comparison_champion`;
+    * data order: ``version`` must not be trained on data older than the current champion's (the end of
+      ``gd.data_interval``, else ``gd.logical_date``; unknown on either side → not checked).
+    """
+    if isinstance(current, _Unchecked):
+        current = get_alias_version(client, model_name, alias)
+    problems: list[str] = []
+    if not isinstance(expected_current, _Unchecked):
+        expected = None if expected_current in (None, "", NO_CHAMPION) else str(expected_current)
+        baseline = comparison_champion(client, model_name, alias, dag_run) if dag_run else current
+        if baseline != expected:
+            problems.append(
+                f"the gate compared v{version} with {_label(expected)}, but {model_name}@{alias} is now "
+                f"{_label(current)}: the champion moved since the evaluation, so v{version} was never compared "
+                f"with it (re-run the evaluation against the current champion)"
+            )
+    if current is not None:
+        tags = version_tags if version_tags is not None else client.get_model_version(model_name, version).tags
+        mine, theirs = data_end(tags), data_end(client.get_model_version(model_name, current).tags)
+        if mine is not None and theirs is not None and mine < theirs:
+            problems.append(
+                f"v{version} was trained on data up to {mine.isoformat()}, older than champion v{current}'s "
+                f"{theirs.isoformat()}"
+            )
+    return problems
+
+
 def promote(
     client,
     model_name: str,
@@ -228,11 +354,19 @@ def promote(
     actor: str,
     reason: str,
     dag_run: str | None = None,
+    expected_current: Any = UNCHECKED,
+    force_reason: str | None = None,
 ) -> dict[str, Any]:
     """Move ``alias`` to ``version``, recording the previous champion first.
 
     Idempotent: when ``alias`` already points at ``version`` (a rerun), nothing moves and the recorded
     previous champion is returned.
+
+    Compare-and-swap: give ``expected_current`` — the champion the gate compared ``version`` with (None
+    or ``"none"``: no champion) — and the move is refused with :class:`RegistryError` (alias unchanged,
+    nothing recorded) when the champion has moved since (see :func:`promotion_problems`). A version
+    trained on older data than the current champion's is refused too. ``force_reason`` overrides both;
+    the audit entry then records the reason and what was overridden.
     """
     mv = client.get_model_version(model_name, version)
     current = get_alias_version(client, model_name, alias)
@@ -240,19 +374,28 @@ def promote(
         previous = mv.tags.get(PREVIOUS_CHAMPION_TAG, NO_CHAMPION)
         return {"name": model_name, "version": str(version), "alias": alias, "previous_champion": previous,
                 "moved": False}
+    problems = promotion_problems(client, model_name, str(version), alias=alias, expected_current=expected_current,
+                                  dag_run=dag_run, version_tags=mv.tags, current=current)
+    forced = str(force_reason or "").strip()
+    if problems and not forced:
+        raise RegistryError(
+            f"refusing to move {model_name}@{alias} from {_label(current)} to v{version}: " + "; ".join(problems)
+            + ". Nothing was changed (promote with a force reason to override)"
+        )
+    extra: dict[str, Any] = {"forced": forced, "overridden": problems} if problems else {}
     previous = current or NO_CHAMPION
     client.set_model_version_tag(model_name, version, PREVIOUS_CHAMPION_TAG, previous)
     client.set_registered_model_alias(model_name, alias, str(version))
     try:
         _append_audit(client, model_name, {"action": "promote", "alias": alias, "from": previous,
                                            "to": str(version), "actor": actor, "reason": reason,
-                                           "dag_run": dag_run, **training_settings(mv.tags)})
+                                           "dag_run": dag_run, **training_settings(mv.tags), **extra})
     except Exception:
         # No champion change without its audit entry: put the alias back, then fail.
         _restore_alias(client, model_name, alias, current)
         raise
     return {"name": model_name, "version": str(version), "alias": alias, "previous_champion": previous,
-            "moved": True}
+            "moved": True, **({"overridden": problems} if problems else {})}
 
 
 def _restore_alias(client, model_name: str, alias: str, version: str | None) -> None:
@@ -260,6 +403,28 @@ def _restore_alias(client, model_name: str, alias: str, version: str | None) -> 
         client.delete_registered_model_alias(model_name, alias)
     else:
         client.set_registered_model_alias(model_name, alias, version)
+
+
+def _done_by_this_run(
+    client, model_name: str, alias: str, current: str, *, dag_run: str | None, expected_current: str | None,
+    to_version: str,
+) -> dict[str, Any] | None:
+    """The audit entry of this DAG run's rollback when it already happened: the last audit entry for
+    ``alias`` is a rollback by ``dag_run`` (from ``expected_current`` when given, to ``to_version`` unless
+    ``"previous"``) and the alias still points at its target. Makes a retried rollback a no-op."""
+    if not dag_run:
+        return None
+    entries = [e for e in audit_trail(client, model_name) if e.get("alias", alias) == alias]
+    if not entries:
+        return None
+    last = entries[-1]
+    if last.get("action") != "rollback" or last.get("dag_run") != dag_run or str(last.get("to")) != current:
+        return None
+    if expected_current is not None and str(last.get("from")) != str(expected_current):
+        return None
+    if to_version != "previous" and str(to_version) != current:
+        return None
+    return last
 
 
 def rollback(
@@ -277,11 +442,18 @@ def rollback(
 
     ``expected_current`` guards automatic rollbacks: when the champion is no longer the version this
     run promoted, someone moved it since, and the rollback refuses to undo their change.
+    Idempotent per ``dag_run``: when this run's rollback already happened (the last audit entry for the
+    alias is it, and the alias still points at its target) a retry returns it with ``moved: False``.
     Fails loudly when there is nothing to restore.
     """
     current = get_alias_version(client, model_name, alias)
     if current is None:
         raise RegistryError(f"model {model_name!r} has no {alias!r} alias: nothing to roll back")
+    done = _done_by_this_run(client, model_name, alias, current, dag_run=dag_run, expected_current=expected_current,
+                             to_version=str(to_version))
+    if done is not None:
+        return {"name": model_name, "alias": alias, "from": str(done["from"]), "to": current,
+                "audit_seq": done["seq"], "moved": False}
     if expected_current is not None and current != str(expected_current):
         raise RegistryError(
             f"{model_name}@{alias} is version {current}, not {expected_current} as expected: "
@@ -313,4 +485,5 @@ def rollback(
     except Exception:
         _restore_alias(client, model_name, alias, current)
         raise
-    return {"name": model_name, "alias": alias, "from": current, "to": target, "audit_seq": entry["seq"]}
+    return {"name": model_name, "alias": alias, "from": current, "to": target, "audit_seq": entry["seq"],
+            "moved": True}

@@ -14,7 +14,9 @@ from gd_provider.operators._common import load_pyfunc, run_key, task_dir, task_k
 
 class DriftCheckOperator(BaseOperator):
     """Compare this run's dataset (``dataset`` manifest) with the training data of ``<model_name>@<alias>``,
-    found through the champion's lineage tags (uri + sha256, verified before use).
+    found through the champion's lineage tags (uri + sha256, verified before use). When the alias points at
+    a version of this same DAG run (the run was cleared after promoting), the champion it replaced is the
+    reference (:func:`gd_provider.core.registry.comparison_champion`).
 
     * Methods and thresholds are pinned (``numeric_method``/``categorical_method``/``threshold``) and can be
       set per column: ``per_column={"amount": {"method": "psi", "threshold": 0.2}}``.
@@ -79,7 +81,7 @@ class DriftCheckOperator(BaseOperator):
         from gd_provider.core import drift as core
         from gd_provider.core.data import DatasetError, read_dataset
         from gd_provider.core.lineage import LineageError, training_dataset
-        from gd_provider.core.registry import ensure_experiment, get_alias_version
+        from gd_provider.core.registry import RegistryError, comparison_champion, ensure_experiment
         from gd_provider.core.tracking import log_check_run
         from gd_provider.hooks.mlflow import MlflowHook
 
@@ -93,7 +95,12 @@ class DriftCheckOperator(BaseOperator):
             raise AirflowFailException(f"drift policy {self.policy!r} is not one of {list(core.POLICIES)}")
         mlflow_config = MlflowHook(self.mlflow_conn_id).get_config()
         client = mlflow_config.client()
-        champion = get_alias_version(client, self.model_name, self.alias)
+        try:
+            # the champion, or - when this run already promoted its own model (a cleared run) - the one it
+            # replaced: this run's own training data is no reference for this run's data
+            champion = comparison_champion(client, self.model_name, self.alias, run_key(context))
+        except RegistryError as exc:
+            raise AirflowFailException(f"drift check cannot find its reference: {exc}") from exc
         if champion is None:
             self.log.info("%s has no %r version yet: no reference data, drift not checked", self.model_name, self.alias)
             return {"status": "no_reference", "policy": self.policy, "champion_version": None,

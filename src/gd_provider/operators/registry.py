@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -24,12 +23,6 @@ from gd_provider.operators._common import actor, load_pyfunc, run_key, task_key
 def _registry_failure(what: str, tracking_uri: str, exc: Exception) -> AirflowException:
     """A clear, retryable error when MLflow cannot be reached or refuses mid-operation."""
     return AirflowException(f"{what} failed talking to MLflow at {tracking_uri}: {type(exc).__name__}: {exc}")
-
-
-def _frame_sha256(df) -> str:
-    import pandas as pd
-
-    return hashlib.sha256(pd.util.hash_pandas_object(df, index=False).values.tobytes()).hexdigest()
 
 
 class ModelEvaluationGateOperator(BaseOperator):
@@ -63,10 +56,17 @@ class ModelEvaluationGateOperator(BaseOperator):
 
     def execute(self, context: Any) -> dict[str, Any]:
 
-        from gd_provider.core.gate import GateConfigError, GatePolicy, classification_metrics, decide
-        from gd_provider.core.registry import ensure_experiment, get_alias_version
+        from gd_provider.core.gate import (
+            GateConfigError,
+            GatePolicy,
+            HoldoutMismatchError,
+            classification_metrics,
+            decide,
+            verify_holdout,
+        )
+        from gd_provider.core.registry import RegistryError, comparison_champion, ensure_experiment
         from gd_provider.core.tracking import log_check_run
-        from gd_provider.core.training.runner import holdout_frame
+        from gd_provider.core.training.runner import holdout_frame, holdout_info
         from gd_provider.core.training.spec import TrainingSpec
         from gd_provider.hooks.mlflow import MlflowHook
 
@@ -78,17 +78,27 @@ class ModelEvaluationGateOperator(BaseOperator):
         client = config.client()
         spec = TrainingSpec.from_dict(self.training["spec"])
         holdout = holdout_frame(self.dataset, spec)
+        held_out = holdout_info(holdout, spec)  # the digest training records, computed the same way
+        try:
+            verify_holdout(self.training.get("holdout"), rows=held_out["rows"], sha256=held_out["sha256"])
+        except HoldoutMismatchError as exc:
+            raise AirflowFailException(f"evaluation gate refuses to decide: {exc}") from exc
         y = holdout[spec.label].to_numpy()
         challenger_proba = np.asarray(load_pyfunc(self.training["model_uri"]).predict(holdout))
         challenger = classification_metrics(y, challenger_proba, policy.decision_threshold)
-        champion_version = get_alias_version(client, self.model_name, self.alias)
+        try:
+            # the current champion, or - when this run already promoted its own model (a cleared run) -
+            # the champion this run replaced: never the challenger compared with itself
+            champion_version = comparison_champion(client, self.model_name, self.alias, run_key(context))
+        except RegistryError as exc:
+            raise AirflowFailException(f"evaluation gate cannot find its baseline: {exc}") from exc
         champion = None
         if champion_version is not None:
             model = load_pyfunc(f"models:/{self.model_name}/{champion_version}")
             champion = classification_metrics(y, np.asarray(model.predict(holdout)), policy.decision_threshold)
         decision = decide(challenger, champion, policy, champion_version=champion_version)
         decision.holdout_rows = len(holdout)
-        decision.holdout_sha256 = _frame_sha256(holdout)
+        decision.holdout_sha256 = held_out["sha256"]
         self.log.info("Evaluation on %d holdout rows: %s", len(holdout), decision.summary())
         metrics = {f"challenger.{k}": v for k, v in challenger.items()}
         metrics.update({f"champion.{k}": v for k, v in (champion or {}).items()})
@@ -172,7 +182,14 @@ class PromoteModelOperator(BaseOperator):
     on the new version and in the audit trail first. A rejected challenger skips this task (and what
     depends on it) with the gate's reason; the champion is untouched — unless ``force_reason`` (templated,
     from a manual run's Param) is given: then it is promoted and the reason goes into the audit trail and
-    the version's tag ``gd.forced_promotion_reason``."""
+    the version's tag ``gd.forced_promotion_reason``.
+
+    Compare-and-swap: the alias moves only while the champion is still the one the gate compared the
+    challenger with (``gate["champion_version"]``, None = no champion; a champion this same DAG run promoted
+    earlier counts as the one it replaced), and never to a version trained on older data than the current
+    champion's (:func:`gd_provider.core.registry.promote`). Otherwise the task fails with the reason and
+    nothing changes — a rerun of an old night cannot replace a newer champion, a manual rollback between
+    evaluate and promote is not undone. ``force_reason`` overrides this too, recorded the same way."""
 
     template_fields: Sequence[str] = ("model", "gate", "reason", "force_reason")
     operator_extra_links = (MlflowModelVersionLink(),)
@@ -198,9 +215,14 @@ class PromoteModelOperator(BaseOperator):
         self.mlflow_conn_id = mlflow_conn_id
 
     def execute(self, context: Any) -> dict[str, Any]:
-        from gd_provider.core.registry import promote
+        from gd_provider.core.registry import RegistryError, promote
         from gd_provider.hooks.mlflow import MlflowHook
 
+        if "champion_version" not in self.gate:
+            raise AirflowFailException(
+                "the gate decision has no 'champion_version' (the champion it compared with, None for none): "
+                "refusing to move the champion without knowing what the challenger was compared with"
+            )
         reasons = "; ".join(self.gate["reasons"])
         forced = str(self.force_reason or "").strip()
         reason = f"{self.reason}: {reasons}"
@@ -221,10 +243,15 @@ class PromoteModelOperator(BaseOperator):
                 actor=actor(context),
                 reason=reason,
                 dag_run=run_key(context),
+                # compare-and-swap: only over the champion the gate compared with
+                expected_current=self.gate["champion_version"],
+                force_reason=forced or None,
             )
-            if forced and not self.gate["blessed"]:
+            if forced and (not self.gate["blessed"] or result.get("overridden")):
                 config.client().set_model_version_tag(self.model["name"], self.model["version"],
                                                       "gd.forced_promotion_reason", forced)
+        except RegistryError as exc:
+            raise AirflowFailException(f"promotion of {self.model['name']} v{self.model['version']} refused: {exc}") from exc
         except Exception as exc:
             raise _registry_failure(
                 f"promotion of {self.model['name']} v{self.model['version']} to @{self.alias}", config.tracking_uri, exc
@@ -243,9 +270,15 @@ class ModelSmokeTestOperator(BaseOperator):
     * the positive-prediction rate is outside ``positive_rate_bounds``, or differs from the previous
       champion's rate on the same canary by more than ``max_positive_rate_change`` (absolute);
     * the p95 latency of single-row predictions exceeds ``max_p95_latency_ms``.
+
+    It tests the version this run promoted: ``version`` (templated) when given, else the ``version`` of
+    ``promote_task_id``'s XCom (default ``"promote"``; without that XCom, e.g. standalone, whatever the
+    alias points at). When the alias no longer points at that version (it was rolled back or replaced
+    since, e.g. the smoke test was cleared after a rollback) the task fails and says so: another model's
+    smoke test must not turn this run green.
     """
 
-    template_fields: Sequence[str] = ("dataset", "max_p95_latency_ms")
+    template_fields: Sequence[str] = ("dataset", "max_p95_latency_ms", "version")
     operator_extra_links = (MlflowModelVersionLink(),)
     ui_color = "#fff2cc"
 
@@ -262,10 +295,14 @@ class ModelSmokeTestOperator(BaseOperator):
         max_positive_rate_change: float | None = 0.05,
         decision_threshold: float = 0.5,
         seed: int = 0,
+        version: str | None = None,
+        promote_task_id: str | None = "promote",
         mlflow_conn_id: str = "mlflow_default",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.version = version
+        self.promote_task_id = promote_task_id
         self.dataset = dataset
         self.model_name = model_name
         self.alias = alias
@@ -286,9 +323,15 @@ class ModelSmokeTestOperator(BaseOperator):
 
         config = MlflowHook(self.mlflow_conn_id).get_config()
         client = config.client()
+        expected = self._expected_version(context)
         version = get_alias_version(client, self.model_name, self.alias)
         if version is None:
             raise AirflowFailException(f"{self.model_name} has no {self.alias!r} alias to smoke-test")
+        if expected is not None and version != expected:
+            raise AirflowFailException(
+                f"{self.model_name}@{self.alias} is v{version}, not v{expected} that this run promoted: it was rolled "
+                "back or replaced since; not smoke-testing another model in this run's name"
+            )
         push_link(context, MlflowModelVersionLink, mlflow_model_version_url(config.ui_url, self.model_name, version))
         model = load_pyfunc(f"models:/{self.model_name}@{self.alias}")
         df = read_dataset(self.dataset)
@@ -331,6 +374,16 @@ class ModelSmokeTestOperator(BaseOperator):
             )
         self.log.info("Smoke test passed: %s", summary)
         return summary
+
+    def _expected_version(self, context: Any) -> str | None:
+        explicit = str(self.version).strip() if self.version is not None else ""
+        if explicit and explicit.lower() != "none":
+            return explicit
+        if self.promote_task_id:
+            promotion = context["ti"].xcom_pull(task_ids=self.promote_task_id)
+            if promotion and promotion.get("version") is not None:
+                return str(promotion["version"])
+        return None
 
 
 class RollbackModelOperator(BaseOperator):
@@ -412,5 +465,9 @@ class RollbackModelOperator(BaseOperator):
         except Exception as exc:
             raise _registry_failure(f"rollback of {name}@{alias}", config.tracking_uri, exc) from exc
         push_link(context, MlflowModelVersionLink, mlflow_model_version_url(config.ui_url, name, result["to"]))
+        if not result.get("moved", True):
+            self.log.info("%s@%s already rolled back by this run (audit #%s): v%s -> v%s", name, alias,
+                          result["audit_seq"], result["from"], result["to"])
+            return result
         self.log.warning("Rolled back %s@%s: v%s -> v%s (%s)", name, alias, result["from"], result["to"], self.reason)
         return result

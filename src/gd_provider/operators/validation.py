@@ -161,15 +161,22 @@ class DataValidationOperator(BaseOperator, BranchMixIn):
         config = MlflowHook(self.mlflow_conn_id).get_config()
         return config, config.client()
 
-    def _champion_expectations(self, manifest: dict[str, Any], notes: list[str]) -> tuple[list[dict], dict]:
+    def _champion_expectations(
+        self, manifest: dict[str, Any], notes: list[str], run: str | None = None
+    ) -> tuple[list[dict], dict]:
         from gd_provider.core import profile as core
         from gd_provider.core.data import DatasetError, read_dataset
         from gd_provider.core.lineage import LineageError, training_dataset
-        from gd_provider.core.registry import get_alias_version
+        from gd_provider.core.registry import RegistryError, comparison_champion
 
         name, alias = self.champion_model_name, self.champion_alias
         _, client = self._mlflow_client()
-        champion = get_alias_version(client, name, alias)
+        try:
+            # the champion, or - when this run (``run``) already promoted its own model - the one it
+            # replaced: this run's data must not be profiled against itself
+            champion = comparison_champion(client, name, alias, run)
+        except RegistryError as exc:
+            raise AirflowFailException(f"validation cannot find the champion to compare with: {exc}") from exc
         if champion is None:
             note = (f"champion-derived checks SKIPPED: {name} has no {alias!r} version yet (first run), so there "
                     "is no training-data profile to compare with")
@@ -248,7 +255,7 @@ class DataValidationOperator(BaseOperator, BranchMixIn):
         if self.feature_service:
             expectations += self._schema_expectations(notes)
         if self.champion_model_name:
-            derived, champion = self._champion_expectations(manifest, notes)
+            derived, champion = self._champion_expectations(manifest, notes, run_key(context))
             expectations += derived
         try:
             report = validate_dataframe(df, expectations, suite_name=self.suite_name)
