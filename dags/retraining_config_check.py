@@ -2,20 +2,14 @@
 
 Airflow records import errors per DAG file, and one loader file that raised would hide every good
 DAG with the bad one. So dags/retraining_dags.py builds the valid configs, and this file raises for the
-invalid ones: the UI's "DAG Import Errors" then names the config file and each bad field.
+others: it builds (and discards) every config's DAG as the loader does, so the UI's "DAG Import Errors"
+names each config file and its bad field, or the error that stopped its DAG from being built.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from gd_provider.dag_factory import ConfigError, load_config
+from gd_provider.dag_factory import raise_config_errors
 
-_errors = []
-for _path in sorted((Path(__file__).resolve().parent / "configs").glob("*.y*ml")):
-    try:
-        load_config(_path)
-    except ConfigError as _exc:
-        _errors.append(str(_exc))
-if _errors:
-    raise ConfigError("invalid retraining config(s):\n" + "\n".join(_errors))
+raise_config_errors(Path(__file__).resolve().parent / "configs")

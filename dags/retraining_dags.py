@@ -1,7 +1,8 @@
 """One Airflow retraining DAG per config file in dags/configs/ (see gd_provider.dag_factory).
 
-A config that fails validation is left out here (the other DAGs still load) and is reported as an
-import error by dags/retraining_config_check.py, naming the file and the field.
+A config that fails validation, or whose DAG fails to build, is left out here (the other DAGs still
+load) and is reported as an import error by dags/retraining_config_check.py, naming the file and the
+field (or the build error).
 """
 
 from __future__ import annotations

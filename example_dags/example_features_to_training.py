@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 
 from airflow.sdk import DAG, chain
 
-from gd_provider.demo import expectations, pipeline
+from gd_provider.demo import pipeline
 from gd_provider.operators.features import FeastHistoricalFeaturesOperator
 from gd_provider.operators.report import RunReportOperator
 from gd_provider.operators.training import RayTrainOperator
@@ -25,7 +25,10 @@ with DAG(
 ) as dag:
     dataset = FeastHistoricalFeaturesOperator(task_id="retrieve_training_set", **pipeline.RETRIEVAL)
     validate = DataValidationOperator(
-        task_id="validate", dataset=dataset.output, expectations=expectations.fraud_expectations
+        task_id="validate",
+        dataset=dataset.output,
+        # 'module:function', imported by the task when it runs: parsing this file never imports Great Expectations
+        expectations="gd_provider.demo.expectations:fraud_expectations",
     )
     train = RayTrainOperator(
         task_id="train",

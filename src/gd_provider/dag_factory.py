@@ -8,11 +8,15 @@
                      → run_report (fails the run when anything failed)
 
 Each stage is also a TaskGroup builder (:func:`data_stage`, :func:`training_stage`,
-:func:`release_stage`) so data engineers can compose their own DAGs from our parts. Task ids stay
-unprefixed (``prefix_group_id=False``), so the rollback finds ``promote`` and links stay stable.
+:func:`release_stage`) so data engineers can compose their own DAGs from our parts. With its default
+group id a stage keeps its task ids unprefixed (``train``, ``promote``: what the nightly DAG, its docs
+and links use); given another group id it prefixes them (``model_b_release.promote``), so several
+models' stages fit in one DAG. References between tasks (the rollback's promotion, the registration's
+drift report) are taken from the task objects, so they follow the prefix.
 
 A config is validated when the DAG file is parsed: a bad one raises :class:`ConfigError` naming the
-file and the field (``configs/fraud.yaml: training.lr: must be > 0``).
+file and the field (``configs/fraud.yaml: training.lr: must be > 0``). Anything else that stops a DAG
+from being built is raised as a :class:`ConfigError` naming the file too.
 """
 
 from __future__ import annotations
@@ -22,7 +26,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 
 class ConfigError(ValueError):
@@ -63,6 +75,12 @@ class FreshnessConfig(_Strict):
     timeout_minutes: float = Field(360, gt=0)
     deferrable: bool = False
 
+    @model_validator(mode="after")
+    def _not_both(self) -> FreshnessConfig:
+        if self.feature_views is not None and self.feature_service is not None:
+            raise ValueError("give feature_views or feature_service, not both")
+        return self
+
 
 class ToleranceConfig(_Strict):
     """How far a night's data may stray from the champion's training data (``core.profile.Tolerances``)."""
@@ -96,6 +114,11 @@ class ValidationConfig(_Strict):
     profile_columns: list[str] | None = None
     profile_exclude: list[str] = []
     on_failure: Literal["fail", "skip"] = "fail"
+
+    @field_validator("expectations")
+    @classmethod
+    def _resolvable(cls, value: str | list[dict[str, Any]] | None) -> str | list[dict[str, Any]] | None:
+        return None if value is None else _check_expectations(value)
 
     @model_validator(mode="after")
     def _something_to_check(self) -> ValidationConfig:
@@ -161,6 +184,14 @@ class RetrainingConfig(_Strict):
     mlflow_conn_id: str = "mlflow_default"
     feast_conn_id: str = "feast_default"
 
+    @field_validator("validation")
+    @classmethod
+    def _schema_checks_need_a_service(cls, value: ValidationConfig, info: ValidationInfo) -> ValidationConfig:
+        features = info.data.get("features")  # absent when features itself is invalid (reported there)
+        if value.schema_checks and features is not None and not features.feature_service:
+            raise ValueError("schema_checks needs features.feature_service (features lists features, no service)")
+        return value
+
     @field_validator("start_date")
     @classmethod
     def _utc(cls, value: datetime) -> datetime:
@@ -218,37 +249,74 @@ def load_config(source: str | Path | dict[str, Any]) -> RetrainingConfig:
         raise ConfigError(f"{where}: {problems}") from None
 
 
-def resolve_expectations(value: str | list[dict[str, Any]]) -> Any:
-    """Checked here, resolved at run time: ``module:function`` stays a string (the validation task imports
-    it, so parsing the DAG file never imports Great Expectations); a file must exist; a list stays."""
+def _check_expectations(value: str | list[dict[str, Any]]) -> str | list[dict[str, Any]]:
     from gd_provider.operators.validation import IMPORT_PATH
 
     if isinstance(value, str) and not IMPORT_PATH.match(value) and not Path(value).is_file():
-        raise ConfigError(f"validation.expectations: {value!r} is neither 'module:function' nor an existing file")
+        raise ValueError(f"{value!r} is neither 'module:function' nor an existing file")
     return value
 
 
-def _callbacks(cfg: RetrainingConfig, event: str) -> list[Any]:
+def resolve_expectations(value: str | list[dict[str, Any]]) -> Any:
+    """Checked here, resolved at run time: ``module:function`` stays a string (the validation task imports
+    it, so parsing the DAG file never imports Great Expectations); a file must exist; a list stays."""
+    try:
+        return _check_expectations(value)
+    except ValueError as exc:
+        raise ConfigError(f"validation.expectations: {exc}") from None
+
+
+# What the operator should do when a release task fails (the alert's ``action``).
+RELEASE_ACTIONS = {
+    "evaluate": "Nothing was registered or promoted; {model}@{alias} is unchanged. Fix the cause in the task log, "
+                "then clear evaluate and its downstream tasks.",
+    "register": "Nothing was promoted; {model}@{alias} is unchanged. Fix the cause (is the MLflow registry "
+                "reachable?), then clear register and its downstream tasks: this run's version is adopted, "
+                "not registered twice.",
+    "promote": "{model}@{alias} may or may not have moved: check the alias and the model's audit trail in MLflow "
+               "before clearing promote and its downstream tasks.",
+    "smoke_test": "The model just promoted to {model}@{alias} failed its smoke test; the rollback task restores the "
+                  "previous champion: expect a 'rolled back' alert, or a 'rollback failed' one that needs you.",
+    "rollback": "{model}@{alias} may still serve the model that failed its post-promotion checks (or there is no "
+                "previous champion to restore): act by hand now. Read the reason and the audit trail, then trigger "
+                "the DAG gd_manual_rollback with the model, the version to restore and a reason (or move the "
+                "alias in MLflow), and check what serving loads.",
+}
+RUN_FAILED_ACTION = ("The run_report task's log (and report.json) lists the tasks that failed; each of them sent "
+                     "its own alert, and a failed release task's alert says what to do.")
+
+
+def _callbacks(cfg: RetrainingConfig, event: str, action: str = "") -> list[Any]:
     from gd_provider.notifications import LogNotifier, WebhookNotifier
 
-    out: list[Any] = [LogNotifier(event)]
+    action = action.format(model=cfg.model_name, alias=cfg.alias)
+    out: list[Any] = [LogNotifier(event, action=action)]
     if cfg.alerting.webhook_conn_id:
-        out.append(WebhookNotifier(cfg.alerting.webhook_conn_id, event, slack=cfg.alerting.slack))
+        out.append(WebhookNotifier(cfg.alerting.webhook_conn_id, event, action=action, slack=cfg.alerting.slack))
     return out
 
 
-def data_stage(cfg: RetrainingConfig, group_id: str = "data") -> tuple[Any, Any]:
-    """[features_fresh →] retrieve_training_set → validate → drift_check.
-    Returns ``(task_group, dataset XComArg)``."""
+def _task_group(group_id: str, default: str, prefix_task_ids: bool | None, tooltip: str) -> Any:
+    """A stage's TaskGroup: task ids unprefixed under the default group id (the shipped DAG's ids), prefixed
+    with the group id otherwise (unless ``prefix_task_ids`` says), so two models' stages fit in one DAG."""
     from airflow.sdk import TaskGroup
 
+    prefix = group_id != default if prefix_task_ids is None else prefix_task_ids
+    return TaskGroup(group_id, prefix_group_id=prefix, tooltip=tooltip)
+
+
+def data_stage(cfg: RetrainingConfig, group_id: str = "data", *,
+               prefix_task_ids: bool | None = None) -> tuple[Any, Any]:
+    """[features_fresh →] retrieve_training_set → validate → drift_check.
+    Returns ``(task_group, dataset XComArg)``. Task ids are prefixed with ``group_id`` when it is not the
+    default (``prefix_task_ids`` overrides)."""
     from gd_provider.operators.drift import DriftCheckOperator
     from gd_provider.operators.features import FeastHistoricalFeaturesOperator
     from gd_provider.operators.validation import DataValidationOperator
 
     f = cfg.features
     alerts = _callbacks(cfg, "gate failed")
-    with TaskGroup(group_id, prefix_group_id=False, tooltip="Feast → Great Expectations → Evidently") as group:
+    with _task_group(group_id, "data", prefix_task_ids, "Feast → Great Expectations → Evidently") as group:
         fresh = None
         if cfg.freshness is not None:
             from gd_provider.sensors.features import FeatureFreshnessSensor
@@ -267,8 +335,6 @@ def data_stage(cfg: RetrainingConfig, group_id: str = "data") -> tuple[Any, Any]
             on_failure_callback=alerts,
         )
         v = cfg.validation
-        if v.schema_checks and not f.feature_service:
-            raise ConfigError("validation.schema_checks needs features.feature_service (features lists no service)")
         validate = DataValidationOperator(
             task_id="validate", dataset=retrieve.output,
             expectations=resolve_expectations(v.expectations) if v.expectations is not None else None,
@@ -293,34 +359,49 @@ def data_stage(cfg: RetrainingConfig, group_id: str = "data") -> tuple[Any, Any]
     return group, retrieve.output
 
 
-def training_stage(cfg: RetrainingConfig, dataset: Any, group_id: str = "training") -> tuple[Any, Any]:
+def training_stage(cfg: RetrainingConfig, dataset: Any, group_id: str = "training", *,
+                   prefix_task_ids: bool | None = None) -> tuple[Any, Any]:
     """train (Ray Train, guarded) → health_gate. Returns ``(task_group, training XComArg)``."""
-    from airflow.sdk import TaskGroup
-
     from gd_provider.core.rerun import rerun_variable_key
     from gd_provider.operators.health import TrainingHealthGate
     from gd_provider.operators.training import RayTrainOperator
 
     alerts = _callbacks(cfg, "training stopped")
-    with TaskGroup(group_id, prefix_group_id=False, tooltip="Ray Train + training health gate") as group:
+    with _task_group(group_id, "training", prefix_task_ids, "Ray Train + training health gate") as group:
         # A run's Params cannot change after it started: a cleared `train` reruns with the run's
-        # training_overrides, updated by a rerun override for that run in the Variable gd_rerun.<dag_id>.
+        # training_overrides, updated by a rerun override for that run in the Variable gd_rerun.<dag_id>
+        # (the id of the DAG the task is in, which differs from cfg.dag_id when stages are composed).
         train = RayTrainOperator(
             task_id="train", dataset=dataset, spec=cfg.training, spec_overrides="{{ params.training_overrides }}",
-            rerun_variable=rerun_variable_key(cfg.dag_id),
             model_name=cfg.model_name, ray_conn_id=cfg.ray_conn_id, mlflow_conn_id=cfg.mlflow_conn_id,
             on_failure_callback=alerts,
         )
+        train.rerun_variable = rerun_variable_key(train.dag_id if train.has_dag() else cfg.dag_id)
         health = TrainingHealthGate(task_id="health_gate", training=train.output, thresholds=cfg.health or None,
                                     on_failure_callback=alerts)
         train >> health
     return group, train.output
 
 
-def release_stage(cfg: RetrainingConfig, dataset: Any, training: Any, group_id: str = "release") -> Any:
-    """evaluate → register → promote → smoke_test → rollback."""
-    from airflow.sdk import TaskGroup
+_DERIVE: Any = object()
 
+
+def _drift_task_id(dataset: Any) -> str | None:
+    """The drift check reading ``dataset`` (the XComArg :func:`data_stage` returns): its one
+    DriftCheckOperator downstream of the retrieval task, whatever its (prefixed) id; None when there is none."""
+    from gd_provider.operators.drift import DriftCheckOperator
+
+    producer = getattr(dataset, "operator", None)
+    found = [t for t in getattr(producer, "downstream_list", []) if isinstance(t, DriftCheckOperator)]
+    return found[0].task_id if len(found) == 1 else None
+
+
+def release_stage(cfg: RetrainingConfig, dataset: Any, training: Any, group_id: str = "release", *,
+                  prefix_task_ids: bool | None = None, drift_task_id: str | None = _DERIVE) -> Any:
+    """evaluate → register → promote → smoke_test → rollback.
+
+    ``drift_task_id``: the drift check whose report the registration records; by default the one
+    :func:`data_stage` built on ``dataset`` (None: record no drift report)."""
     from gd_provider.operators.registry import (
         ModelEvaluationGateOperator,
         ModelSmokeTestOperator,
@@ -331,22 +412,35 @@ def release_stage(cfg: RetrainingConfig, dataset: Any, training: Any, group_id: 
 
     conn = {"mlflow_conn_id": cfg.mlflow_conn_id}
     smoke = cfg.smoke_test
-    with TaskGroup(group_id, prefix_group_id=False, tooltip="gate → registry → champion → smoke test") as group:
+    if drift_task_id is _DERIVE:
+        drift_task_id = _drift_task_id(dataset)
+
+    def alerts(task: str) -> list[Any]:
+        event = {"smoke_test": "smoke test failed", "rollback": "rollback failed"}.get(task, "release failed")
+        return _callbacks(cfg, event, RELEASE_ACTIONS[task])
+
+    with _task_group(group_id, "release", prefix_task_ids, "gate → registry → champion → smoke test") as group:
         evaluate = ModelEvaluationGateOperator(task_id="evaluate", dataset=dataset, training=training,
-                                               model_name=cfg.model_name, policy=cfg.gate, alias=cfg.alias, **conn)
+                                               model_name=cfg.model_name, policy=cfg.gate, alias=cfg.alias,
+                                               on_failure_callback=alerts("evaluate"), **conn)
         register = RegisterModelOperator(task_id="register", dataset=dataset, training=training,
-                                         gate=evaluate.output, model_name=cfg.model_name, **conn)
+                                         gate=evaluate.output, model_name=cfg.model_name, drift_task_id=drift_task_id,
+                                         on_failure_callback=alerts("register"), **conn)
         promote = PromoteModelOperator(task_id="promote", model=register.output, gate=evaluate.output,
-                                       alias=cfg.alias, force_reason="{{ params.force_promotion_reason }}", **conn)
+                                       alias=cfg.alias, force_reason="{{ params.force_promotion_reason }}",
+                                       on_failure_callback=alerts("promote"), **conn)
         smoke_test = ModelSmokeTestOperator(
             task_id="smoke_test", dataset=dataset, model_name=cfg.model_name, alias=cfg.alias,
             canary_rows=smoke.canary_rows, max_p95_latency_ms="{{ params.smoke_test_max_p95_latency_ms }}",
             positive_rate_bounds=smoke.positive_rate_bounds,
             max_positive_rate_change=smoke.max_positive_rate_change,
-            decision_threshold=cfg.gate.get("decision_threshold", 0.5), **conn,
+            decision_threshold=cfg.gate.get("decision_threshold", 0.5),
+            promote_task_id=promote.task_id,  # test the version this run promoted
+            on_failure_callback=alerts("smoke_test"), **conn,
         )
-        rollback = RollbackModelOperator(task_id="rollback", promote_task_id="promote",
-                                         on_success_callback=_callbacks(cfg, "rolled back"), **conn)
+        rollback = RollbackModelOperator(task_id="rollback", promote_task_id=promote.task_id,
+                                         on_success_callback=_callbacks(cfg, "rolled back"),
+                                         on_failure_callback=alerts("rollback"), **conn)
         evaluate >> register >> promote >> smoke_test >> rollback
     return group
 
@@ -374,13 +468,30 @@ def retraining_params(cfg: RetrainingConfig) -> dict[str, Any]:
     }
 
 
-def build_retraining_dag(source: str | Path | dict[str, Any] | RetrainingConfig) -> Any:
-    """The full retraining DAG for one model, from a config."""
+def build_retraining_dag(source: str | Path | dict[str, Any] | RetrainingConfig, *, auto_register: bool = True) -> Any:
+    """The full retraining DAG for one model, from a config.
+
+    Any error — the config's, or an operator refusing an argument while the DAG is built — is raised as a
+    :class:`ConfigError` naming the file (when built from one). A DAG that failed half-way is never
+    registered with Airflow. ``auto_register=False``: Airflow finds the DAG only where it is assigned to a
+    module-level name (as :func:`build_dags_from_folder` does)."""
+    cfg = source if isinstance(source, RetrainingConfig) else load_config(source)
+    where = str(source) if isinstance(source, (str, Path)) else "config"
+    try:
+        return _build(cfg, auto_register=auto_register)
+    except ConfigError as exc:
+        if str(exc).startswith(f"{where}: "):
+            raise
+        raise ConfigError(f"{where}: {exc}") from exc
+    except Exception as exc:
+        raise ConfigError(f"{where}: cannot build DAG {cfg.dag_id!r}: {type(exc).__name__}: {exc}") from exc
+
+
+def _build(cfg: RetrainingConfig, *, auto_register: bool) -> Any:
     from airflow.sdk import DAG, Asset, chain
 
     from gd_provider.operators.report import RunReportOperator
 
-    cfg = source if isinstance(source, RetrainingConfig) else load_config(source)
     schedule: Any = cfg.schedule.cron if cfg.schedule.cron else [Asset(uri) for uri in cfg.schedule.assets or []]
     with DAG(
         dag_id=cfg.dag_id,
@@ -394,31 +505,66 @@ def build_retraining_dag(source: str | Path | dict[str, Any] | RetrainingConfig)
         tags=["gd_provider", "retraining", *cfg.tags],
         params=retraining_params(cfg),
         doc_md=__doc__,
+        on_failure_callback=_callbacks(cfg, "run failed", RUN_FAILED_ACTION),
+        auto_register=auto_register,
     ) as dag:
-        data, dataset = data_stage(cfg)
-        training_group, training = training_stage(cfg, dataset)
-        release = release_stage(cfg, dataset, training)
-        chain(data, training_group, release, RunReportOperator(task_id="run_report"))
+        try:
+            data, dataset = data_stage(cfg)
+            training_group, training = training_stage(cfg, dataset)
+            release = release_stage(cfg, dataset, training)
+            chain(data, training_group, release, RunReportOperator(task_id="run_report"))
+        except BaseException:
+            dag.auto_register = False  # leaving the `with` would register the half-built DAG
+            raise
     return dag
+
+
+def _build_folder(folder: str | Path) -> tuple[dict[str, Any], dict[str, str]]:
+    """Build every ``*.yaml``/``*.yml`` in ``folder`` on its own: ``({dag_id: dag}, {file: error})``."""
+    dags: dict[str, Any] = {}
+    files: dict[str, Path] = {}
+    errors: dict[str, str] = {}
+    for path in sorted(Path(folder).glob("*.y*ml")):
+        try:
+            dag = build_retraining_dag(path, auto_register=False)
+        except Exception as exc:  # one file's problem, whatever it is, must not stop the others
+            message = str(exc)
+            errors[str(path)] = message if message.startswith(f"{path}: ") else f"{path}: {type(exc).__name__}: {exc}"
+            continue
+        if dag.dag_id in dags:
+            errors[str(path)] = f"{path}: dag_id: {dag.dag_id!r} is already the dag_id of {files[dag.dag_id]}"
+            continue
+        dags[dag.dag_id], files[dag.dag_id] = dag, path
+    return dags, errors
 
 
 def build_dags_from_folder(folder: str | Path, namespace: dict[str, Any]) -> dict[str, str]:
     """Turn every ``*.yaml`` in ``folder`` into a DAG in ``namespace`` (a DAG file's ``globals()``).
 
-    A broken config does not stop the others: its error (naming file and field) is returned, logged,
-    and reported to Airflow as a parse warning of the loader file.
+    A broken config — invalid, or failing while its DAG is built — does not stop the others: its error
+    (naming the file, and the field where it is one) is returned, logged, and reported to Airflow as a
+    parse warning of the loader file; :func:`config_errors` turns the same errors into an import error.
     """
     import logging
     import warnings
 
-    errors: dict[str, str] = {}
-    for path in sorted(Path(folder).glob("*.y*ml")):
-        try:
-            dag = build_retraining_dag(path)
-        except ConfigError as exc:
-            errors[str(path)] = str(exc)
-            logging.getLogger(__name__).error("retraining config rejected: %s", exc)
-            warnings.warn(f"retraining config rejected: {exc}", UserWarning, stacklevel=2)
-            continue
-        namespace[dag.dag_id] = dag
+    dags, errors = _build_folder(folder)
+    for message in errors.values():
+        logging.getLogger(__name__).error("retraining config rejected: %s", message)
+        warnings.warn(f"retraining config rejected: {message}", UserWarning, stacklevel=2)
+    namespace.update(dags)
     return errors
+
+
+def config_errors(folder: str | Path) -> dict[str, str]:
+    """``{file: error}`` for every config in ``folder`` whose DAG :func:`build_dags_from_folder` leaves out:
+    each DAG is built (and discarded), so build errors are found as well as validation errors."""
+    return _build_folder(folder)[1]
+
+
+def raise_config_errors(folder: str | Path) -> None:
+    """Raise one :class:`ConfigError` listing every broken config in ``folder`` (one line per file), for
+    a DAG file whose import error then shows them in the Airflow UI."""
+    errors = config_errors(folder)
+    if errors:
+        raise ConfigError("invalid retraining config(s):\n" + "\n".join(errors.values()))

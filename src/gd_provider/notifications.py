@@ -1,4 +1,4 @@
-"""Alerts for gate failures and rollbacks: Airflow notifiers usable as task/DAG callbacks.
+"""Alerts for gate failures, release failures and rollbacks: Airflow notifiers usable as task/DAG callbacks.
 
 * :class:`LogNotifier` (the default) writes one structured ``GD-ALERT`` line to the task log.
 * :class:`WebhookNotifier` POSTs JSON to a URL held in an Airflow connection (``http`` type: the full URL
@@ -6,8 +6,16 @@
   incoming-webhook shape ``{"text": …}``. The URL (which carries the webhook's secret) never appears in
   logs, XCom or the message.
 
-Use them as ``on_failure_callback=[LogNotifier(), WebhookNotifier("alerts_webhook")]`` on gate tasks and
-``on_success_callback`` on rollback tasks (the DAG factory does this from the ``alerting`` config).
+Each alert says which DAG run and task, what happened (``event``), why (the task's exception) and, when
+the notifier was given one, what the operator should do now (``action``)::
+
+    [gd_provider] rollback failed: gd_nightly_fraud_retraining / rollback (run scheduled__2026-03-02)
+    reason: rollback of fraud_detector@champion refused: ...
+    action: fraud_detector@champion may still serve the model that failed its smoke test: act by hand ...
+
+Use them as ``on_failure_callback=[LogNotifier(), WebhookNotifier("alerts_webhook")]`` on gate and release
+tasks (and the DAG), and ``on_success_callback`` on rollback tasks; the DAG factory does this from the
+``alerting`` config.
 """
 
 from __future__ import annotations
@@ -21,8 +29,9 @@ from airflow.sdk import BaseNotifier
 log = logging.getLogger(__name__)
 
 
-def alert_payload(context: Any, event: str) -> dict[str, Any]:
-    """What an alert says: which DAG run and task, what happened, why, and where to look."""
+def alert_payload(context: Any, event: str, action: str = "") -> dict[str, Any]:
+    """What an alert says: which DAG run and task, what happened, why, what to do, and where to look.
+    A DAG-level alert has no task (``task_id`` None); its reason is Airflow's (e.g. ``task_failure``)."""
     ti = context.get("ti") or context.get("task_instance")
     dag_run = context.get("dag_run")
     exception = context.get("exception")
@@ -32,7 +41,7 @@ def alert_payload(context: Any, event: str) -> dict[str, Any]:
         url = getattr(ti, attr, None)
         if url:
             links["task_log"] = url
-    return {
+    payload = {
         "event": event,
         "dag_id": getattr(dag_run, "dag_id", None),
         "run_id": getattr(dag_run, "run_id", None),
@@ -41,13 +50,18 @@ def alert_payload(context: Any, event: str) -> dict[str, Any]:
         "reason": reason[:4000],
         "links": links,
     }
+    if action:
+        payload["action"] = action
+    return payload
 
 
 def alert_text(payload: dict[str, Any]) -> str:
-    head = f"[gd_provider] {payload['event']}: {payload['dag_id']} / {payload['task_id']} (run {payload['run_id']})"
-    lines = [head]
+    where = payload["dag_id"] if payload.get("task_id") is None else f"{payload['dag_id']} / {payload['task_id']}"
+    lines = [f"[gd_provider] {payload['event']}: {where} (run {payload['run_id']})"]
     if payload.get("reason"):
         lines.append(f"reason: {payload['reason']}")
+    if payload.get("action"):
+        lines.append(f"action: {payload['action']}")
     for name, url in payload.get("links", {}).items():
         lines.append(f"{name}: {url}")
     return "\n".join(lines)
@@ -56,23 +70,25 @@ def alert_text(payload: dict[str, Any]) -> str:
 class LogNotifier(BaseNotifier):
     """Log the alert (always available; the default when no webhook is configured)."""
 
-    def __init__(self, event: str = "gate failed") -> None:
+    def __init__(self, event: str = "gate failed", *, action: str = "") -> None:
         super().__init__()
         self.event = event
+        self.action = action
 
     def notify(self, context: Any) -> None:
-        payload = alert_payload(context, self.event)
+        payload = alert_payload(context, self.event, self.action)
         log.warning("GD-ALERT %s", json.dumps(payload, sort_keys=True, default=str))
 
 
 class WebhookNotifier(BaseNotifier):
     """POST the alert as JSON to the URL of Airflow connection ``webhook_conn_id``."""
 
-    def __init__(self, webhook_conn_id: str, event: str = "gate failed", *, slack: bool = False,
+    def __init__(self, webhook_conn_id: str, event: str = "gate failed", *, action: str = "", slack: bool = False,
                  timeout: float = 10.0) -> None:
         super().__init__()
         self.webhook_conn_id = webhook_conn_id
         self.event = event
+        self.action = action
         self.slack = slack
         self.timeout = timeout
 
@@ -96,7 +112,7 @@ class WebhookNotifier(BaseNotifier):
     def notify(self, context: Any) -> None:
         import requests
 
-        payload = alert_payload(context, self.event)
+        payload = alert_payload(context, self.event, self.action)
         body = {"text": alert_text(payload)} if self.slack else payload
         url = self._url()
         try:

@@ -102,3 +102,101 @@ def test_airflow_reports_the_broken_config_as_an_import_error(tmp_path):
     [(path, message)] = bag.import_errors.items()
     assert path.endswith("retraining_config_check.py")
     assert "broken.yaml" in message and "training" in message and "lr" in message
+
+
+@pytest.mark.parametrize(
+    ("changes", "fields"),
+    [
+        ({"freshness.feature_service": "fraud_model_v1"}, ("freshness", "feature_views", "feature_service")),
+        ({"features.feature_service": None, "features.features": ["card_stats:card_txn_count_7d"]},
+         ("validation", "schema_checks", "features.feature_service")),
+        ({"validation.expectations": "no/such/suite.yaml"}, ("validation.expectations", "no/such/suite.yaml")),
+    ],
+)
+def test_cross_field_errors_are_caught_by_load_config(tmp_path, changes, fields):
+    """Found when the config is validated (the earliest gate), not while the DAG is being built."""
+    path = tmp_path / "cross.yaml"
+    path.write_text(yaml.safe_dump(_config(**changes)))
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(path) in str(err.value)
+    for field in fields:
+        assert field in str(err.value)
+
+
+def test_any_build_error_is_a_config_error_naming_the_file(tmp_path, monkeypatch):
+    import gd_provider.dag_factory as factory
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("operator rejected an argument")
+
+    monkeypatch.setattr(factory, "release_stage", boom)
+    path = tmp_path / "fraud.yaml"
+    path.write_text(yaml.safe_dump(_config()))
+    with pytest.raises(ConfigError, match=r"fraud\.yaml: .*RuntimeError: operator rejected an argument"):
+        build_retraining_dag(path)
+
+
+def _fails_to_build(dag_id: str, monkeypatch) -> None:
+    """Make building ``dag_id`` raise a plain exception after some of its tasks exist (as an operator's
+    own argument check would), whatever the config validation lets through."""
+    import gd_provider.dag_factory as factory
+
+    real = factory.release_stage
+
+    def release_stage(cfg, *args, **kwargs):
+        if cfg.dag_id == dag_id:
+            raise RuntimeError("operator rejected an argument")
+        return real(cfg, *args, **kwargs)
+
+    monkeypatch.setattr(factory, "release_stage", release_stage)
+
+
+def test_an_exception_while_building_one_dag_does_not_break_the_others(tmp_path, monkeypatch):
+    (tmp_path / "a_bad.yaml").write_text(yaml.safe_dump(_config(dag_id="bad_one")))
+    (tmp_path / "b_good.yaml").write_text(yaml.safe_dump(_config(dag_id="good_one")))
+    (tmp_path / "c_twin.yaml").write_text(yaml.safe_dump(_config(dag_id="good_one")))
+    _fails_to_build("bad_one", monkeypatch)
+    namespace: dict = {}
+    with pytest.warns(UserWarning, match="a_bad.yaml"):
+        errors = build_dags_from_folder(tmp_path, namespace)
+    assert list(namespace) == ["good_one"]
+    assert namespace["good_one"].auto_register is False  # registered through the namespace only
+    assert sorted(errors) == [str(tmp_path / "a_bad.yaml"), str(tmp_path / "c_twin.yaml")]
+    assert "RuntimeError: operator rejected an argument" in errors[str(tmp_path / "a_bad.yaml")]
+    assert "dag_id" in errors[str(tmp_path / "c_twin.yaml")] and "b_good.yaml" in errors[str(tmp_path / "c_twin.yaml")]
+
+
+def _dag_folder(tmp_path: Path) -> Path:
+    dags = tmp_path / "dags"
+    (dags / "configs").mkdir(parents=True)
+    for name in ("retraining_dags.py", "retraining_config_check.py"):
+        shutil.copy(ROOT / "dags" / name, dags / name)
+    (dags / "configs" / "good.yaml").write_text(yaml.safe_dump(_config(dag_id="good_one")))
+    return dags
+
+
+def test_airflow_reports_cross_field_and_build_errors_as_import_errors(tmp_path, monkeypatch):
+    """A config that validates field by field but cannot be built must not take the other DAGs with it,
+    must not leave a half-built DAG behind, and must show in the UI as an import error naming the file."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    dags = _dag_folder(tmp_path)
+    configs = dags / "configs"
+    (configs / "both_selectors.yaml").write_text(yaml.safe_dump(
+        _config(dag_id="bad_fresh", **{"freshness.feature_service": "fraud_model_v1"})))
+    (configs / "no_service.yaml").write_text(yaml.safe_dump(_config(
+        dag_id="bad_schema", **{"features.feature_service": None, "features.features": ["card_stats:x"]})))
+    (configs / "no_suite.yaml").write_text(yaml.safe_dump(
+        _config(dag_id="bad_suite", **{"validation.expectations": "missing_suite.yaml"})))
+    (configs / "half_built.yaml").write_text(yaml.safe_dump(_config(dag_id="bad_build")))
+    _fails_to_build("bad_build", monkeypatch)
+    bag = DagBag(dag_folder=str(dags))
+    assert set(bag.dags) == {"good_one"}
+    [(path, message)] = bag.import_errors.items()
+    assert path.endswith("retraining_config_check.py")
+    lines = message.splitlines()
+    assert any("both_selectors.yaml" in line and "freshness" in line for line in lines), message
+    assert any("no_service.yaml" in line and "schema_checks" in line for line in lines), message
+    assert any("no_suite.yaml" in line and "validation.expectations" in line for line in lines), message
+    assert any("half_built.yaml" in line and "operator rejected an argument" in line for line in lines), message

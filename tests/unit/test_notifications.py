@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from gd_provider.notifications import LogNotifier, WebhookNotifier
+from gd_provider.notifications import LogNotifier, WebhookNotifier, alert_payload, alert_text
 
 
 @pytest.fixture
@@ -73,3 +73,44 @@ def test_webhook_failure_is_logged_without_the_secret_url(webhook, monkeypatch, 
     assert len(received) == 1
     text = caplog.text
     assert "webhook 'alerts' failed: HTTPError" in text and "s3cret" not in text
+
+
+def _rollback_failed_context() -> dict:
+    return {
+        "dag_run": SimpleNamespace(dag_id="gd_nightly", run_id="scheduled__2026-03-02"),
+        "ti": SimpleNamespace(task_id="rollback", try_number=1, log_url="http://airflow/log/rollback"),
+        "exception": RuntimeError("rollback of fraud_detector@champion refused: champion moved to v7"),
+    }
+
+
+ROLLBACK_ACTION = "Act by hand: trigger gd_manual_rollback with a version and a reason."
+
+
+def test_a_failed_rollback_alert_says_what_happened_and_what_to_do(caplog):
+    with caplog.at_level(logging.WARNING):
+        LogNotifier("rollback failed", action=ROLLBACK_ACTION).notify(_rollback_failed_context())
+    line = next(r.getMessage() for r in caplog.records if "GD-ALERT" in r.getMessage())
+    payload = json.loads(line.split("GD-ALERT ", 1)[1])
+    assert payload["event"] == "rollback failed" and payload["task_id"] == "rollback"
+    assert payload["reason"].startswith("rollback of fraud_detector@champion refused")
+    assert payload["action"] == ROLLBACK_ACTION
+    text = alert_text(payload)
+    assert text.splitlines()[0] == "[gd_provider] rollback failed: gd_nightly / rollback (run scheduled__2026-03-02)"
+    assert f"action: {ROLLBACK_ACTION}" in text.splitlines()
+
+
+def test_webhook_carries_the_action_in_json_and_slack_text(webhook, monkeypatch):
+    port, received = webhook
+    monkeypatch.setenv("AIRFLOW_CONN_ALERTS", json.dumps({"conn_type": "http", "host": f"http://127.0.0.1:{port}/ok"}))
+    WebhookNotifier("alerts", "rollback failed", action=ROLLBACK_ACTION).notify(_rollback_failed_context())
+    WebhookNotifier("alerts", "rollback failed", action=ROLLBACK_ACTION, slack=True).notify(_rollback_failed_context())
+    assert received[0]["body"]["action"] == ROLLBACK_ACTION
+    assert f"action: {ROLLBACK_ACTION}" in received[1]["body"]["text"]
+
+
+def test_a_dag_level_alert_has_no_task_and_keeps_the_airflow_reason():
+    payload = alert_payload({"dag_run": SimpleNamespace(dag_id="gd_nightly", run_id="r1"), "reason": "task_failure"},
+                            "run failed", action="see run_report")
+    assert payload["task_id"] is None and payload["reason"] == "task_failure"
+    assert alert_text(payload).splitlines()[0] == "[gd_provider] run failed: gd_nightly (run r1)"
+    assert "action" not in alert_payload({}, "gate failed")  # no advice given: no empty field

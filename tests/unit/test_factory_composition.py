@@ -1,0 +1,141 @@
+"""Composing the factory's stages (two models in one DAG) and the release alerts the factory attaches."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gd_provider.dag_factory import (
+    build_retraining_dag,
+    data_stage,
+    load_config,
+    release_stage,
+    retraining_params,
+    training_stage,
+)
+from gd_provider.notifications import LogNotifier, WebhookNotifier
+
+ROOT = Path(__file__).resolve().parents[2]
+FRAUD = ROOT / "dags" / "configs" / "fraud_detector.yaml"
+RELEASE = ("evaluate", "register", "promote", "smoke_test", "rollback")
+
+TWO_MODELS = '''
+from datetime import UTC, datetime
+from pathlib import Path
+
+import yaml
+from airflow.sdk import DAG, chain
+
+from gd_provider.dag_factory import data_stage, load_config, release_stage, retraining_params, training_stage
+from gd_provider.operators.report import RunReportOperator
+
+raw = yaml.safe_load(Path(CONFIG).read_text())
+a = load_config(raw)
+b = load_config({**raw, "model_name": "fraud_detector_b"})
+with DAG("two_models", schedule=None, start_date=datetime(2026, 1, 1, tzinfo=UTC),
+         render_template_as_native_obj=True, params=retraining_params(a)) as dag:
+    report = RunReportOperator(task_id="run_report")
+    for key, cfg in (("a", a), ("b", b)):
+        data, dataset = data_stage(cfg, group_id=f"{key}_data")
+        training_group, training = training_stage(cfg, dataset, group_id=f"{key}_training")
+        chain(data, training_group, release_stage(cfg, dataset, training, group_id=f"{key}_release"), report)
+'''
+
+
+def _two_model_dag():
+    namespace: dict = {"CONFIG": str(FRAUD)}
+    exec(compile(TWO_MODELS, "two_models.py", "exec"), namespace)  # noqa: S102
+    return namespace["dag"]
+
+
+def test_two_models_compose_into_one_dag_with_distinct_ids_and_their_own_wiring():
+    dag = _two_model_dag()
+    ids = set(dag.task_dict)
+    for key in ("a", "b"):
+        assert {f"{key}_data.retrieve_training_set", f"{key}_data.validate", f"{key}_data.drift_check",
+                f"{key}_data.features_fresh", f"{key}_training.train", f"{key}_training.health_gate",
+                *(f"{key}_release.{name}" for name in RELEASE)} <= ids
+    assert len(ids) == 2 * 11 + 1
+    t = dag.task_dict
+    for key, other in (("a", "b"), ("b", "a")):
+        # each model's chain is wired to its own tasks only
+        assert t[f"{key}_data.validate"].upstream_task_ids == {f"{key}_data.retrieve_training_set"}
+        assert t[f"{key}_training.train"].upstream_task_ids == {
+            f"{key}_data.drift_check", f"{key}_data.retrieve_training_set"}
+        assert t[f"{key}_release.evaluate"].upstream_task_ids == {
+            f"{key}_training.health_gate", f"{key}_training.train", f"{key}_data.retrieve_training_set"}
+        assert t[f"{key}_release.rollback"].upstream_task_ids == {f"{key}_release.smoke_test"}
+        assert not any(u.startswith(f"{other}_") for u in t[f"{key}_release.register"].upstream_task_ids)
+        # cross-task references name the actual (prefixed) tasks
+        assert t[f"{key}_release.register"].drift_task_id == f"{key}_data.drift_check"
+        assert t[f"{key}_release.rollback"].promote_task_id == f"{key}_release.promote"
+        assert t[f"{key}_release.smoke_test"].promote_task_id == f"{key}_release.promote"
+        # rerun overrides are read from the Variable of the DAG the task is in, not the config's dag_id
+        assert t[f"{key}_training.train"].rerun_variable == "gd_rerun.two_models"
+    assert t["b_release.register"].model_name == "fraud_detector_b"
+    assert t["run_report"].upstream_task_ids == {"a_release.rollback", "b_release.rollback"}
+
+
+def test_two_model_dag_file_parses_in_airflow(tmp_path):
+    from airflow.dag_processing.dagbag import DagBag
+
+    (tmp_path / "two_models.py").write_text(f"CONFIG = {str(FRAUD)!r}\n" + TWO_MODELS)
+    bag = DagBag(dag_folder=str(tmp_path))
+    assert bag.import_errors == {}
+    assert len(bag.dags["two_models"].task_dict) == 23
+
+
+def test_the_shipped_dag_keeps_its_unprefixed_ids_and_references():
+    dag = build_retraining_dag(FRAUD)
+    assert dag.task_dict["register"].drift_task_id == "drift_check"
+    assert dag.task_dict["rollback"].promote_task_id == dag.task_dict["smoke_test"].promote_task_id == "promote"
+    assert dag.task_dict["train"].rerun_variable == "gd_rerun.gd_nightly_fraud_retraining"
+
+
+def test_a_stage_can_be_prefixed_or_not_on_request():
+    from airflow.sdk import DAG
+
+    cfg = load_config(FRAUD)
+    with DAG("prefix_choice", schedule=None, params=retraining_params(cfg)) as dag:
+        data_stage(cfg, group_id="fraud", prefix_task_ids=False)
+    assert "drift_check" in dag.task_dict
+    with DAG("prefix_default", schedule=None, params=retraining_params(cfg)) as dag:
+        _, dataset = data_stage(cfg, prefix_task_ids=True)
+        _, training = training_stage(cfg, dataset, prefix_task_ids=True)
+        release_stage(cfg, dataset, training, prefix_task_ids=True)
+    assert "data.drift_check" in dag.task_dict and "release.promote" in dag.task_dict
+    assert dag.task_dict["release.register"].drift_task_id == "data.drift_check"
+
+
+def _notifiers(callbacks) -> list:
+    return [c for c in (callbacks or []) if isinstance(c, (LogNotifier, WebhookNotifier))]
+
+
+def test_release_tasks_and_the_run_alert_on_failure():
+    dag = build_retraining_dag(FRAUD)
+    for task_id in RELEASE:
+        [log] = _notifiers(dag.task_dict[task_id].on_failure_callback)
+        assert isinstance(log, LogNotifier) and log.action, task_id
+    rollback = _notifiers(dag.task_dict["rollback"].on_failure_callback)[0]
+    assert rollback.event == "rollback failed"
+    assert "act by hand" in rollback.action and "gd_manual_rollback" in rollback.action
+    assert "fraud_detector@champion" in rollback.action
+    assert _notifiers(dag.task_dict["rollback"].on_success_callback)[0].event == "rolled back"
+    assert "rollback" in _notifiers(dag.task_dict["smoke_test"].on_failure_callback)[0].action
+    [run_alert] = _notifiers(dag.on_failure_callback)
+    assert run_alert.event == "run failed" and "run_report" in run_alert.action
+
+
+@pytest.mark.parametrize("task_id", [*RELEASE, "validate", "train"])
+def test_failure_alerts_go_to_the_configured_webhook_too(task_id):
+    raw = yaml.safe_load(FRAUD.read_text())
+    dag = build_retraining_dag({**raw, "alerting": {"webhook_conn_id": "alerts", "slack": True}})
+    notifiers = _notifiers(dag.task_dict[task_id].on_failure_callback)
+    [hook] = [n for n in notifiers if isinstance(n, WebhookNotifier)]
+    [log] = [n for n in notifiers if isinstance(n, LogNotifier)]
+    assert hook.webhook_conn_id == "alerts" and hook.slack is True
+    assert (hook.event, hook.action) == (log.event, log.action)
+    assert any(isinstance(n, WebhookNotifier) for n in _notifiers(dag.on_failure_callback))
+
