@@ -325,7 +325,7 @@ def data_stage(cfg: RetrainingConfig, group_id: str = "data", *,
             fresh = FeatureFreshnessSensor(
                 task_id="features_fresh", feature_views=fr.feature_views, feature_service=fr.feature_service,
                 poke_interval=fr.poke_interval_seconds, timeout=fr.timeout_minutes * 60, deferrable=fr.deferrable,
-                feast_conn_id=cfg.feast_conn_id, on_failure_callback=alerts,
+                feast_conn_id=cfg.feast_conn_id, as_of="{{ params.as_of }}", on_failure_callback=alerts,
             )
         retrieve = FeastHistoricalFeaturesOperator(
             task_id="retrieve_training_set", label_source=f.label_source, feature_service=f.feature_service,
@@ -462,7 +462,9 @@ def retraining_params(cfg: RetrainingConfig) -> dict[str, Any]:
         "force_promotion_reason": Param("", type="string",
                                         description="Promote even when the gate rejects; the reason is recorded"),
         "as_of": Param("", type="string", pattern=r"^(|\d{4}-\d{2}-\d{2}(T[0-9:]+)?)$",
-                       description="Train on data up to this date instead of the run's data interval end"),
+                       description="End of the data window (freshness check, training set, validation) "
+                                   "instead of the run's: its data interval end, or for a manual run the last "
+                                   "scheduled tick"),
         "smoke_test_max_p95_latency_ms": Param(cfg.smoke_test.max_p95_latency_ms, type="number",
                                                exclusiveMinimum=0, description="Smoke-test latency budget"),
     }
