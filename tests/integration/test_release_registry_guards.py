@@ -189,8 +189,14 @@ def test_a_retried_rollback_is_a_no_op(client, name, model):
     with pytest.raises(registry.RegistryError, match="moved since"):
         registry.rollback(client, name, to_version="1", expected_current="2", actor="scheduler",
                           reason="smoke test failed", dag_run="d/other")
+    # a rolled-back version goes back only with a force reason (e.g. a whole cleared run would re-promote it)
+    with pytest.raises(registry.RegistryError, match=r"v2 was rolled back from @champion .*\(smoke test failed\)"):
+        _promote(client, name, "2", "1", 2)
+    assert registry.get_alias_version(client, name, "champion") == "1"
+    moved = _promote(client, name, "2", "1", 2, force_reason="canary fixed; smoke test passes by hand")
+    assert moved["moved"] and "rolled back" in moved["overridden"][0]
+    assert registry.audit_trail(client, name)[-1]["forced"] == "canary fixed; smoke test passes by hand"
     # a manual "previous" rollback retried in its own run does not roll back one step further
-    _promote(client, name, "2", "1", 2)
     registry.rollback(client, name, actor="alice", reason="bad", dag_run="manual/1")
     registry.rollback(client, name, actor="alice", reason="bad", dag_run="manual/1")
     assert registry.get_alias_version(client, name, "champion") == "1"

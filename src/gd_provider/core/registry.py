@@ -320,7 +320,9 @@ def promotion_problems(
       ``"none"``: there was none). The alias must still be that version — or a version this same DAG run
       (``dag_run``) promoted over it, see :func:`comparison_champion`;
     * data order: ``version`` must not be trained on data older than the current champion's (the end of
-      ``gd.data_interval``, else ``gd.logical_date``; unknown on either side → not checked).
+      ``gd.data_interval``, else ``gd.logical_date``; unknown on either side → not checked);
+    * rolled back: a version once rolled back from ``alias`` (a failed smoke test, a person) is not put back
+      by a rerun of its DAG run or anyone else without saying why.
     """
     if isinstance(current, _Unchecked):
         current = get_alias_version(client, model_name, alias)
@@ -334,6 +336,14 @@ def promotion_problems(
                 f"{_label(current)}: the champion moved since the evaluation, so v{version} was never compared "
                 f"with it (re-run the evaluation against the current champion)"
             )
+    rolled_back = [e for e in audit_trail(client, model_name)
+                   if e.get("action") == "rollback" and e.get("alias", alias) == alias and str(e.get("from")) == str(version)]
+    if rolled_back:
+        last = rolled_back[-1]
+        problems.append(
+            f"v{version} was rolled back from @{alias} at {last.get('at')} by {last.get('actor')} "
+            f"({last.get('reason')}): a model taken out of service goes back only with a force reason"
+        )
     if current is not None:
         tags = version_tags if version_tags is not None else client.get_model_version(model_name, version).tags
         mine, theirs = data_end(tags), data_end(client.get_model_version(model_name, current).tags)
