@@ -100,6 +100,15 @@ def test_submission_id_is_deterministic_per_task_instance_and_try_independent():
     assert op._base_submission_id(ctx1) == op._base_submission_id(ctx2) == ray_submission_id("test_dag", "r1", "train")
 
 
+def test_a_bad_spec_fails_when_the_dag_is_parsed_naming_the_field():
+    with pytest.raises(ValueError, match=r"train: invalid training spec: .*'lr'"):
+        RayTrainOperator(task_id="train", dataset={}, model_name="m",
+                         spec={**TrainingSpec.for_demo().to_dict(), "lr": -1.0})
+    with pytest.raises(ValueError, match="learning_rate"):
+        RayTrainOperator(task_id="train", dataset={}, model_name="m",
+                         spec={**TrainingSpec.for_demo().to_dict(), "learning_rate": 0.1})
+
+
 def test_two_training_tasks_of_one_dag_run_never_share_checkpoints():
     """The Ray Train run name (what a retry resumes from) is keyed by task and map index as well as run."""
     spec = TrainingSpec.for_demo(epochs=2)
@@ -339,7 +348,7 @@ def test_an_adopted_finished_jobs_mlflow_run_is_reused_only_while_it_is_intact(g
     logged = {"mlflow_run_id": run.info.run_id, "status": "completed", "metrics": {"val_roc_auc": 0.9}}
     record = gd_home / "gd-x.mlflow.json"
     write_json_atomic(record, {"tags": tags, "logged": logged})
-    op = RayTrainOperator(task_id="train", dataset={}, spec={}, model_name="m")
+    op = RayTrainOperator(task_id="train", dataset={}, spec=TrainingSpec.for_demo().to_dict(), model_name="m")
 
     assert op._logged_before(record, mlflow_config, tags) == logged
     assert op._logged_before(gd_home / "absent.json", mlflow_config, tags) is None

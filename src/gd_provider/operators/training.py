@@ -115,8 +115,14 @@ class RayTrainOperator(BaseOperator):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        from gd_provider.core.training.spec import SpecError, TrainingSpec
+
+        try:  # a bad spec fails when the DAG is parsed (a cheap pure check), naming the field
+            TrainingSpec.from_dict(spec.to_dict() if isinstance(spec, TrainingSpec) else spec)
+        except SpecError as exc:
+            raise ValueError(f"{self.task_id}: invalid training spec: {exc}") from exc
         self.dataset = dataset
-        self.spec = spec
+        self.spec = spec.to_dict() if isinstance(spec, TrainingSpec) else spec
         self.spec_overrides = spec_overrides
         self.rerun_variable = rerun_variable
         self._overrides: tuple[dict[str, Any], dict[str, Any] | None] | None = None
