@@ -238,6 +238,7 @@ def load_config(source: str | Path | dict[str, Any]) -> RetrainingConfig:
             raise ConfigError(f"{where}: cannot read YAML: {exc}") from exc
         if not isinstance(data, dict):
             raise ConfigError(f"{where}: top level must be a mapping, got {type(data).__name__}")
+        _anchor_relative_paths(data, Path(source).resolve().parent)
     else:
         data = source
     try:
@@ -247,6 +248,19 @@ def load_config(source: str | Path | dict[str, Any]) -> RetrainingConfig:
             f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors()
         )
         raise ConfigError(f"{where}: {problems}") from None
+
+
+def _anchor_relative_paths(data: dict[str, Any], base: Path) -> None:
+    """A relative expectations file in a config file means next to that file: the dag-processor and the
+    workers run from other directories, so it becomes an absolute path before anything checks it."""
+    from gd_provider.operators.validation import IMPORT_PATH
+
+    validation = data.get("validation")
+    value = validation.get("expectations") if isinstance(validation, dict) else None
+    if isinstance(value, str) and value.strip() and not IMPORT_PATH.match(value):
+        path = Path(value).expanduser()
+        if not path.is_absolute():
+            validation["expectations"] = str(base / path)
 
 
 def _check_expectations(value: str | list[dict[str, Any]]) -> str | list[dict[str, Any]]:

@@ -200,3 +200,18 @@ def test_airflow_reports_cross_field_and_build_errors_as_import_errors(tmp_path,
     assert any("no_service.yaml" in line and "schema_checks" in line for line in lines), message
     assert any("no_suite.yaml" in line and "validation.expectations" in line for line in lines), message
     assert any("half_built.yaml" in line and "operator rejected an argument" in line for line in lines), message
+
+
+def test_a_relative_expectations_file_is_next_to_its_config_whatever_the_working_directory(tmp_path, monkeypatch):
+    folder = tmp_path / "configs"
+    folder.mkdir()
+    (folder / "suite.json").write_text('[{"type": "expect_column_to_exist", "kwargs": {"column": "amount"}}]')
+    (folder / "model.yaml").write_text(yaml.safe_dump(_config(**{"validation.expectations": "suite.json"})))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # the dag-processor's and the workers' working directory
+    cfg = load_config(folder / "model.yaml")
+    assert cfg.validation.expectations == str(folder.resolve() / "suite.json")
+    (folder / "bad.yaml").write_text(yaml.safe_dump(_config(**{"validation.expectations": "missing.json"})))
+    with pytest.raises(ConfigError, match=r"bad.yaml.*missing.json.*neither 'module:function' nor an existing file"):
+        load_config(folder / "bad.yaml")
