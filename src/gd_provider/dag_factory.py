@@ -138,6 +138,15 @@ class DriftConfig(_Strict):
     drift_share: float = Field(0.5, gt=0, le=1)
     sample_size: int = Field(50_000, gt=0)
 
+    @model_validator(mode="after")
+    def _methods(self) -> DriftConfig:
+        from gd_provider.core.drift_methods import check_drift_settings
+
+        check_drift_settings(numeric_method=self.numeric_method, categorical_method=self.categorical_method,
+                             numeric_columns=self.numeric_columns, categorical_columns=self.categorical_columns,
+                             per_column=self.per_column)
+        return self
+
 
 class SmokeTestConfig(_Strict):
     canary_rows: int = Field(500, gt=0)

@@ -215,3 +215,10 @@ def test_a_relative_expectations_file_is_next_to_its_config_whatever_the_working
     (folder / "bad.yaml").write_text(yaml.safe_dump(_config(**{"validation.expectations": "missing.json"})))
     with pytest.raises(ConfigError, match=r"bad.yaml.*missing.json.*neither 'module:function' nor an existing file"):
         load_config(folder / "bad.yaml")
+
+
+def test_a_misspelled_drift_method_is_a_config_error(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(_config(**{"drift.numeric_method": "wasserstien"})))
+    with pytest.raises(ConfigError, match=r"bad.yaml: drift: .*'wasserstien' is not a drift method for numeric"):
+        load_config(path)

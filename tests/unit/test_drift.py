@@ -201,3 +201,30 @@ def test_unknown_policy():
     with pytest.raises(ValueError, match="retrain, warn, block"):
         apply_drift_policy(_report([]), "panic")
     assert POLICIES == ("retrain", "warn", "block")
+
+
+def test_static_drift_method_table_matches_evidentlys_registry():
+    """The parse-time table (no Evidently import) lists exactly what Evidently accepts per column kind."""
+    from evidently.core.datasets import ColumnType
+    from evidently.legacy.calculations.stattests.registry import _registered_stat_tests
+
+    from gd_provider.core.drift_methods import CATEGORICAL_METHODS, NUMERIC_METHODS
+
+    registered = {kind: {name for name, by_type in _registered_stat_tests.items() if kind in by_type}
+                  for kind in (ColumnType.Numerical, ColumnType.Categorical)}
+    assert registered[ColumnType.Numerical] == NUMERIC_METHODS
+    assert registered[ColumnType.Categorical] == CATEGORICAL_METHODS
+
+
+def test_drift_methods_are_checked_when_the_dag_is_parsed():
+    from gd_provider.operators.drift import DriftCheckOperator
+
+    kwargs = {"task_id": "drift", "dataset": {}, "model_name": "m", "numeric_columns": ["amount"],
+              "categorical_columns": ["channel"]}
+    with pytest.raises(ValueError, match=r"numeric_method: 'wasserstien' is not a drift method"):
+        DriftCheckOperator(**kwargs, numeric_method="wasserstien")
+    with pytest.raises(ValueError, match=r"categorical_method: 'ks' .* \(it is a numeric method\)"):
+        DriftCheckOperator(**kwargs, categorical_method="ks")
+    with pytest.raises(ValueError, match=r"per_column\['channel'\].method: 'wasserstein'"):
+        DriftCheckOperator(**kwargs, per_column={"channel": {"method": "wasserstein"}})
+    DriftCheckOperator(**kwargs, per_column={"amount": {"method": "ks", "threshold": 0.05}})

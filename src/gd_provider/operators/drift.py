@@ -58,6 +58,14 @@ class DriftCheckOperator(BaseOperator):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        from gd_provider.core.drift_methods import check_drift_method, check_drift_settings
+
+        # methods are checked when the DAG is parsed (a static table: no Evidently import here)
+        check_drift_settings(numeric_method=numeric_method, categorical_method=categorical_method,
+                             numeric_columns=list(numeric_columns), categorical_columns=list(categorical_columns),
+                             per_column=per_column)
+        if prediction_drift:
+            check_drift_method(prediction_method, "numeric", "prediction_method")
         self.dataset = dataset
         self.skip_reason = skip_reason
         self.model_name = model_name
