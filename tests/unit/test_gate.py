@@ -82,3 +82,18 @@ def test_holdout_must_be_the_one_training_held_out():
     for missing in (None, {}, {"rows": 3}):
         with pytest.raises(HoldoutMismatchError, match="records no holdout digest"):
             verify_holdout(missing, rows=3, sha256=digest)
+
+
+def test_the_gate_operator_checks_its_policy_when_the_dag_is_parsed():
+    from gd_provider.operators.registry import ModelEvaluationGateOperator
+
+    kwargs = {"task_id": "evaluate", "dataset": {}, "training": {}, "model_name": "m"}
+    with pytest.raises(ValueError, match="evaluate: invalid gate policy: .*no threshold"):
+        ModelEvaluationGateOperator(**kwargs, policy={})
+    with pytest.raises(ValueError, match="unknown metric 'auc'"):
+        ModelEvaluationGateOperator(**kwargs, policy={"value_thresholds": {"auc": 0.7}})
+
+
+def test_an_empty_holdout_is_named_as_such():
+    with pytest.raises(ValueError, match="the holdout is empty"):
+        classification_metrics(np.array([]), np.array([]))

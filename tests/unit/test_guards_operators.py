@@ -79,8 +79,12 @@ def test_health_gate_stops_on_divergence_and_sensitivity():
 
 
 def test_health_gate_rejects_bad_thresholds_and_missing_health():
+    with pytest.raises(ValueError, match="g: invalid health thresholds.*max_clip"):  # when the DAG is parsed
+        TrainingHealthGate(task_id="g", training={}, thresholds={"max_clip": 1})
+    gate = TrainingHealthGate(task_id="g", training={}, thresholds="{{ params.health }}")  # checked once rendered
+    gate.thresholds = {"allow_diverged": "false"}
     with pytest.raises(AirflowFailException, match="invalid health thresholds"):
-        TrainingHealthGate(task_id="g", training={}, thresholds={"max_clip": 1}).execute(CONTEXT)
+        gate.execute(CONTEXT)
     with pytest.raises(AirflowFailException, match="no health summary"):
         TrainingHealthGate(task_id="g", training={}).execute(CONTEXT)
 

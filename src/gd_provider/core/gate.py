@@ -88,6 +88,8 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray, threshold: flo
     p = np.asarray(proba, dtype=float)
     if len(y) != len(p):
         raise ValueError(f"{len(y)} labels but {len(p)} scores")
+    if len(y) == 0:
+        raise ValueError("the holdout is empty: there is nothing to score the model on")
     if not np.all(np.isfinite(p)):
         raise ValueError(f"{int((~np.isfinite(p)).sum())} scores are NaN or infinite")
     if len(np.unique(y)) < 2:

@@ -24,6 +24,13 @@ class TrainingHealthGate(BaseOperator):
 
     def __init__(self, *, training: Any, thresholds: dict[str, Any] | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        if not (isinstance(thresholds, str) and "{{" in thresholds):  # a template is checked when rendered
+            from gd_provider.core.training.health import HealthThresholds
+
+            try:  # bad thresholds fail when the DAG is parsed
+                HealthThresholds.from_value(thresholds)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"{self.task_id}: invalid health thresholds: {exc}") from exc
         self.training = training
         self.thresholds = thresholds
 

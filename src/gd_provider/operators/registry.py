@@ -47,6 +47,12 @@ class ModelEvaluationGateOperator(BaseOperator):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        from gd_provider.core.gate import GateConfigError, GatePolicy
+
+        try:  # a bad policy fails when the DAG is parsed (a cheap pure check)
+            GatePolicy.from_dict(policy)
+        except (GateConfigError, TypeError) as exc:
+            raise ValueError(f"{self.task_id}: invalid gate policy: {exc}") from exc
         self.dataset = dataset
         self.training = training
         self.model_name = model_name
