@@ -142,10 +142,13 @@ def test_comparison_champion_skips_this_runs_own_versions(client, name, model):
     assert created and v3 == "3"
     assert _promote(client, name, v3, "1", 2)["previous_champion"] == "2"
     assert registry.comparison_champion(client, name, "champion", "d/n2") == "1"
-    # a version of this run made champion without a promotion: no way to tell, say so
-    client.delete_model_version_tag(name, "3", registry.PREVIOUS_CHAMPION_TAG)
-    with pytest.raises(registry.RegistryError, match="records no previous champion"):
-        registry.comparison_champion(client, name, "champion", "d/n2")
+    # a version of this run put in service without a promotion (a manual rollback to it, after the run
+    # decided about it): it is the champion to compare with, not an error that blocks every clear
+    v4, _ = registry.register_model(client, name, uri, run_key="d/n2", run_id=run_id, fingerprint="third",
+                                    tags=_night(2))
+    registry.rollback(client, name, to_version=v4, actor="alice", reason="v3 misbehaves", dag_run="manual/1")
+    assert registry.get_alias_version(client, name, "champion") == v4
+    assert registry.comparison_champion(client, name, "champion", "d/n2") == v4
 
 
 def test_reuse_never_rewrites_decision_tags(client, name, model):
@@ -154,6 +157,7 @@ def test_reuse_never_rewrites_decision_tags(client, name, model):
              "gd.drift.share_drifted": "0.2000", "gd.package_version": "0.1.0"}
     assert registry.register_model(client, name, uri, run_key="d/n2", run_id=run_id, fingerprint="f",
                                    tags=first) == ("1", True)
+    registry.promote(client, name, "1", actor="scheduler", reason="gate blessed", dag_run="d/n2")
     before = dict(client.get_model_version(name, "1").tags)
     # the same run cleared after it promoted v1: without a baseline fix the rerun compared v1 with itself
     rerun = {"gd.blessed": "true", "gd.gate.baseline_version": "1", "gd.metric.roc_auc": "0.800000",
@@ -171,6 +175,21 @@ def test_reuse_never_rewrites_decision_tags(client, name, model):
     assert after["gd.new_lineage"] == "x"  # lineage the version lacked is added
     note = json.loads(after[registry.RERUN_DECISION_TAG])
     assert note["tags"] == {"gd.gate.baseline_version": "2", "gd.metric.roc_auc": "0.500000", "gd.drift.status": "ok"}
+
+
+def test_a_never_promoted_version_takes_the_reruns_decision(client, name, model):
+    """Rejected on the night, blessed when the run is cleared later (the champion changed since): the version
+    that promotion may now move to carries the decision it is promoted on, not the stale rejection."""
+    uri, run_id = model
+    rejected = {"gd.blessed": "false", "gd.gate.baseline_version": "3", "gd.gate.reason": "worse than v3",
+                "gd.drift.status": "warn"}
+    registry.register_model(client, name, uri, run_key="d/n5", run_id=run_id, fingerprint="f", tags=rejected)
+    blessed = {"gd.blessed": "true", "gd.gate.baseline_version": "2", "gd.gate.reason": "better than v2"}
+    assert registry.register_model(client, name, uri, run_key="d/n5", run_id=run_id, fingerprint="f",
+                                   tags=blessed) == ("1", False)
+    tags = client.get_model_version(name, "1").tags
+    assert {k: tags.get(k) for k in (*blessed, "gd.drift.status")} == {**blessed, "gd.drift.status": None}
+    assert registry.RERUN_DECISION_TAG not in tags
 
 
 def test_a_retried_rollback_is_a_no_op(client, name, model):

@@ -81,7 +81,11 @@ def test_health_gate_stops_on_divergence_and_sensitivity():
 def test_health_gate_rejects_bad_thresholds_and_missing_health():
     with pytest.raises(ValueError, match="g: invalid health thresholds.*max_clip"):  # when the DAG is parsed
         TrainingHealthGate(task_id="g", training={}, thresholds={"max_clip": 1})
-    gate = TrainingHealthGate(task_id="g", training={}, thresholds="{{ params.health }}")  # checked once rendered
+    # templated values are checked once rendered: a Jinja string, a templated value, a Jinja block, an XComArg
+    TrainingHealthGate(task_id="g1", training={}, thresholds={"max_restarts": "{{ params.max_restarts }}"})
+    TrainingHealthGate(task_id="g2", training={}, thresholds="{% if params.strict %}{}{% endif %}")
+    TrainingHealthGate(task_id="g3", training={}, thresholds=SimpleNamespace(resolve=lambda ctx: {}))
+    gate = TrainingHealthGate(task_id="g", training={}, thresholds="{{ params.health }}")
     gate.thresholds = {"allow_diverged": "false"}
     with pytest.raises(AirflowFailException, match="invalid health thresholds"):
         gate.execute(CONTEXT)

@@ -153,22 +153,34 @@ def register_model(
     registers the new model as one new version, which a later clear of ``register`` reuses in turn.
 
     Returns ``(version, created)``. Tags are written when the version is created, so a version never
-    exists without its lineage. A reused version keeps every tag it has: a rerun only adds tags the
-    version lacks (e.g. lineage a newer package records), never rewrites one, and never adds decision
-    tags (``gd.blessed``, ``gd.gate.*``, ``gd.metric.*``, ``gd.drift.*``) to it. When the rerun's decision
-    differs from the recorded one, the rerun's values are recorded in ``gd.gate.rerun.latest`` (JSON).
+    exists without its lineage. A reused version keeps its lineage tags: a rerun only adds tags the
+    version lacks (e.g. lineage a newer package records), never rewrites one. Decision tags (``gd.blessed``,
+    ``gd.gate.*``, ``gd.metric.*``, ``gd.drift.*``) follow the rerun's decision while the version has never
+    been champion (it is promoted, if at all, on that decision); once it has been champion they are frozen,
+    and a differing rerun decision is recorded in ``gd.gate.rerun.latest`` (JSON).
     """
     existing = find_version_by_run_key(client, model_name, run_key, fingerprint=fingerprint, run_id=run_id)
     if existing is not None:
+        # A version that has been champion keeps the decision it was promoted on; one never promoted takes
+        # the rerun's decision (e.g. rejected, then blessed against a champion that changed since).
+        frozen = existing.tags.get(PREVIOUS_CHAMPION_TAG) is not None
         rerun_decision: dict[str, str] = {}
+        new_decision = {key for key in tags if _is_decision_tag(key)}
         for key, value in tags.items():
             value = str(value)
             old = existing.tags.get(key)
             if _is_decision_tag(key):
                 if old != value:
-                    rerun_decision[key] = value
+                    if frozen:
+                        rerun_decision[key] = value
+                    else:
+                        client.set_model_version_tag(model_name, existing.version, key, value)
             elif old is None:
                 client.set_model_version_tag(model_name, existing.version, key, value)
+        if not frozen:  # no decision tag of the earlier evaluation left mixed in with the new one
+            for key in existing.tags:
+                if _is_decision_tag(key) and key not in new_decision and key != RERUN_DECISION_TAG:
+                    client.delete_model_version_tag(model_name, existing.version, key)
         if fingerprint is not None and existing.tags.get(FINGERPRINT_TAG) is None:
             client.set_model_version_tag(model_name, existing.version, FINGERPRINT_TAG, fingerprint)
         if rerun_decision:
@@ -260,8 +272,8 @@ def comparison_champion(client, model_name: str, alias: str, run_key: str | None
     (tag ``gd.run_key`` == ``run_key``: the run was cleared after it promoted its own model), comparing
     with it would compare the run with itself; its recorded previous champion (``gd.previous_champion``,
     ``"none"`` → no champion) is the one the run was compared with, followed further back while that,
-    too, is a version of this run (a retraining of the same run). Raises :class:`RegistryError` when
-    such a version records no previous champion (it became champion without a promotion).
+    too, is a version of this run (a retraining of the same run). A version of this run that became
+    champion without a promotion (a manual rollback to it) records no previous champion: it is the one.
     """
     version = get_alias_version(client, model_name, alias)
     seen: set[str] = set()
@@ -274,10 +286,9 @@ def comparison_champion(client, model_name: str, alias: str, run_key: str | None
         seen.add(version)
         previous = tags.get(PREVIOUS_CHAMPION_TAG)
         if previous is None:
-            raise RegistryError(
-                f"{model_name}@{alias} chain reaches v{version}, registered by this run ({run_key}), which records "
-                f"no previous champion ({PREVIOUS_CHAMPION_TAG}): cannot tell which champion to compare with"
-            )
+            # never promoted, yet champion: put in service by a person (a rollback to it), after this run
+            # decided about it - so it is the champion to compare with, like any other
+            return version
         version = None if previous == NO_CHAMPION else str(previous)
     return None
 

@@ -24,7 +24,7 @@ class TrainingHealthGate(BaseOperator):
 
     def __init__(self, *, training: Any, thresholds: dict[str, Any] | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if not (isinstance(thresholds, str) and "{{" in thresholds):  # a template is checked when rendered
+        if _plain(thresholds):  # templated values (Jinja, XComArg) are checked once rendered, in execute
             from gd_provider.core.training.health import HealthThresholds
 
             try:  # bad thresholds fail when the DAG is parsed
@@ -50,3 +50,19 @@ class TrainingHealthGate(BaseOperator):
             failed = [r for r in reasons if r.startswith("FAIL")]
             raise AirflowFailException("training health gate failed: " + "; ".join(failed))
         return {"ok": True, "reasons": reasons, "health": health, "thresholds": thresholds.to_dict()}
+
+
+def _plain(value: Any) -> bool:
+    """None, or a mapping of plain values: nothing that Airflow renders or resolves at run time."""
+    if value is None:
+        return True
+    if not isinstance(value, dict):
+        return False
+    for item in value.values():
+        if isinstance(item, dict) and not _plain(item):
+            return False
+        if isinstance(item, str) and ("{{" in item or "{%" in item):
+            return False
+        if not isinstance(item, (str, int, float, bool, type(None), dict)):
+            return False
+    return True
