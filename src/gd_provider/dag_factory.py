@@ -366,7 +366,8 @@ def data_stage(cfg: RetrainingConfig, group_id: str = "data", *,
             label_column=f.label_column,
             tolerances=v.tolerances.model_dump(exclude_unset=True) if v.champion_checks else None,
             profile_columns=v.profile_columns, profile_exclude=v.profile_exclude, on_failure=v.on_failure,
-            mlflow_conn_id=cfg.mlflow_conn_id, experiment_name=cfg.model_name, on_failure_callback=alerts,
+            mlflow_conn_id=cfg.mlflow_conn_id, experiment_name=cfg.model_name, as_of="{{ params.as_of }}",
+            on_failure_callback=alerts,
         )
         drift = DriftCheckOperator(
             task_id="drift_check", dataset=retrieve.output, model_name=cfg.model_name, alias=cfg.alias,

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.integration
 
 CHILD = r"""
 import json, signal, sys
-from airflow.sdk.exceptions import AirflowTaskTerminated
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
 from gd_provider.core.training.spec import TrainingSpec
 from gd_provider.operators.training import RayTrainOperator
 from tests.support import fake_context
@@ -35,7 +35,9 @@ signal.signal(signal.SIGTERM, lambda signum, frame: op.on_kill())  # what Airflo
 ctx = fake_context()
 try:
     op._train_locally(ctx, op._resolve_spec(ctx))
-except AirflowTaskTerminated as exc:
+except AirflowFailException:
+    raise
+except AirflowException as exc:  # retryable: a SIGTERM may be a worker shutting down
     print("TERMINATED:", exc, flush=True)
     sys.exit(3)
 print("FINISHED", flush=True)

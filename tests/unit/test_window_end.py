@@ -232,3 +232,12 @@ def test_sensor_and_retrieval_ask_for_the_same_end(monkeypatch):
     with pytest.raises(Stop):
         retrieve.execute(ctx)
     assert seen == {"sensor": NIGHTLY, "retrieval": (NIGHTLY - timedelta(days=3), NIGHTLY)}
+
+
+@pytest.mark.parametrize("unset", ["", "  ", "None", "null", None])
+def test_an_as_of_rendered_from_a_missing_value_means_not_set(unset):
+    end = datetime(2026, 3, 1, tzinfo=UTC)
+    run = SimpleNamespace(dag_id="d", run_id="r", run_type="scheduled", data_interval_end=end,
+                          data_interval_start=end, logical_date=end, run_after=end)
+    chosen = data_window_end({"dag_run": run, "params": {"as_of": unset}}, as_of=unset)
+    assert (chosen.end, chosen.rule) == (end, "scheduled")

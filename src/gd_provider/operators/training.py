@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from airflow.sdk import BaseOperator
-from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowTaskTerminated
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from gd_provider.links import MlflowRunLink, RayJobLink, mlflow_run_url, push_link, ray_job_url
 from gd_provider.operators._common import run_dir, run_key, safe_name, task_key
@@ -355,8 +355,10 @@ class RayTrainOperator(BaseOperator):
         except KeyboardInterrupt as exc:
             if not self._killed:
                 raise
-            # on_kill's interrupt, after Ray Train stopped and run_training shut the local Ray instance down
-            raise AirflowTaskTerminated("killed while training in-task (local Ray): training stopped") from exc
+            # on_kill's interrupt, after Ray Train stopped and run_training shut the local Ray instance down.
+            # Retryable on purpose: a SIGTERM is also a worker or pod shutting down, and the task's retries
+            # must apply (after a user's clear, Airflow has already set the state).
+            raise AirflowException("killed while training in-task (local Ray): training stopped") from exc
         finally:
             self._training_locally = False
 
@@ -691,7 +693,7 @@ class RayTrainOperator(BaseOperator):
         the main thread here (the signal handler runs there) unwinds the training now - Ray's blocking calls
         pass on only ``KeyboardInterrupt``/``SystemExit`` from a signal handler - so Ray Train is stopped and
         the private Ray instance shut down before a next try can start writing the same run directory; the
-        task then ends with ``AirflowTaskTerminated``.
+        task then fails retryably (a SIGTERM may be a worker shutting down, not a user's clear).
 
         Ray stops a job asynchronously; waiting (briefly: Airflow sends SIGKILL 5 s after SIGTERM) until
         it has left RUNNING lets the next try - a clear while training runs - find it STOPPED and resubmit,

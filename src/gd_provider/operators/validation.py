@@ -78,9 +78,12 @@ class DataValidationOperator(BaseOperator, BranchMixIn):
     downstream tasks. The full result is written as JSON and HTML next to the run's other outputs and, when
     ``log_to_mlflow``, logged to an MLflow run of experiment ``experiment_name``; extra links "Validation
     report" and "MLflow run" point at them.
+
+    Time-dependent expectations (e.g. no event after the window end) use the data window end of
+    ``_common.data_window_end`` - ``as_of`` (templated) when given, as for the sensor and retrieval.
     """
 
-    template_fields: Sequence[str] = ("dataset",)
+    template_fields: Sequence[str] = ("dataset", "as_of")
     operator_extra_links = (ValidationReportLink(), MlflowRunLink())
     inherits_from_skipmixin = True
     ui_color = "#f5d5c4"
@@ -105,6 +108,7 @@ class DataValidationOperator(BaseOperator, BranchMixIn):
         log_to_mlflow: bool = True,
         mlflow_conn_id: str = "mlflow_default",
         experiment_name: str | None = None,
+        as_of: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -138,6 +142,7 @@ class DataValidationOperator(BaseOperator, BranchMixIn):
         self.branch_on_fail = branch_on_fail
         self.log_to_mlflow = log_to_mlflow
         self.mlflow_conn_id = mlflow_conn_id
+        self.as_of = as_of
         self.experiment_name = experiment_name or champion_model_name or "gd_validation"
 
     # ------------------------------------------------------------------------------------ derived checks
@@ -240,7 +245,7 @@ class DataValidationOperator(BaseOperator, BranchMixIn):
         from gd_provider.core.data import DatasetError, read_dataset
         from gd_provider.core.quality import ValidationConfigError, validate_dataframe, write_report
 
-        _, end = interval(context)
+        _, end = interval(context, as_of=self.as_of, log=self.log)
         try:
             df = read_dataset(self.dataset)
         except DatasetError as exc:

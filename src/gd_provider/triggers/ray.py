@@ -15,7 +15,7 @@ TERMINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
 MAX_CONSECUTIVE_ERRORS = 10  # transient HTTP/connection errors tolerated in a row before giving up
 REQUEST_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 15.0
-ON_KILL_WAIT_S = 20.0  # on_kill waits this long for the stopped job to end (the triggerer allows 30 s)
+ON_KILL_BUDGET_S = 25.0  # all of on_kill: stop request + waiting for the job to end (the triggerer allows 30 s)
 
 
 class _FatalResponse(Exception):
@@ -196,6 +196,8 @@ class RayJobTrigger(BaseTrigger):
     async def on_kill(self) -> None:
         """The user killed the deferred task: stop the Ray job and wait until it has ended (bounded; errors
         are logged, not raised)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + ON_KILL_BUDGET_S
         if self.stop_marker:
             try:
                 await asyncio.to_thread(_write_stop_marker, self.stop_marker, "trigger on_kill")
@@ -203,11 +205,14 @@ class RayJobTrigger(BaseTrigger):
                 self.log.warning("Could not write the stop marker %s: %s", self.stop_marker, exc)
         if await self.stop_job() is None:
             return
-        status = await self.wait_until_ended(ON_KILL_WAIT_S)
+        status = await self.wait_until_ended(max(0.0, deadline - loop.time()))
         self.log.info("Ray job %s after the stop request: %s", self.submission_id, status)
 
     async def wait_until_ended(self, seconds: float) -> str | None:
-        """Poll the job's status until it is terminal or ``seconds`` pass; returns the last status seen."""
+        """Poll the job's status until it is terminal or ``seconds`` pass (each request bounded by what is
+        left, so the whole wait keeps to ``seconds``); returns the last status seen."""
+        import aiohttp
+
         loop = asyncio.get_running_loop()
         deadline = loop.time() + seconds
         status = None
@@ -215,7 +220,8 @@ class RayJobTrigger(BaseTrigger):
             config = await self._cluster()
             async with await self._session(config) as session:
                 while True:
-                    async with session.get(self._url(config.dashboard_url)) as resp:
+                    left = aiohttp.ClientTimeout(total=max(0.5, deadline - loop.time()))
+                    async with session.get(self._url(config.dashboard_url), timeout=left) as resp:
                         await self._check(resp, f"Ray job {self.submission_id}")
                         status = str((await resp.json()).get("status"))
                     if status in TERMINAL_STATES or loop.time() >= deadline:
