@@ -181,8 +181,9 @@ def _asset_events_end(context: Any) -> tuple[datetime, str] | None:
     return latest[uri], detail
 
 
-def _given(value: Any) -> bool:
-    """An ``as_of`` that is set: not None/empty, nor ``None``/``null`` as a template renders a missing value."""
+def is_set(value: Any) -> bool:
+    """A templated argument that is set: not None/empty, nor ``None``/``null`` as a template renders a
+    missing value."""
     return value is not None and str(value).strip().lower() not in ("", "none", "null")
 
 
@@ -215,11 +216,11 @@ def data_window_end(context: Any, *, as_of: Any = None, log: Any = None) -> Data
         return result
 
     getter = context.get if hasattr(context, "get") else (lambda key, default=None: default)
-    if _given(as_of):
+    if is_set(as_of):
         return chosen(as_of, "as_of", f"as_of={str(as_of).strip()}")
     params = getter("params") or {}
     param = params.get("as_of") if hasattr(params, "get") else None
-    if _given(param):
+    if is_set(param):
         return chosen(param, "as_of", f"Param as_of={str(param).strip()}")
 
     dag_run = context["dag_run"]

@@ -17,7 +17,7 @@ from gd_provider.links import (
     mlflow_run_url,
     push_link,
 )
-from gd_provider.operators._common import actor, load_pyfunc, run_key, task_key
+from gd_provider.operators._common import actor, is_set, load_pyfunc, run_key, task_key
 
 
 def _registry_failure(what: str, tracking_uri: str, exc: Exception) -> AirflowException:
@@ -382,9 +382,8 @@ class ModelSmokeTestOperator(BaseOperator):
         return summary
 
     def _expected_version(self, context: Any) -> str | None:
-        explicit = str(self.version).strip() if self.version is not None else ""
-        if explicit and explicit.lower() != "none":
-            return explicit
+        if is_set(self.version):
+            return str(self.version).strip()
         if self.promote_task_id:
             promotion = context["ti"].xcom_pull(task_ids=self.promote_task_id)
             if promotion and promotion.get("version") is not None:

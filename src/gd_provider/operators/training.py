@@ -616,10 +616,10 @@ class RayTrainOperator(BaseOperator):
 
     def _stop(self, client: Any, submission_id: str) -> None:
         if self._jobs_dir_path is not None:
+            from gd_provider.triggers.ray import write_stop_marker
+
             try:
-                self._stop_marker(self._jobs_dir_path, submission_id).write_text(
-                    f"stop requested by task {self.task_id} at {datetime.now(UTC).isoformat()}\n"
-                )
+                write_stop_marker(self._stop_marker(self._jobs_dir_path, submission_id), f"task {self.task_id}")
             except OSError as exc:
                 self.log.warning("Could not write the stop marker of Ray job %s: %s", submission_id, exc)
         try:

@@ -200,7 +200,7 @@ class RayJobTrigger(BaseTrigger):
         deadline = loop.time() + ON_KILL_BUDGET_S
         if self.stop_marker:
             try:
-                await asyncio.to_thread(_write_stop_marker, self.stop_marker, "trigger on_kill")
+                await asyncio.to_thread(write_stop_marker, self.stop_marker, "trigger on_kill")
             except OSError as exc:
                 self.log.warning("Could not write the stop marker %s: %s", self.stop_marker, exc)
         if await self.stop_job() is None:
@@ -248,7 +248,9 @@ class RayJobTrigger(BaseTrigger):
         return stopped
 
 
-def _write_stop_marker(path: str, who: str) -> None:
+def write_stop_marker(path: str | Any, who: str) -> None:
+    """Mark a Ray job as being stopped (``RayTrainOperator`` never adopts such a job): the trigger's
+    ``on_kill`` and the operator's own stops write the same file."""
     from pathlib import Path
 
     target = Path(path)
