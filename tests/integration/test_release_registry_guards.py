@@ -151,6 +151,16 @@ def test_comparison_champion_skips_this_runs_own_versions(client, name, model):
     assert registry.comparison_champion(client, name, "champion", "d/n2") == v4
 
 
+def test_a_looping_previous_champion_chain_is_an_error_not_a_hang(client, name, model):
+    for n in (1, 2):
+        _register(client, name, model, 2, fingerprint=f"f{n}")
+    client.set_model_version_tag(name, "1", registry.PREVIOUS_CHAMPION_TAG, "2")
+    client.set_model_version_tag(name, "2", registry.PREVIOUS_CHAMPION_TAG, "1")
+    client.set_registered_model_alias(name, "champion", "2")
+    with pytest.raises(registry.RegistryError, match="previous-champion chain of run d/n2 loops"):
+        registry.comparison_champion(client, name, "champion", "d/n2")
+
+
 def test_reuse_never_rewrites_decision_tags(client, name, model):
     uri, run_id = model
     first = {"gd.blessed": "true", "gd.gate.baseline_version": "1", "gd.metric.roc_auc": "0.800000",

@@ -241,3 +241,9 @@ def test_an_as_of_rendered_from_a_missing_value_means_not_set(unset):
                           data_interval_start=end, logical_date=end, run_after=end)
     chosen = data_window_end({"dag_run": run, "params": {"as_of": unset}}, as_of=unset)
     assert (chosen.end, chosen.rule) == (end, "scheduled")
+
+
+def test_a_timetable_that_cannot_be_read_fails_naming_as_of():
+    dag = SimpleNamespace(timetable=SimpleNamespace(expression="every night", timezone="UTC"))
+    with pytest.raises(AirflowFailException, match=r"could not find the last schedule tick .*Param as_of"):
+        data_window_end(_manual_ui_run(dag))
