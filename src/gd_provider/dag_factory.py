@@ -14,6 +14,11 @@ and links use); given another group id it prefixes them (``model_b_release.promo
 models' stages fit in one DAG. References between tasks (the rollback's promotion, the registration's
 drift report) are taken from the task objects, so they follow the prefix.
 
+Each stage adds the Params it reads to its DAG (``training_overrides``, ``drift_policy``, ...; see
+:func:`retraining_params`). Two models in one DAG need their own: give each model's stages a
+``param_prefix`` (``b_training_overrides``); a stage that would share another model's Params is refused
+while the DAG is built. ``as_of`` (the data window end) is one Param for the whole run.
+
 A config is validated when the DAG file is parsed: a bad one raises :class:`ConfigError` naming the
 file and the field (``configs/fraud.yaml: training.lr: must be > 0``). Anything else that stops a DAG
 from being built is raised as a :class:`ConfigError` naming the file too.
@@ -21,6 +26,7 @@ from being built is raised as a :class:`ConfigError` naming the file too.
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -329,15 +335,17 @@ def _task_group(group_id: str, default: str, prefix_task_ids: bool | None, toolt
 
 
 def data_stage(cfg: RetrainingConfig, group_id: str = "data", *,
-               prefix_task_ids: bool | None = None) -> tuple[Any, Any]:
+               prefix_task_ids: bool | None = None, param_prefix: str = "") -> tuple[Any, Any]:
     """[features_fresh →] retrieve_training_set → validate → drift_check.
     Returns ``(task_group, dataset XComArg)``. Task ids are prefixed with ``group_id`` when it is not the
-    default (``prefix_task_ids`` overrides)."""
+    default (``prefix_task_ids`` overrides). Reads the Params ``as_of``, ``<param_prefix>drift_policy`` and
+    ``<param_prefix>skip_drift_reason`` (added to the DAG when missing)."""
     from gd_provider.operators.drift import DriftCheckOperator
     from gd_provider.operators.features import FeastHistoricalFeaturesOperator
     from gd_provider.operators.validation import DataValidationOperator
 
     f = cfg.features
+    p = _param_templates(param_prefix)
     alerts = _callbacks(cfg, "gate failed")
     with _task_group(group_id, "data", prefix_task_ids, "Feast → Great Expectations → Evidently") as group:
         fresh = None
@@ -371,7 +379,7 @@ def data_stage(cfg: RetrainingConfig, group_id: str = "data", *,
         )
         drift = DriftCheckOperator(
             task_id="drift_check", dataset=retrieve.output, model_name=cfg.model_name, alias=cfg.alias,
-            policy="{{ params.drift_policy }}", skip_reason="{{ params.skip_drift_reason }}",
+            policy=p["drift_policy"], skip_reason=p["skip_drift_reason"],
             numeric_columns=cfg.drift.numeric_columns, categorical_columns=cfg.drift.categorical_columns,
             numeric_method=cfg.drift.numeric_method, categorical_method=cfg.drift.categorical_method,
             threshold=cfg.drift.threshold, per_column=cfg.drift.per_column, drift_share=cfg.drift.drift_share,
@@ -380,30 +388,36 @@ def data_stage(cfg: RetrainingConfig, group_id: str = "data", *,
         if fresh is not None:
             fresh >> retrieve
         retrieve >> validate >> drift
+    _add_params(retrieve, cfg, param_prefix, ("as_of", "drift_policy", "skip_drift_reason"))
     return group, retrieve.output
 
 
 def training_stage(cfg: RetrainingConfig, dataset: Any, group_id: str = "training", *,
-                   prefix_task_ids: bool | None = None) -> tuple[Any, Any]:
-    """train (Ray Train, guarded) → health_gate. Returns ``(task_group, training XComArg)``."""
+                   prefix_task_ids: bool | None = None, param_prefix: str = "") -> tuple[Any, Any]:
+    """train (Ray Train, guarded) → health_gate. Returns ``(task_group, training XComArg)``.
+    Reads the Param ``<param_prefix>training_overrides`` and the rerun Variable of its ``train`` task
+    (:func:`gd_provider.core.rerun.rerun_variable_key`)."""
     from gd_provider.core.rerun import rerun_variable_key
     from gd_provider.operators.health import TrainingHealthGate
     from gd_provider.operators.training import RayTrainOperator
 
+    p = _param_templates(param_prefix)
     alerts = _callbacks(cfg, "training stopped")
     with _task_group(group_id, "training", prefix_task_ids, "Ray Train + training health gate") as group:
         # A run's Params cannot change after it started: a cleared `train` reruns with the run's
-        # training_overrides, updated by a rerun override for that run in the Variable gd_rerun.<dag_id>
-        # (the id of the DAG the task is in, which differs from cfg.dag_id when stages are composed).
+        # training_overrides, updated by a rerun override for that run in the task's rerun Variable
+        # (gd_rerun.<dag_id> for the nightly DAG's `train`; the DAG the task is in, and its task id when
+        # prefixed, when stages are composed).
         train = RayTrainOperator(
-            task_id="train", dataset=dataset, spec=cfg.training, spec_overrides="{{ params.training_overrides }}",
+            task_id="train", dataset=dataset, spec=cfg.training, spec_overrides=p["training_overrides"],
             model_name=cfg.model_name, ray_conn_id=cfg.ray_conn_id, mlflow_conn_id=cfg.mlflow_conn_id,
             on_failure_callback=alerts,
         )
-        train.rerun_variable = rerun_variable_key(train.dag_id if train.has_dag() else cfg.dag_id)
+        train.rerun_variable = rerun_variable_key(train.dag_id if train.has_dag() else cfg.dag_id, train.task_id)
         health = TrainingHealthGate(task_id="health_gate", training=train.output, thresholds=cfg.health or None,
                                     on_failure_callback=alerts)
         train >> health
+    _add_params(train, cfg, param_prefix, ("training_overrides",), rerun_variable=train.rerun_variable)
     return group, train.output
 
 
@@ -421,11 +435,13 @@ def _drift_task_id(dataset: Any) -> str | None:
 
 
 def release_stage(cfg: RetrainingConfig, dataset: Any, training: Any, group_id: str = "release", *,
-                  prefix_task_ids: bool | None = None, drift_task_id: str | None = _DERIVE) -> Any:
+                  prefix_task_ids: bool | None = None, drift_task_id: str | None = _DERIVE,
+                  param_prefix: str = "") -> Any:
     """evaluate → register → promote → smoke_test → rollback.
 
     ``drift_task_id``: the drift check whose report the registration records; by default the one
-    :func:`data_stage` built on ``dataset`` (None: record no drift report)."""
+    :func:`data_stage` built on ``dataset`` (None: record no drift report). Reads the Params
+    ``<param_prefix>force_promotion_reason`` and ``<param_prefix>smoke_test_max_p95_latency_ms``."""
     from gd_provider.operators.registry import (
         ModelEvaluationGateOperator,
         ModelSmokeTestOperator,
@@ -435,6 +451,7 @@ def release_stage(cfg: RetrainingConfig, dataset: Any, training: Any, group_id: 
     )
 
     conn = {"mlflow_conn_id": cfg.mlflow_conn_id}
+    p = _param_templates(param_prefix)
     smoke = cfg.smoke_test
     if drift_task_id is _DERIVE:
         drift_task_id = _drift_task_id(dataset)
@@ -451,11 +468,11 @@ def release_stage(cfg: RetrainingConfig, dataset: Any, training: Any, group_id: 
                                          gate=evaluate.output, model_name=cfg.model_name, drift_task_id=drift_task_id,
                                          on_failure_callback=alerts("register"), **conn)
         promote = PromoteModelOperator(task_id="promote", model=register.output, gate=evaluate.output,
-                                       alias=cfg.alias, force_reason="{{ params.force_promotion_reason }}",
+                                       alias=cfg.alias, force_reason=p["force_promotion_reason"],
                                        on_failure_callback=alerts("promote"), **conn)
         smoke_test = ModelSmokeTestOperator(
             task_id="smoke_test", dataset=dataset, model_name=cfg.model_name, alias=cfg.alias,
-            canary_rows=smoke.canary_rows, max_p95_latency_ms="{{ params.smoke_test_max_p95_latency_ms }}",
+            canary_rows=smoke.canary_rows, max_p95_latency_ms=p["smoke_test_max_p95_latency_ms"],
             positive_rate_bounds=smoke.positive_rate_bounds,
             max_positive_rate_change=smoke.max_positive_rate_change,
             decision_threshold=cfg.gate.get("decision_threshold", 0.5),
@@ -466,32 +483,85 @@ def release_stage(cfg: RetrainingConfig, dataset: Any, training: Any, group_id: 
                                          on_success_callback=_callbacks(cfg, "rolled back"),
                                          on_failure_callback=alerts("rollback"), **conn)
         evaluate >> register >> promote >> smoke_test >> rollback
+    _add_params(evaluate, cfg, param_prefix, ("force_promotion_reason", "smoke_test_max_p95_latency_ms"))
     return group
 
 
-def retraining_params(cfg: RetrainingConfig) -> dict[str, Any]:
-    """Validated Params for manual runs from the UI (recorded in lineage and the audit trail)."""
+SHARED_PARAMS = ("as_of",)  # one value for the whole DAG run, whatever the model
+MODEL_PARAMS = ("training_overrides", "drift_policy", "skip_drift_reason", "force_promotion_reason",
+                "smoke_test_max_p95_latency_ms")
+_PARAM_PREFIX = re.compile(r"^(?:[A-Za-z_][A-Za-z0-9_]*)?$")
+# kept on the DAG object (a DAG's hash changes as tasks are added): {Param name: the model whose stages read it}
+_PARAM_OWNERS = "_gd_param_owners"
+
+
+def _param_name(name: str, param_prefix: str) -> str:
+    if not isinstance(param_prefix, str) or not _PARAM_PREFIX.match(param_prefix):
+        raise ConfigError(f"param_prefix: {param_prefix!r} must be empty or a Python identifier such as 'b_' "
+                          "(it starts the Params' names in templates)")
+    return name if name in SHARED_PARAMS else f"{param_prefix}{name}"
+
+
+def _param_templates(param_prefix: str) -> dict[str, str]:
+    """``{param: "{{ params.<prefixed name> }}"}`` for the Params a stage reads."""
+    return {name: f"{{{{ params.{_param_name(name, param_prefix)} }}}}" for name in (*SHARED_PARAMS, *MODEL_PARAMS)}
+
+
+def retraining_params(cfg: RetrainingConfig, param_prefix: str = "", *, dag_id: str | None = None,
+                      rerun_variable: str | None = None) -> dict[str, Any]:
+    """Validated Params for manual runs from the UI (recorded in lineage and the audit trail).
+
+    The model's own Params are named ``<param_prefix><name>``; ``as_of`` is shared by every model of a DAG.
+    ``dag_id`` / ``rerun_variable`` only word the descriptions (default: the config's DAG and its ``train``)."""
     from airflow.sdk import Param
 
-    return {
+    from gd_provider.core.rerun import rerun_variable_key
+
+    rerun_variable = rerun_variable or rerun_variable_key(dag_id or cfg.dag_id)
+    about = f" ({cfg.model_name})" if param_prefix else ""
+    params = {
         "training_overrides": Param(
             {}, type="object",
-            description='TrainingSpec fields to override, e.g. {"lr": 0.001, "epochs": 10}. To retrain an existing '
-                        f"run differently, set the Variable gd_rerun.{cfg.dag_id} and clear train + downstream "
+            description=f'TrainingSpec fields to override{about}, e.g. {{"lr": 0.001, "epochs": 10}}. To retrain an '
+                        f"existing run differently, set the Variable {rerun_variable} and clear train + downstream "
                         "(a run's Params cannot be changed after it started)"),
         "drift_policy": Param(cfg.drift.policy, enum=["retrain", "warn", "block"],
-                              description="What drift against the champion's training data does"),
+                              description=f"What drift against the champion's training data does{about}"),
         "skip_drift_reason": Param("", type="string",
-                                   description="Skip the drift check for this run; the reason is recorded"),
+                                   description=f"Skip the drift check{about} for this run; the reason is recorded"),
         "force_promotion_reason": Param("", type="string",
-                                        description="Promote even when the gate rejects; the reason is recorded"),
+                                        description=f"Promote{about} even when the gate rejects; the reason is "
+                                                    "recorded"),
         "as_of": Param("", type="string", pattern=r"^(|\d{4}-\d{2}-\d{2}(T[0-9:]+)?)$",
                        description="End of the data window (freshness check, training set, validation) "
                                    "instead of the run's: its data interval end, or for a manual run the last "
                                    "scheduled tick"),
         "smoke_test_max_p95_latency_ms": Param(cfg.smoke_test.max_p95_latency_ms, type="number",
-                                               exclusiveMinimum=0, description="Smoke-test latency budget"),
+                                               exclusiveMinimum=0, description=f"Smoke-test latency budget{about}"),
     }
+    return {_param_name(name, param_prefix): param for name, param in params.items()}
+
+
+def _add_params(task: Any, cfg: RetrainingConfig, param_prefix: str, names: tuple[str, ...], *,
+                rerun_variable: str | None = None) -> None:
+    """Add the Params a stage reads to the DAG of ``task`` where missing (the DAG's own win), and refuse a
+    model's Param that another model's stages already read: an override for one would change both."""
+    if not task.has_dag():
+        return
+    dag = task.dag
+    owners: dict[str, str] = vars(dag).setdefault(_PARAM_OWNERS, {})
+    wanted = retraining_params(cfg, param_prefix, dag_id=dag.dag_id, rerun_variable=rerun_variable)
+    for name in names:
+        key = _param_name(name, param_prefix)
+        owner = owners.setdefault(key, cfg.model_name)
+        if owner != cfg.model_name and name not in SHARED_PARAMS:
+            raise ConfigError(
+                f"DAG {dag.dag_id!r}: the stages of model {cfg.model_name!r} would read the Param {key!r}, which "
+                f"the stages of model {owner!r} already read (a {name} for one would apply to both): give each "
+                f"model's data_stage, training_stage and release_stage its own param_prefix, e.g. "
+                f"param_prefix='{re.sub(r'[^A-Za-z0-9_]', '_', cfg.model_name)}_'")
+        if key not in dag.params:
+            dag.params[key] = wanted[key]
 
 
 def build_retraining_dag(source: str | Path | dict[str, Any] | RetrainingConfig, *, auto_register: bool = True) -> Any:

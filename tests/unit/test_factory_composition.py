@@ -33,19 +33,22 @@ from gd_provider.operators.report import RunReportOperator
 
 raw = yaml.safe_load(Path(CONFIG).read_text())
 a = load_config(raw)
-b = load_config({**raw, "model_name": "fraud_detector_b"})
+b = load_config({**raw, "model_name": "fraud_detector_b", "drift": {**raw["drift"], "policy": "block"},
+                 "smoke_test": {**raw.get("smoke_test", {}), "max_p95_latency_ms": 75.0}})
 with DAG("two_models", schedule=None, start_date=datetime(2026, 1, 1, tzinfo=UTC),
-         render_template_as_native_obj=True, params=retraining_params(a)) as dag:
+         render_template_as_native_obj=True) as dag:
     report = RunReportOperator(task_id="run_report")
     for key, cfg in (("a", a), ("b", b)):
-        data, dataset = data_stage(cfg, group_id=f"{key}_data")
-        training_group, training = training_stage(cfg, dataset, group_id=f"{key}_training")
-        chain(data, training_group, release_stage(cfg, dataset, training, group_id=f"{key}_release"), report)
+        data, dataset = data_stage(cfg, group_id=f"{key}_data", param_prefix=PREFIX.format(key=key))
+        training_group, training = training_stage(cfg, dataset, group_id=f"{key}_training",
+                                                  param_prefix=PREFIX.format(key=key))
+        release = release_stage(cfg, dataset, training, group_id=f"{key}_release", param_prefix=PREFIX.format(key=key))
+        chain(data, training_group, release, report)
 '''
 
 
-def _two_model_dag():
-    namespace: dict = {"CONFIG": str(FRAUD)}
+def _two_model_dag(prefix: str = "{key}_"):
+    namespace: dict = {"CONFIG": str(FRAUD), "PREFIX": prefix}
     exec(compile(TWO_MODELS, "two_models.py", "exec"), namespace)  # noqa: S102
     return namespace["dag"]
 
@@ -72,8 +75,13 @@ def test_two_models_compose_into_one_dag_with_distinct_ids_and_their_own_wiring(
         assert t[f"{key}_release.register"].drift_task_id == f"{key}_data.drift_check"
         assert t[f"{key}_release.rollback"].promote_task_id == f"{key}_release.promote"
         assert t[f"{key}_release.smoke_test"].promote_task_id == f"{key}_release.promote"
-        # rerun overrides are read from the Variable of the DAG the task is in, not the config's dag_id
-        assert t[f"{key}_training.train"].rerun_variable == "gd_rerun.two_models"
+        # rerun overrides are read from a Variable of the DAG the task is in (not the config's dag_id), one
+        # per model's training task
+        assert t[f"{key}_training.train"].rerun_variable == f"gd_rerun.two_models.{key}_training.train"
+        # and each model reads its own Params
+        assert t[f"{key}_training.train"].spec_overrides == f"{{{{ params.{key}_training_overrides }}}}"
+        assert t[f"{key}_data.drift_check"].policy == f"{{{{ params.{key}_drift_policy }}}}"
+        assert t[f"{key}_release.promote"].force_reason == f"{{{{ params.{key}_force_promotion_reason }}}}"
     assert t["b_release.register"].model_name == "fraud_detector_b"
     assert t["run_report"].upstream_task_ids == {"a_release.rollback", "b_release.rollback"}
 
@@ -81,10 +89,59 @@ def test_two_models_compose_into_one_dag_with_distinct_ids_and_their_own_wiring(
 def test_two_model_dag_file_parses_in_airflow(tmp_path):
     from airflow.dag_processing.dagbag import DagBag
 
-    (tmp_path / "two_models.py").write_text(f"CONFIG = {str(FRAUD)!r}\n" + TWO_MODELS)
+    (tmp_path / "two_models.py").write_text(f"CONFIG = {str(FRAUD)!r}\nPREFIX = '{{key}}_'\n" + TWO_MODELS)
     bag = DagBag(dag_folder=str(tmp_path))
     assert bag.import_errors == {}
-    assert len(bag.dags["two_models"].task_dict) == 23
+    dag = bag.dags["two_models"]
+    assert len(dag.task_dict) == 23
+    # the Params the stages added are in what the UI's trigger form and the scheduler see
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    params = DagSerialization.from_dict(DagSerialization.to_dict(dag)).params
+    assert {"as_of", "a_training_overrides", "b_training_overrides", "a_drift_policy", "b_drift_policy"} <= set(params)
+    assert "training_overrides" not in params
+
+
+def _render(dag, task_id: str, field: str, conf: dict) -> object:
+    """A task's templated field as a run with ``conf`` renders it (Params merged and validated as Airflow does)."""
+    from airflow.sdk.definitions.param import process_params
+
+    task = dag.task_dict[task_id]
+    params = process_params(dag, task, conf, suppress_exception=False)
+    return task.render_template(getattr(task, field), {"params": params}, dag.get_template_env())
+
+
+def test_each_model_of_a_composed_dag_has_its_own_params_with_its_own_defaults():
+    dag = _two_model_dag()
+    assert {n for n in dag.params if not n.startswith(("a_", "b_"))} == {"as_of"}  # one data window per run
+    assert dag.params["a_drift_policy"] == "retrain" and dag.params["b_drift_policy"] == "block"
+    assert dag.params["b_smoke_test_max_p95_latency_ms"] == 75.0
+    assert "gd_rerun.two_models.b_training.train" in dag.params.get_param("b_training_overrides").description
+    # an override for model b changes b's training only
+    conf = {"b_training_overrides": {"lr": 0.5}, "as_of": "2026-02-01"}
+    assert _render(dag, "b_training.train", "spec_overrides", conf) == {"lr": 0.5}
+    assert _render(dag, "a_training.train", "spec_overrides", conf) == {}
+    assert _render(dag, "a_data.drift_check", "policy", {}) == "retrain"
+    assert _render(dag, "b_data.drift_check", "policy", {}) == "block"
+    assert _render(dag, "b_data.retrieve_training_set", "as_of", conf) == "2026-02-01"
+    assert _render(dag, "a_data.retrieve_training_set", "as_of", conf) == "2026-02-01"
+    assert _render(dag, "b_release.smoke_test", "max_p95_latency_ms", {}) == 75.0
+
+
+def test_two_models_sharing_params_are_refused_while_the_dag_is_built():
+    from gd_provider.dag_factory import ConfigError
+
+    with pytest.raises(ConfigError, match=r"model 'fraud_detector_b' would read the Param 'drift_policy', which "
+                                          r"the stages of model 'fraud_detector' already read.*param_prefix"):
+        _two_model_dag(prefix="")
+
+
+@pytest.mark.parametrize("prefix", ["b-", "1b_", "b."])
+def test_a_param_prefix_that_cannot_name_a_param_in_a_template_is_refused(prefix):
+    from gd_provider.dag_factory import ConfigError
+
+    with pytest.raises(ConfigError, match=r"param_prefix: .* must be empty or a Python identifier"):
+        data_stage(load_config(FRAUD), param_prefix=prefix)
 
 
 def test_the_shipped_dag_keeps_its_unprefixed_ids_and_references():

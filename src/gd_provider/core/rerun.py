@@ -4,7 +4,9 @@ Airflow 3.3 keeps a DAG run's conf (its Params) for the life of the run: neither
 (``POST /dags/{dag_id}/clearTaskInstances``, ``POST /dags/{dag_id}/dagRuns/{run_id}/clear``) nor
 ``PATCH /dags/{dag_id}/dagRuns/{run_id}`` can change it, so a cleared ``train`` would rerun with the same
 ``training_overrides``. To fix one night's training without recomputing its upstream outputs, the
-engineer writes a rerun override into the Airflow Variable ``gd_rerun.<dag_id>`` (Admin → Variables)::
+engineer writes a rerun override into the Airflow Variable ``gd_rerun.<dag_id>`` (Admin → Variables; in a
+DAG with several models, ``gd_rerun.<dag_id>.<task id>`` of that model's training task, see
+:func:`rerun_variable_key`)::
 
     {"run_id": "scheduled__2026-02-07T00:00:00+00:00",
      "training_overrides": {"lr": 0.003},
@@ -34,9 +36,12 @@ class RerunOverrideError(ValueError):
     """A rerun override is malformed; the message names the Variable and the field."""
 
 
-def rerun_variable_key(dag_id: str) -> str:
-    """The Airflow Variable holding the rerun override of ``dag_id``'s runs."""
-    return f"{VARIABLE_PREFIX}{dag_id}"
+def rerun_variable_key(dag_id: str, task_id: str = "train") -> str:
+    """The Airflow Variable holding the rerun override of the training task ``task_id`` in ``dag_id``'s
+    runs: ``gd_rerun.<dag_id>`` for the nightly DAG's ``train``, ``gd_rerun.<dag_id>.<task_id>`` for a
+    training task with another id (e.g. ``b_training.train``, one model of several in a DAG), so that an
+    override for one model never retrains another."""
+    return f"{VARIABLE_PREFIX}{dag_id}" if task_id == "train" else f"{VARIABLE_PREFIX}{dag_id}.{task_id}"
 
 
 @dataclass(frozen=True)
