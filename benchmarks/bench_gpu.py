@@ -187,9 +187,17 @@ def run_ray(spec: TrainingSpec, data_dir: Path, input_dim: int, pos_weight: floa
     # wall time of each epoch incl. the report/checkpoint after it: epoch e runs from its start to the
     # next epoch's start (the last one to the end of the last epoch)
     bounds = [starts[e] for e in range(1, spec.epochs + 1)] + [tl["last_epoch_ended_unix"]]
+    epoch_s = [b - a for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    compute_s = [h["epoch_seconds"] for h in history]
+    # the last epoch's span ends before its report + checkpoint: add the mean of the earlier timed epochs'
+    # (epochs 2..E-1; epoch 1 when E = 2) so that every timed epoch pays for its report alike
+    earlier = [e - c for e, c in zip(epoch_s[:-1], compute_s[:-1], strict=True)]
+    earlier = earlier[1:] or earlier
+    if earlier:
+        epoch_s[-1] += max(0.0, sum(earlier) / len(earlier))
     return {
-        "epoch_s": [b - a for a, b in zip(bounds[:-1], bounds[1:], strict=True)],
-        "compute_epoch_s": [h["epoch_seconds"] for h in history],
+        "epoch_s": epoch_s,
+        "compute_epoch_s": compute_s,
         "val_roc_auc": history[-1]["val_roc_auc"],
         "val_loss": history[-1]["val_loss"],
         "fit_s": fit_s,
@@ -251,7 +259,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     out: dict[str, Any] = {
         "device": str(device),
         "device_name": card,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__},
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
+                    "cuda": torch.version.cuda, "gpus": torch.cuda.device_count() if device.type == "cuda" else 0},
         "data": {"rows": args.rows, "features": N_FEATURES, "val_rows": len(x_val), "epochs": args.epochs,
                  "batch_size": args.batch_size, "model": f"mlp {args.hidden}", "optimizer": "adam",
                  "timed_epochs": f"2..{args.epochs}"},
@@ -282,15 +291,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
             for v, rs in runs.items()
         }
         out["results"][precision] = res
+        save(out, args.out)  # what is measured is kept, whatever happens later (a timeout, a crash)
     del data
 
     ray = None
     if not args.skip_ray:
         try:
             import ray
-        except ImportError as exc:
-            out["ray_error"] = f"Ray path skipped: {exc}"
+            import ray.train.torch  # noqa: F401  (needs pandas, pyarrow, fsspec, requests besides Ray)
+        except Exception as exc:  # an ImportError, or a version clash of a bundled package
+            cause = f" (cause: {exc.__cause__!r})" if exc.__cause__ else ""
+            out["ray_error"] = f"Ray path skipped: {type(exc).__name__}: {exc}{cause}"
             print(out["ray_error"])
+            ray = None
     if ray is not None:
         work = Path(tempfile.mkdtemp(prefix="gd_bench_gpu_"))
         np.savez(work / TRAIN_ARRAYS, x=x_train, y=y_train)
@@ -316,7 +329,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
                       f"(epochs {', '.join(f'{s:.2f}' for s in r['epoch_s'])} s incl. report+checkpoint), "
                       f"worker start-up {r['worker_startup_s']:.1f} s, val AUC {r['val_roc_auc']:.4f}")
         except Exception as exc:  # keep the other variants' numbers; the JSON says what went wrong
-            out["ray_error"] = f"{type(exc).__name__}: {exc}"
+            cause = f" (cause: {exc.__cause__!r})" if exc.__cause__ else ""
+            out["ray_error"] = f"{type(exc).__name__}: {exc}{cause}"
             print(f"Ray path failed: {out['ray_error']}")
         finally:
             ray.shutdown()
@@ -330,10 +344,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
             print(f"  {precision} {variant:8s} {v['samples_per_s']:>12,.0f}  ratio {v['ratio_vs_plain']:.3f}{target}")
         if "fp32" in out["results"] and precision != "fp32":
             res["plain"]["speedup_vs_fp32_plain"] = plain / out["results"]["fp32"]["plain"]["samples_per_s"]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2))
+    save(out, args.out)
     print(f"wrote {args.out}")
     return out
+
+
+def save(out: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=2))
 
 
 if __name__ == "__main__":

@@ -38,11 +38,13 @@ import torch, numpy
 import gd_provider.core.training.loop, gd_provider.core.training.spec  # noqa: E401
 heavy = sorted(m for m in ("airflow", "pandas", "pyarrow", "sklearn", "mlflow") if m in sys.modules)
 assert not heavy, f"gd_provider.core.training.loop imported {heavy}"
-try:
+try:  # Ray Train itself, not only Ray: ray.train needs pandas, pyarrow, fsspec and requests too
     import ray
-    ray_ok = f"ray {ray.__version__}"
-except ImportError as exc:
-    ray_ok = f"no ray ({exc}): the Ray path is skipped"
+    import ray.train.torch  # noqa: F401
+    ray_ok = f"ray {ray.__version__} (ray.train.torch imports)"
+except Exception as exc:
+    cause = f", cause: {exc.__cause__!r}" if exc.__cause__ else ""
+    ray_ok = f"no Ray Train ({type(exc).__name__}: {exc}{cause}): the Ray path is skipped"
 print(f"python {sys.version.split()[0]}, torch {torch.__version__}, numpy {numpy.__version__}, {ray_ok}, "
       f"cuda {torch.cuda.is_available()}")
 PY

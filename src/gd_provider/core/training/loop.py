@@ -125,7 +125,7 @@ def ranking_metrics(y_true: np.ndarray, scores: np.ndarray) -> tuple[float, floa
         return math.nan, math.nan
     try:
         from sklearn.metrics import average_precision_score, roc_auc_score
-    except ImportError:
+    except Exception:  # not installed, or built against another numpy (a ValueError): same numbers without it
         return ranking_metrics_numpy(y_true, scores)
     return float(roc_auc_score(y_true, scores)), float(average_precision_score(y_true, scores))
 
