@@ -11,7 +11,7 @@ def get_provider_info() -> dict[str, Any]:
     return {
         "package-name": "gd-provider",
         "name": "gd_provider (guarded gradient-descent retraining)",
-        "description": "Feast -> Great Expectations -> Ray Train -> Evidently -> MLflow retraining with gates "
+        "description": "Feast -> Great Expectations -> Evidently -> Ray Train -> MLflow retraining with gates "
         "and rollback.",
         "versions": [__version__],
         "connection-types": [

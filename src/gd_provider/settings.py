@@ -6,9 +6,12 @@ Layout under the home::
     mlflow/mlflow.db        MLflow tracking + registry (SQLite)
     mlflow/artifacts/       MLflow artifacts
     feature_repo/           Feast repo (feature_store.yaml, definitions, data/, registry.db, online.db)
-    datasets/<dag>/<run>/   training datasets written by the retrieval task
-    ray/                    Ray Train storage (checkpoints)
-    audit/                  append-only audit trail of champion changes
+    runs/<dag>/<run>/       every output of a DAG run: one folder per task (<task>[.<map index>]/: datasets,
+                            reports), ray/ (Ray Train storage, checkpoints), ray_jobs/ (Ray job requests and
+                            results), report.json
+
+The audit trail of champion changes is not a folder: it is kept as MLflow registered-model tags
+(``gd.audit.NNNNNN``).
 """
 
 from __future__ import annotations

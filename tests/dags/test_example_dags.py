@@ -39,3 +39,26 @@ def test_promotion_with_rollback_example(demo_home, mlflow_client):
     assert get_alias_version(mlflow_client, name, "champion") == "1"
     trail = [(e["action"], e["from"], e["to"]) for e in audit_trail(mlflow_client, name)]
     assert trail == [("promote", "none", "1"), ("promote", "1", "2"), ("rollback", "2", "1")]
+
+
+def test_two_models_example_keeps_each_models_params_to_itself(demo_home, mlflow_client):
+    dag = airflow_env.load_dag("gd_example_two_models")
+    run = airflow_env.run_dag(dag, night(1), {"logistic_training_overrides": {"epochs": 2}})
+    assert run["state"] == "success", run
+    for key in ("mlp", "logistic"):
+        assert run["tasks"][f"{key}_release.promote"] == "success"
+        assert run["tasks"][f"{key}_release.rollback"] == "skipped"
+    assert {state for task, state in run["tasks"].items() if not task.endswith(".rollback")} == {"success"}
+
+    # each model registered and promoted under its own name; the override changed the logistic model only
+    epochs = {}
+    for name in ("fraud_mlp_example", "fraud_logistic_example"):
+        assert get_alias_version(mlflow_client, name, "champion") == "1"
+        version = mlflow_client.get_model_version(name, "1")
+        assert version.tags["gd.dag_id"] == "gd_example_two_models"
+        epochs[name] = mlflow_client.get_run(version.run_id).data.params["spec.epochs"]
+        overrides = version.tags.get("gd.training_overrides")
+        assert (overrides is not None) == (name == "fraud_logistic_example"), (name, overrides)
+    assert epochs == {"fraud_mlp_example": "4", "fraud_logistic_example": "2"}
+    assert mlflow_client.get_run(
+        mlflow_client.get_model_version("fraud_logistic_example", "1").run_id).data.params["spec.model"] == "logistic"
