@@ -1,7 +1,8 @@
 """System tests: the stack's parts as real processes (PostgreSQL, Redis, ``mlflow server``, the Airflow
-api-server / scheduler / dag-processor / triggerer). PostgreSQL and Redis must run already (``.ci/run``
-starts them); without them the tests skip, unless ``GD_REQUIRE_SERVICES=1`` (set by CI) makes that a
-failure.
+api-server / scheduler / dag-processor / triggerer). A PostgreSQL server must run already (``.ci/run``
+starts it; the tests create their own databases in it) and a ``redis-server`` binary must be installed (the
+tests start their own, password-protected, on a free port); without them the tests skip, unless
+``GD_REQUIRE_SERVICES=1`` (set by CI) makes that a failure.
 
 A failing test gets the tails of the service logs attached to its report; the services' start-up
 timings are printed in the terminal summary.

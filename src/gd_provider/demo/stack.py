@@ -1,9 +1,10 @@
 """The docker-compose stack's parts as plain local processes (no Docker): for system tests and for
 trying the stack on one machine.
 
-* PostgreSQL and Redis must already run (our machines and CI start them; see ``.ci/run``). This module
-  creates private databases (:func:`create_database`) and claims a private Redis db number
-  (:class:`RedisDb`), so several runs can share one server.
+* PostgreSQL must already run (CI starts it; see ``.ci/run``): this module creates private databases in it
+  (:func:`create_database`). Redis: :func:`redis_server` is the command line of a private,
+  password-protected ``redis-server`` (what the system tests start); :class:`RedisDb` claims a private db
+  number on a Redis server, so several runs can share one.
 * :func:`start_service` launches a long-running command in its own process group with its output in a
   log file; :meth:`Service.stop` terminates the whole group, then kills it after a grace period.
 * :func:`mlflow_server_argv`, :func:`airflow_environment` and :data:`AIRFLOW_COMPONENTS` describe the
