@@ -496,7 +496,7 @@ _PARAM_OWNERS = "_gd_param_owners"
 
 
 def _param_name(name: str, param_prefix: str) -> str:
-    if not isinstance(param_prefix, str) or not _PARAM_PREFIX.match(param_prefix):
+    if not isinstance(param_prefix, str) or not _PARAM_PREFIX.fullmatch(param_prefix):
         raise ConfigError(f"param_prefix: {param_prefix!r} must be empty or a Python identifier such as 'b_' "
                           "(it starts the Params' names in templates)")
     return name if name in SHARED_PARAMS else f"{param_prefix}{name}"
@@ -551,15 +551,17 @@ def _add_params(task: Any, cfg: RetrainingConfig, param_prefix: str, names: tupl
     dag = task.dag
     owners: dict[str, str] = vars(dag).setdefault(_PARAM_OWNERS, {})
     wanted = retraining_params(cfg, param_prefix, dag_id=dag.dag_id, rerun_variable=rerun_variable)
+    me = f"{cfg.model_name}@{cfg.alias}"  # one model served under one alias: one set of Params
     for name in names:
         key = _param_name(name, param_prefix)
-        owner = owners.setdefault(key, cfg.model_name)
-        if owner != cfg.model_name and name not in SHARED_PARAMS:
+        owner = owners.setdefault(key, me)
+        if owner != me and name not in SHARED_PARAMS:
+            suggestion = re.sub(r"[^A-Za-z0-9_]", "_", cfg.model_name)
+            suggestion = suggestion if suggestion[:1].isalpha() else f"m{suggestion}"
             raise ConfigError(
-                f"DAG {dag.dag_id!r}: the stages of model {cfg.model_name!r} would read the Param {key!r}, which "
-                f"the stages of model {owner!r} already read (a {name} for one would apply to both): give each "
-                f"model's data_stage, training_stage and release_stage its own param_prefix, e.g. "
-                f"param_prefix='{re.sub(r'[^A-Za-z0-9_]', '_', cfg.model_name)}_'")
+                f"DAG {dag.dag_id!r}: the stages of {me} would read the Param {key!r}, which the stages of "
+                f"{owner} already read (a {name} for one would apply to both): give each model's data_stage, "
+                f"training_stage and release_stage its own param_prefix, e.g. param_prefix='{suggestion}_'")
         if key not in dag.params:
             dag.params[key] = wanted[key]
 

@@ -131,12 +131,31 @@ def test_each_model_of_a_composed_dag_has_its_own_params_with_its_own_defaults()
 def test_two_models_sharing_params_are_refused_while_the_dag_is_built():
     from gd_provider.dag_factory import ConfigError
 
-    with pytest.raises(ConfigError, match=r"model 'fraud_detector_b' would read the Param 'drift_policy', which "
-                                          r"the stages of model 'fraud_detector' already read.*param_prefix"):
+    with pytest.raises(ConfigError, match=r"the stages of fraud_detector_b@champion would read the Param "
+                                          r"'drift_policy', which the stages of fraud_detector@champion already "
+                                          r"read.*param_prefix='fraud_detector_b_'"):
         _two_model_dag(prefix="")
 
 
-@pytest.mark.parametrize("prefix", ["b-", "1b_", "b."])
+def test_one_model_under_two_aliases_needs_two_sets_of_params_and_the_suggested_prefix_is_usable():
+    from airflow.sdk import DAG
+
+    from gd_provider.dag_factory import ConfigError
+
+    raw = yaml.safe_load(FRAUD.read_text())
+    champion = load_config(raw)
+    shadow = load_config({**raw, "model_name": "2fa-model", "alias": "shadow"})
+    with DAG("aliases", schedule=None), pytest.raises(ConfigError, match="2fa-model@shadow") as info:
+        data_stage(champion, group_id="c_data")
+        data_stage(shadow, group_id="s_data")
+    suggested = str(info.value).split("param_prefix='")[1].split("'")[0]
+    with DAG("aliases_fixed", schedule=None) as dag:
+        data_stage(champion, group_id="c_data")
+        data_stage(shadow, group_id="s_data", param_prefix=suggested)
+    assert f"{suggested}drift_policy" in dag.params
+
+
+@pytest.mark.parametrize("prefix", ["b-", "1b_", "b.", "b_\n", " b_"])
 def test_a_param_prefix_that_cannot_name_a_param_in_a_template_is_refused(prefix):
     from gd_provider.dag_factory import ConfigError
 
