@@ -259,10 +259,21 @@ def load_config(source: str | Path | dict[str, Any]) -> RetrainingConfig:
     try:
         return RetrainingConfig.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors()
-        )
-        raise ConfigError(f"{where}: {problems}") from None
+        raise ConfigError(f"{where}: {'; '.join(_problem(err) for err in exc.errors())}") from None
+
+
+_SPEC_FIELD = re.compile(r"^training spec field '([^']+)': ")
+
+
+def _problem(err: Any) -> str:
+    """``section.field: message`` for one pydantic error (a spec field's error names ``training.<field>``)."""
+    loc = ".".join(str(p) for p in err["loc"]) or "<root>"
+    msg = str(err["msg"])
+    if err.get("type") == "value_error":
+        msg = msg.removeprefix("Value error, ")
+        if loc == "training" and (m := _SPEC_FIELD.match(msg)):
+            loc, msg = f"training.{m.group(1)}", msg[m.end():]
+    return f"{loc}: {msg}"
 
 
 def _anchor_relative_paths(data: dict[str, Any], base: Path) -> None:

@@ -21,6 +21,24 @@ def dag(demo_home):
     return airflow_env.load_dag(DAG_ID)
 
 
+def _evaluate_xcom(run_id: str) -> dict:
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        row = session.query(XComModel).filter(XComModel.dag_id == DAG_ID, XComModel.run_id == run_id,
+                                              XComModel.task_id == "evaluate", XComModel.key == "return_value").one()
+        return row.value
+
+
+def _policy_by_hand(challenger: dict, champion: dict) -> bool:
+    """dags/configs/fraud_detector.yaml's gate: roc_auc >= 0.75, pr_auc >= 0.15, and at most 0.01 / 0.02 worse
+    than the champion."""
+    return (challenger["roc_auc"] >= 0.75 and challenger["pr_auc"] >= 0.15
+            and champion["roc_auc"] - challenger["roc_auc"] <= 0.01 + 1e-12
+            and champion["pr_auc"] - challenger["pr_auc"] <= 0.02 + 1e-12)
+
+
 def _versions(client) -> list:
     return sorted(client.search_model_versions(f"name = '{MODEL_NAME}'"), key=lambda v: int(v.version))
 
@@ -65,6 +83,12 @@ def test_three_nights(dag, demo_home, mlflow_client):
     assert v2.tags["gd.gate.holdout_sha256"]
     assert v2.tags["gd.drift.status"] == "skipped" and v2.tags["gd.drift.skip_reason"] == "known seasonal shift"
     assert v2.tags["gd.training_overrides"] == '{"epochs": 3}'
+    # the gate's verdict is the demo config's policy applied by hand to the metrics it measured on the
+    # shared holdout (so a gate that always blesses, or always rejects, fails here whichever way night 2 goes)
+    gate = _evaluate_xcom(run2["run_id"])
+    assert gate["champion_version"] == "1" and gate["champion_metrics"] is not None
+    assert gate["blessed"] is _policy_by_hand(gate["challenger_metrics"], gate["champion_metrics"]), gate
+    assert v2.tags["gd.blessed"] == str(gate["blessed"]).lower()
     if v2.tags["gd.blessed"] == "true":
         assert run2["tasks"]["promote"] == "success"
         assert get_alias_version(mlflow_client, MODEL_NAME, "champion") == "2"

@@ -6,7 +6,8 @@ that makes training diverge: nothing is registered and the champion stays. The e
 override for that run and clears ``train`` with *Downstream* through the endpoint function the UI's Clear
 dialog calls; the run resumes: retrieval, validation and the drift check are not executed again (same
 try numbers, XComs and dataset file untouched), ``train`` reruns with the new learning rate, exactly one
-new version is registered with the override in its lineage (and in the audit trail when promoted).
+new version is registered with the override in its lineage and, promoted (forced with a reason where the
+gate rejects it), in the audit trail.
 Clearing ``register`` and downstream afterwards registers nothing more.
 """
 
@@ -30,6 +31,7 @@ DAG_ID = "gd_nightly_fraud_retraining"
 QUICK = {"epochs": 2, "num_workers": 1, "cpus_per_worker": 1.0}
 BAD_LR = 50.0
 GOOD_LR = 0.003
+FORCE_REASON = "rerun lineage check"
 UPSTREAM = ("features_fresh", "retrieve_training_set", "validate", "drift_check")
 DOWNSTREAM_OF_TRAIN = ["evaluate", "health_gate", "promote", "register", "rollback", "run_report", "smoke_test", "train"]
 
@@ -69,7 +71,10 @@ def test_clear_train_and_downstream_reruns_with_new_settings(demo_home, mlflow_c
 
     # night 2 with a learning rate far too high: the guards stop training, nothing is registered
     materialize(night(2))
-    run2 = airflow_env.run_dag(dag, night(2), {"training_overrides": {**QUICK, "lr": BAD_LR}})
+    # promotion forced (with a reason), so that the rerun's model is promoted whatever the gate says and its
+    # audit entry can be checked
+    run2 = airflow_env.run_dag(dag, night(2), {"training_overrides": {**QUICK, "lr": BAD_LR},
+                                               "force_promotion_reason": FORCE_REASON})
     run_id = run2["run_id"]
     assert run2["state"] == "failed", run2
     assert {t: run2["tasks"][t] for t in UPSTREAM} == dict.fromkeys(UPSTREAM, "success")
@@ -133,18 +138,15 @@ def test_clear_train_and_downstream_reruns_with_new_settings(demo_home, mlflow_c
     assert tags["gd.dataset_sha256"] == json.loads(upstream_before["retrieve_training_set"][0])["sha256"]
 
     trail = audit_trail(mlflow_client, MODEL_NAME)
-    if tags["gd.blessed"] == "true":
-        assert rerun["tasks"]["promote"] == "success" and rerun["tasks"]["smoke_test"] == "success"
-        assert get_alias_version(mlflow_client, MODEL_NAME, "champion") == "2"
-        assert [(e["action"], e["to"]) for e in trail] == [("promote", "1"), ("promote", "2")]
-        assert trail[1]["dag_run"] == f"{DAG_ID}/{run_id}"
-        assert trail[1]["training_overrides"] == {**QUICK, "lr": GOOD_LR}
-        assert trail[1]["rerun"]["training_overrides"] == {"lr": GOOD_LR}
-        assert trail[1]["rerun"]["reason"] == override["reason"]
-    else:
-        assert rerun["tasks"]["promote"] == "skipped"
-        assert get_alias_version(mlflow_client, MODEL_NAME, "champion") == "1"
-        assert [(e["action"], e["to"]) for e in trail] == [("promote", "1")]
+    assert rerun["tasks"]["promote"] == "success" and rerun["tasks"]["smoke_test"] == "success"
+    assert get_alias_version(mlflow_client, MODEL_NAME, "champion") == "2"
+    assert [(e["action"], e["to"]) for e in trail] == [("promote", "1"), ("promote", "2")]
+    assert trail[1]["dag_run"] == f"{DAG_ID}/{run_id}"
+    assert trail[1]["training_overrides"] == {**QUICK, "lr": GOOD_LR}
+    assert trail[1]["rerun"]["training_overrides"] == {"lr": GOOD_LR}
+    assert trail[1]["rerun"]["reason"] == override["reason"]
+    # forced only where the gate rejected: then the version says so
+    assert (tags.get("gd.forced_promotion_reason") == FORCE_REASON) is (tags["gd.blessed"] == "false")
     champion = get_alias_version(mlflow_client, MODEL_NAME, "champion")
 
     # clearing register and downstream again registers nothing more and moves nothing

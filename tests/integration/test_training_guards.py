@@ -12,7 +12,6 @@ One local Ray instance serves the module; each TorchTrainer run costs ~10-25 s h
 from __future__ import annotations
 
 import sys
-import time
 
 import cloudpickle
 import numpy as np
@@ -118,10 +117,7 @@ def test_exploding_lr_aborts_collectively_on_two_workers(local_ray, manifest, wo
         sync_every_k_steps=5,
         epochs=5,
     )
-    started = time.monotonic()
     result = run(manifest, spec, workdir, "explode")
-    elapsed = time.monotonic() - started
-    assert elapsed < 120, f"a diverging run must stop promptly, took {elapsed:.0f} s"
     assert result.status == "diverged", (result.status, result.error)
     assert result.model_dir is None and result.metrics == {}
     trip = result.guard

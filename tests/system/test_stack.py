@@ -539,8 +539,11 @@ def test_clearing_train_of_a_finished_run_adopts_its_ray_job(stack):
     from gd_provider.core.registry import audit_trail
 
     run_id = stack.first_run_id
-    if run_id is None:
-        pytest.skip("needs the nightly run of test_nightly_run_triggered_through_the_rest_api")
+    if run_id is None:  # run alone (-k, --lf): that test did not run first
+        msg = "needs the nightly run of test_nightly_run_triggered_through_the_rest_api"
+        if os.environ.get("GD_REQUIRE_SERVICES") == "1":
+            pytest.fail(msg)
+        pytest.skip(msg)
     rest, client = stack.rest, _mlflow(stack)
     jobs_before = _train_jobs(stack, DAG_ID, run_id) if stack.ray is not None else []
     cleared = rest.clear(DAG_ID, run_id, ["train"], downstream=True)

@@ -21,8 +21,10 @@ ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yaml"
 
 
-def _interpolate(text: str) -> str:
-    text = re.sub(r"\$\{(\w+)(?::?-([^}]*))?\}", lambda m: m.group(2) or "", text)
+def _interpolate(text: str, *, markers: bool = False) -> str:
+    """Compose-style interpolation; with ``markers`` every ``${VAR...}`` becomes ``<VAR>`` (names, not defaults)."""
+    text = re.sub(r"\$\{(\w+)(?::?-([^}]*))?\}",
+                  lambda m: f"<{m.group(1)}>" if markers else (m.group(2) or ""), text)
     return text.replace("$$", "$")
 
 
@@ -73,20 +75,80 @@ def test_airflow_services_share_connections_and_data(compose):
             assert json.loads(env[f"AIRFLOW_CONN_{conn}_DEFAULT"])["conn_type"] == conn_type
         assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql")
         assert "gd-data:/data" in svc["volumes"]
-        # the Redis password reaches tasks through the feast connection (masked), not as a plain variable
-        assert json.loads(env["AIRFLOW_CONN_FEAST_DEFAULT"])["password"] == services["redis"]["environment"][
-            "REDIS_PASSWORD"]
+    # the Redis password reaches tasks through the feast connection (masked), not as a plain variable; compare
+    # the variable names (defaults would hide a misspelt one), not the interpolated defaults
+    refs = yaml.safe_load(_interpolate(COMPOSE.read_text(), markers=True))["services"]
+    assert refs["redis"]["environment"]["REDIS_PASSWORD"] == "<REDIS_PASSWORD>"
+    assert refs["redis"]["command"][refs["redis"]["command"].index("--requirepass") + 1] == "<REDIS_PASSWORD>"
+    for name in (n for n in refs if n.startswith("airflow-")):
+        assert json.loads(refs[name]["environment"]["AIRFLOW_CONN_FEAST_DEFAULT"])["password"] == "<REDIS_PASSWORD>"
     assert [n for n, s in services.items() if "REDIS_PASSWORD" in (s.get("environment") or {})] == [
         "redis", "airflow-init"]
     assert "gd-data:/data" in services["mlflow"]["volumes"]
 
 
+_SECRET_NAME = re.compile(r"pass(word|wd)?|secret|token|api[_-]?key|credential", re.IGNORECASE)
+_ENV_REF = re.compile(r"\$\{\w+(:?-[^}]*)?\}")  # a whole value taken from the environment
+_URL_PASSWORD = re.compile(r"://[^/\s:@]+:([^@\s]+)@")  # scheme://user:PASSWORD@host
+_SECRET_FLAG = re.compile(r"^--?[\w-]*(pass|secret|token)[\w-]*$", re.IGNORECASE)
+
+
+def _secret_problems(text: str) -> list[str]:
+    """Literal secrets in the raw (uninterpolated) compose text: every secret-named key, connection-JSON
+    field, URL password and secret command-line flag must take its value from a ``${VAR}`` reference."""
+    problems: list[str] = []
+
+    def check_value(where: str, value: str) -> None:
+        if not _ENV_REF.fullmatch(value.strip()):
+            problems.append(f"{where}: literal {value!r}")
+
+    def check_string(where: str, key: str, value: str) -> None:
+        if _SECRET_NAME.search(key):
+            check_value(where, value)
+        for m in _URL_PASSWORD.finditer(value):
+            check_value(f"{where} (URL password)", m.group(1))
+        if key.upper().startswith("AIRFLOW_CONN_") and value.lstrip().startswith("{"):
+            walk(json.loads(value), f"{where} (connection JSON)")
+
+    def walk(node, where: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if isinstance(v, str):
+                    check_string(f"{where}.{k}", str(k), v)
+                else:
+                    walk(v, f"{where}.{k}")
+        elif isinstance(node, list):
+            for i, item in enumerate(node):
+                if isinstance(item, str):
+                    check_string(f"{where}[{i}]", "", item)
+                    prev = node[i - 1] if i else None
+                    if isinstance(prev, str) and _SECRET_FLAG.match(prev):
+                        check_value(f"{where}[{i}] (after {prev})", item)
+                else:
+                    walk(item, f"{where}[{i}]")
+
+    walk(yaml.safe_load(text), "")
+    return problems
+
+
 def test_no_literal_secrets_in_the_file():
     text = COMPOSE.read_text()
-    for line in text.splitlines():
-        if re.search(r"(PASSWORD|SECRET|TOKEN)\s*:", line) and "AIRFLOW__" not in line.split(":")[0]:
-            assert "${" in line, f"secret not taken from the environment: {line.strip()}"
+    assert _secret_problems(text) == []
     assert re.search(r"postgresql\+psycopg2://airflow:\$\{POSTGRES_PASSWORD", text)
+
+
+@pytest.mark.parametrize(("old", "new"), [
+    ("${AIRFLOW_JWT_SECRET:-change-me-in-production}", "change-me-in-production"),  # AIRFLOW__API_AUTH__JWT_SECRET
+    ('"password": "${REDIS_PASSWORD:-redis}"', '"password": "redis"'),  # inside AIRFLOW_CONN_FEAST_DEFAULT
+    ('"password": "${RAY_AUTH_TOKEN:-change-me-ray-token}"', '"PASSWORD": "tok"'),
+    ("airflow:${POSTGRES_PASSWORD:-airflow}@postgres:5432/airflow", "airflow:airflow@postgres:5432/airflow"),
+    ("POSTGRES_PASSWORD: ${POSTGRES_PASSWORD:-airflow}", "postgres_password: airflow"),
+    ('"--requirepass", "${REDIS_PASSWORD:-redis}"', '"--requirepass", "redis"'),
+])
+def test_the_secret_check_catches_literals(old, new):
+    text = COMPOSE.read_text()
+    assert old in text
+    assert _secret_problems(text.replace(old, new, 1)) != []
 
 
 @pytest.mark.skipif(shutil.which("docker") is None, reason="no docker CLI")

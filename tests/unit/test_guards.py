@@ -242,7 +242,12 @@ def test_pack_round_trip_and_ordering():
 
 
 def _simulate(locals_by_rank, first_step=101):
-    """Run decide_collectively for every rank against simulated MAX / SUM all-reduces."""
+    """Run decide_collectively for every rank against simulated MAX / SUM all-reduces.
+
+    Pass 1 gathers what every rank feeds the MAX all-reduce. Pass 2 hands every rank the reduced MAX and
+    records what it feeds the SUM all-reduce. Pass 3 answers each SUM with the element-wise column sums
+    of what all ranks sent in pass 2, so the code's own choice of contribution is what gets checked.
+    """
     packed = []
     for rank, local in enumerate(locals_by_rank):
         decide_collectively(
@@ -253,24 +258,40 @@ def _simulate(locals_by_rank, first_step=101):
             share_floats=lambda vals: vals,
         )
     reduced = max(packed)
-    shared = []
+    sent = []
     for rank, local in enumerate(locals_by_rank):
-        code, step, winner = unpack_decision(reduced)
-        contribution = [0.0, 0.0]
-        if code and winner == rank:
-            contribution = [local[1].value, local[1].threshold]
-        shared.append(contribution)
-    summed = [sum(col) for col in zip(*shared, strict=True)]
-    return [
         decide_collectively(
             local,
             rank=rank,
             first_step=first_step,
             reduce_max=lambda _v: reduced,
-            share_floats=lambda _vals: summed,
+            share_floats=lambda vals: sent.append(list(vals)) or list(vals),
+        )
+    if not reduced:
+        assert sent == []  # nobody tripped: the SUM all-reduce must not run on any rank
+        summed = None
+    else:
+        assert len(sent) == len(locals_by_rank)  # every rank joins the SUM all-reduce exactly once
+        summed = [sum(col) for col in zip(*sent, strict=True)]
+    calls = []
+
+    def share_sum(vals):
+        calls.append(list(vals))
+        assert summed is not None, "share_floats called although nobody tripped"
+        return list(summed)
+
+    decisions = [
+        decide_collectively(
+            local,
+            rank=rank,
+            first_step=first_step,
+            reduce_max=lambda _v: reduced,
+            share_floats=share_sum,
         )
         for rank, local in enumerate(locals_by_rank)
     ]
+    assert calls == sent
+    return decisions
 
 
 def test_collective_decision_is_the_same_on_every_rank():
@@ -285,6 +306,10 @@ def test_collective_decision_is_the_same_on_every_rank():
 def test_one_rank_tripping_stops_everyone():
     decisions = _simulate([None, (0, StepVerdict(TripCode.NONFINITE_LOSS, math.nan, math.nan))])
     assert all(d[0] == TripCode.NONFINITE_LOSS and d[1] == 101 and d[2] == 1 for d in decisions)
+    # the non-tripping rank learns the winner's value / threshold through the SUM all-reduce
+    assert all(math.isnan(d[3]) and math.isnan(d[4]) for d in decisions)
+    decisions = _simulate([None, (4, StepVerdict(TripCode.GRAD_EXPLOSION, 3e4, 1e4)), None])
+    assert all(d == (int(TripCode.GRAD_EXPLOSION), 105, 1, 3e4, 1e4) for d in decisions)
 
 
 # ---------------------------------------------------------------------------------------------- schedules

@@ -223,7 +223,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-async def _serve(states: dict[str, list[str]], seen: list):
+async def _serve(states: dict[str, list[str]], seen: list, *, after_stop: tuple[str, ...] = ("STOPPED",),
+                 answered: list | None = None):
+    """A fake Jobs API. A stop POST replaces the job's states with ``after_stop`` (the last one sticks);
+    ``answered`` records each status GET's ``(sid, status)``."""
     from aiohttp import web
 
     async def job(request):
@@ -234,6 +237,8 @@ async def _serve(states: dict[str, list[str]], seen: list):
         if sid not in states:
             return web.Response(status=404, text=f"Job {sid} does not exist")
         status = states[sid].pop(0) if len(states[sid]) > 1 else states[sid][0]
+        if answered is not None:
+            answered.append((sid, status))
         return web.json_response({"status": status, "message": f"{sid} {status}", "error_type": None})
 
     async def logs(request):
@@ -241,7 +246,7 @@ async def _serve(states: dict[str, list[str]], seen: list):
 
     async def stop(request):
         seen.append((request.method, request.path, request.headers.get("Authorization")))
-        states[request.match_info["sid"]] = ["STOPPED"]
+        states[request.match_info["sid"]] = list(after_stop)
         return web.json_response({"stopped": True})
 
     app = web.Application()
@@ -294,22 +299,27 @@ def test_trigger_on_kill_writes_the_stop_marker_and_waits_for_the_job_to_end(gd_
     then never adopts it), asks Ray to stop it and follows it until it has ended."""
     states = {"gd-d": ["RUNNING"]}
     seen: list = []
+    answered: list = []
     marker = tmp_path / "ray_jobs" / "gd-d.stop_requested"
     trigger = RayJobTrigger(submission_id="gd-d", poll_interval=0.01, stop_marker=str(marker))
     assert trigger.serialize()[1]["stop_marker"] == str(marker)
 
     async def scenario():
-        runner, url = await _serve(states, seen)
+        # the job takes two more polls to wind down after the stop request
+        runner, url = await _serve(states, seen, after_stop=("RUNNING", "RUNNING", "STOPPED"), answered=answered)
         try:
             _conn(monkeypatch, url)
             await trigger.on_kill()
-            return await trigger.wait_until_ended(0.0)
         finally:
             await runner.cleanup()
 
-    assert asyncio.run(scenario()) == "STOPPED"
+    asyncio.run(scenario())
     assert marker.read_text().startswith("stop requested by trigger on_kill")
-    assert ("POST", "/api/jobs/gd-d/stop", f"Bearer {TOKEN}") in seen
+    stop = ("POST", "/api/jobs/gd-d/stop", f"Bearer {TOKEN}")
+    assert seen[0] == stop  # stop first, then follow the job
+    assert seen[1:] == [("GET", "/api/jobs/gd-d", f"Bearer {TOKEN}")] * 3
+    # on_kill's own polls followed the job until it had ended, and stopped polling then
+    assert answered == [("gd-d", "RUNNING"), ("gd-d", "RUNNING"), ("gd-d", "STOPPED")]
 
 
 def test_entrypoint_reports_input_errors_in_its_result_file_without_airflow(tmp_path):

@@ -3,8 +3,6 @@ while it trained finds the job STOPPED and resubmits it instead of adopting a jo
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from gd_provider.core.training.spec import TrainingSpec
@@ -45,14 +43,33 @@ def test_on_kill_waits_until_the_job_has_stopped():
     assert client.stopped == ["gd-k"] and client.jobs["gd-k"] == "STOPPED" and client.polls == 4
 
 
+class FakeClock:
+    """``training.time`` on a simulated clock: ``sleep`` advances it at once, so the bound on_kill keeps is
+    checked exactly, whatever the load on the machine; a wait far past any sane bound fails the test."""
+
+    def __init__(self, limit_s: float = 60.0) -> None:
+        self.now, self.limit_s, self.sleeps = 1000.0, limit_s, 0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps += 1
+        self.now += seconds
+        assert self.now - 1000.0 < self.limit_s, "on_kill keeps waiting past its bound"
+
+
 def test_on_kill_gives_up_waiting_before_airflow_kills_the_task(monkeypatch):
-    monkeypatch.setattr(training, "ON_KILL_WAIT_S", 0.3)
+    clock = FakeClock()
+    monkeypatch.setattr(training, "time", clock)
     op, client = _op(), SlowStop({"gd-k": "RUNNING"}, running_polls=10**6)
     op._job_client, op._submission_id = client, "gd-k"
-    t0 = time.monotonic()
     op.on_kill()
     assert client.stopped == ["gd-k"] and client.jobs["gd-k"] == "RUNNING"
-    assert 0.3 <= time.monotonic() - t0 < 2.0
+    waited = clock.now - 1000.0
+    # it polled for its whole budget, then gave up - well inside the 5 s Airflow allows after SIGTERM
+    assert training.ON_KILL_WAIT_S <= waited < 5.0, waited
+    assert client.polls >= 2 and client.polls == clock.sleeps
 
 
 def _remote_op() -> RayTrainOperator:
