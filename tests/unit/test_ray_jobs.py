@@ -369,3 +369,14 @@ def test_an_adopted_finished_jobs_mlflow_run_is_reused_only_while_it_is_intact(g
     assert op._logged_before(record, mlflow_config, tags) is None
     out = capsys.readouterr().out
     assert "Reusing MLflow run" in out and "is deleted/FINISHED" in out and "belongs to" in out and "unreadable" in out
+
+
+def test_job_log_tail_holds_back_a_partial_line_until_it_ends_and_restarts_after_rotation():
+    from gd_provider.triggers.ray import new_log_lines
+
+    lines, offset = new_log_lines("epoch 1\nepoch 2\nepo", 0, final=False)
+    assert (lines, offset) == (["epoch 1", "epoch 2"], 16)
+    assert new_log_lines("epoch 1\nepoch 2\nepo", offset, final=False) == ([], 16)  # nothing new yet
+    assert new_log_lines("epoch 1\nepoch 2\nepoch 3\n", offset, final=False) == (["epoch 3"], 24)
+    assert new_log_lines("epoch 1\nepoch 2\nepoch 3\ndone", 24, final=True) == (["done"], 28)  # the last line
+    assert new_log_lines("new log\n", 24, final=False) == (["new log"], 8)  # rotated: from the start

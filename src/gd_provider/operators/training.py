@@ -597,15 +597,12 @@ class RayTrainOperator(BaseOperator):
         except Exception as exc:  # logs are a courtesy; the status decides
             self.log.debug("Could not fetch logs of Ray job %s: %s", submission_id, exc)
             return offset
-        if len(logs) < offset:
-            offset = 0
-        chunk = logs[offset:]
-        if not final:
-            cut = chunk.rfind("\n")
-            chunk = chunk[: cut + 1] if cut >= 0 else ""
-        for line in chunk.splitlines():
+        from gd_provider.triggers.ray import new_log_lines
+
+        lines, offset = new_log_lines(logs, offset, final=final)
+        for line in lines:
             self.log.info("[ray job %s] %s", submission_id, line)
-        return offset + len(chunk)
+        return offset
 
     def _log_tail(self, client: Any, submission_id: str, lines: int = LOG_TAIL_LINES) -> str:
         try:

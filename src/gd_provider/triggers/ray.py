@@ -182,15 +182,10 @@ class RayJobTrigger(BaseTrigger):
         except Exception as exc:  # logs are a courtesy; the status poll decides
             self.log.debug("Could not fetch logs of Ray job %s: %s", self.submission_id, exc)
             return offset
-        if len(logs) < offset:  # rotated or truncated: start over
-            offset = 0
-        chunk = logs[offset:]
-        if not final:
-            cut = chunk.rfind("\n")
-            chunk = chunk[: cut + 1] if cut >= 0 else ""
-        for line in chunk.splitlines():
+        lines, offset = new_log_lines(logs, offset, final=final)
+        for line in lines:
             self.log.info("[ray job %s] %s", self.submission_id, line)
-        return offset + len(chunk)
+        return offset
 
     # ------------------------------------------------------------------------------------------- killing
     async def on_kill(self) -> None:
@@ -246,6 +241,19 @@ class RayJobTrigger(BaseTrigger):
             return None
         self.log.info("Stop requested for Ray job %s (was running: %s)", self.submission_id, stopped)
         return stopped
+
+
+def new_log_lines(logs: str, offset: int, *, final: bool) -> tuple[list[str], int]:
+    """The lines of a Ray job's whole log text ``logs`` after ``offset`` characters (complete lines only,
+    unless ``final``), and the new offset. A log shorter than ``offset`` was rotated or truncated: it is
+    read from the start. Shared by the operator's sync tail and the trigger's async one."""
+    if len(logs) < offset:
+        offset = 0
+    chunk = logs[offset:]
+    if not final:
+        cut = chunk.rfind("\n")
+        chunk = chunk[: cut + 1] if cut >= 0 else ""
+    return chunk.splitlines(), offset + len(chunk)
 
 
 def write_stop_marker(path: str | Any, who: str) -> None:
