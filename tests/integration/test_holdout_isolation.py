@@ -4,8 +4,8 @@ on SQLite).
 A small dataset is built whose holdout (its latest rows, worked out here independently of the split code)
 carries what the training rows lack: a numeric ``marker`` shifted by ~8 standard deviations and a category
 ``holdout_only`` that alone decides the label there. Timestamps are coarse (25 rows per hour), so both
-split boundaries fall inside a group of rows with the same timestamp, and the parquet holds the rows in a
-shuffled order. One real training run (Ray, early stopping on ``val_roc_auc``, learning-rate sensitivity
+nominal split boundaries fall inside a group of rows with the same timestamp (the split moves them to the
+group's start), and the parquet holds the rows in a shuffled order. One real training run (Ray, early stopping on ``val_roc_auc``, learning-rate sensitivity
 check on) then shows, from its own outputs, that:
 
 1. nothing the challenger learned from came from the holdout: scaler statistics and category vocabulary
@@ -16,7 +16,8 @@ check on) then shows, from its own outputs, that:
 2. the gate scores the champion (trained on other data, registered in MLflow) on exactly the same rows
    with its own saved preprocessing, not the challenger's;
 3. the holdout is the latest slice by (timestamp, transaction_id), whatever the file's row order or layout,
-   no row is on both sides of a boundary and no training/validation row is later than a holdout row;
+   and rows sharing a timestamp stay on one side: training rows are strictly older than validation rows,
+   and those strictly older than holdout rows;
 4. the sensitivity check's samples contain training / validation rows only.
 """
 
@@ -63,8 +64,10 @@ from ..support import fake_context
 pytestmark = pytest.mark.integration
 
 N_ROWS = 1200
-GROUP = 25  # rows per timestamp: split boundaries at rows 720 and 960 fall inside a tie group
-N_TRAIN, N_VAL, N_HOLDOUT = 720, 240, 240
+GROUP = 25  # rows per timestamp: the nominal split boundaries (rows 720 and 960) fall inside a tie group
+NOMINAL = (720, 240, 240)
+# rows with one timestamp are never split: each boundary moves back to its group's first row (700, 950)
+N_TRAIN, N_VAL, N_HOLDOUT = 700, 250, 250
 CHANNELS = ("pos", "online", "atm")
 HOLDOUT_ONLY = "holdout_only"
 TS, KEY, LABEL = "event_timestamp", "transaction_id", "is_fraud"
@@ -216,7 +219,7 @@ def _row_set(x: np.ndarray) -> set[bytes]:
 # ---------------------------------------------------------------------------------------------- 3: the split
 def test_holdout_is_the_latest_slice_whatever_the_file_order_and_ties(challenger_data, workdir):
     manifest, read_back, parts = challenger_data
-    assert split_sizes(N_ROWS, SPEC.validation_fraction, SPEC.holdout_fraction) == (N_TRAIN, N_VAL, N_HOLDOUT)
+    assert split_sizes(N_ROWS, SPEC.validation_fraction, SPEC.holdout_fraction) == NOMINAL
     holdout = holdout_frame(manifest, SPEC)
     assert list(holdout[KEY]) == list(parts["holdout"][KEY])  # latest rows, in (time, id) order
     expected_sha, basis = frame_digest(parts["holdout"], SPEC.key_columns)
@@ -225,14 +228,13 @@ def test_holdout_is_the_latest_slice_whatever_the_file_order_and_ties(challenger
     assert (info["rows"], info["sha256"]) == (N_HOLDOUT, expected_sha)
     assert info["time_range"] == [parts["holdout"][TS].min().isoformat(), read_back[TS].max().isoformat()]
 
-    # both boundaries cut a group of rows with one timestamp: that group is split by transaction_id and
-    # no row is on two sides, nor is any earlier-side row later in (time, id) than a later-side row
+    # both nominal boundaries cut a group of rows with one timestamp: the whole group went to the later part,
+    # so every training row is strictly older than every validation row, and those than every holdout row
     earlier = pd.concat([parts["train"], parts["val"]])
-    boundary = parts["holdout"][TS].min()
-    assert (parts["val"][TS] == boundary).any() and (parts["train"][TS] == parts["val"][TS].min()).any()
     assert not set(earlier[KEY]) & set(holdout[KEY])
-    assert earlier[TS].max() == boundary  # shares the boundary timestamp, never later
-    assert earlier.loc[earlier[TS] == boundary, KEY].max() < holdout.loc[holdout[TS] == boundary, KEY].min()
+    assert parts["train"][TS].max() < parts["val"][TS].min()
+    assert earlier[TS].max() < holdout[TS].min() == parts["holdout"][TS].min()
+    assert (holdout[TS] == holdout[TS].min()).sum() == GROUP  # the boundary group, whole
 
     # the same rows in another order and layout (partitioned) give the same holdout and digest
     reordered = write_dataset(

@@ -37,16 +37,44 @@ def _frame(n: int = 100, seed: int = 0) -> pd.DataFrame:
 
 
 # ---------------------------------------------------------------------------------------------- split
-def test_split_sizes_and_time_order():
+def test_split_sizes_and_time_order_with_distinct_timestamps():
     df = _frame(100)
+    df["event_timestamp"] = pd.Timestamp("2025-03-01", tz="UTC") + pd.to_timedelta(
+        np.random.default_rng(5).permutation(100), unit="min")
     train, val, holdout = split_by_time(df, "event_timestamp", 0.15, 0.2)
     assert (len(train), len(val), len(holdout)) == split_sizes(100, 0.15, 0.2) == (65, 15, 20)
-    assert train["event_timestamp"].max() <= val["event_timestamp"].min()
-    assert val["event_timestamp"].max() <= holdout["event_timestamp"].min()
+    assert train["event_timestamp"].max() < val["event_timestamp"].min()
+    assert val["event_timestamp"].max() < holdout["event_timestamp"].min()
     # holdout is the latest rows
     assert holdout["event_timestamp"].max() == df["event_timestamp"].max()
     assert list(holdout.index) == list(range(20))
     assert sorted(pd.concat([train, val, holdout])["transaction_id"]) == sorted(df["transaction_id"])
+
+
+def test_rows_sharing_a_timestamp_are_never_split_between_parts():
+    df = _frame(100)  # 10 distinct hours: both nominal boundaries (65, 85) fall inside a group of ties
+    ts = df["event_timestamp"].sort_values().reset_index(drop=True)
+    assert split_sizes(100, 0.2, 0.15) == (65, 20, 15) and ts[64] == ts[65] and ts[84] == ts[85]
+    train, val, holdout = split_by_time(df, "event_timestamp", 0.2, 0.15)
+    assert train["event_timestamp"].max() < val["event_timestamp"].min()
+    assert val["event_timestamp"].max() < holdout["event_timestamp"].min()
+    # each boundary moved back to the start of its group: the later part took the whole group
+    assert len(train) == int((ts < ts[65]).sum()) and len(train) + len(val) == int((ts < ts[85]).sum())
+    assert (len(train), len(val), len(holdout)) == (57, 23, 20)
+    assert sorted(pd.concat([train, val, holdout])["transaction_id"]) == sorted(df["transaction_id"])
+
+
+def test_a_tie_group_at_the_start_moves_the_boundary_forward_and_one_that_cannot_move_is_an_error():
+    t0 = pd.Timestamp("2025-03-01", tz="UTC")
+    # the first 70 rows share a timestamp: the train/validation boundary (60) moves past them
+    ts = [t0] * 70 + [t0 + pd.Timedelta(minutes=i) for i in range(1, 31)]
+    df = pd.DataFrame({"transaction_id": [f"t{i:03d}" for i in range(100)], "event_timestamp": ts})
+    train, val, holdout = split_by_time(df, "event_timestamp", 0.2, 0.2)
+    assert (len(train), len(val), len(holdout)) == (70, 10, 20)
+    # every row at one timestamp: no split keeps the holdout apart
+    df["event_timestamp"] = t0
+    with pytest.raises(PreprocessError, match=r"start of the holdout all share the timestamp .*never split"):
+        split_by_time(df, "event_timestamp", 0.2, 0.2)
 
 
 def test_split_is_deterministic_for_any_input_order():

@@ -57,8 +57,13 @@ def split_by_time(
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Split into (train, val, holdout) by time: train is the oldest rows, holdout the latest.
 
-    Deterministic for the same rows in any input order (stable sort by timestamp, then by the key columns
-    present, e.g. ``transaction_id``). Each part has a fresh 0..n-1 index.
+    Sizes follow :func:`split_sizes`, except that rows sharing a timestamp are never split between two
+    parts: a boundary inside such a group moves back to the group's first row (the later part takes the
+    whole group), or, when that would leave the earlier part empty, past its last row. So every training
+    row is strictly older than every validation row, and every validation row strictly older than every
+    holdout row - with daily timestamps, no day is both trained on and held out. Deterministic for the
+    same rows in any input order (stable sort by timestamp, then by the key columns present, e.g.
+    ``transaction_id``). Each part has a fresh 0..n-1 index.
     """
     if not 0 < validation_fraction < 1 or not 0 <= holdout_fraction < 1:
         raise PreprocessError(
@@ -66,10 +71,34 @@ def split_by_time(
         )
     ordered = sort_for_split(df, timestamp_column, key_columns)
     n_train, n_val, _ = split_sizes(len(ordered), validation_fraction, holdout_fraction)
-    train = ordered.iloc[:n_train].reset_index(drop=True)
-    val = ordered.iloc[n_train : n_train + n_val].reset_index(drop=True)
-    holdout = ordered.iloc[n_train + n_val :].reset_index(drop=True)
+    ts = ordered[timestamp_column]
+    end_val = _at_time_change(ts, n_train + n_val, lo=n_train, what="holdout")
+    end_train = _at_time_change(ts, min(n_train, end_val), lo=0, hi=end_val, what="validation split")
+    train = ordered.iloc[:end_train].reset_index(drop=True)
+    val = ordered.iloc[end_train:end_val].reset_index(drop=True)
+    holdout = ordered.iloc[end_val:].reset_index(drop=True)
     return train, val, holdout
+
+
+def _at_time_change(ts: pd.Series, boundary: int, *, lo: int, hi: int | None = None, what: str) -> int:
+    """``boundary`` (a row index into the sorted timestamps ``ts``) moved to where the timestamp changes:
+    back to the first row of its tie group when that keeps rows before it and after ``lo``, else forward
+    past the group when rows are left before ``hi``."""
+    hi = len(ts) if hi is None else hi
+    if boundary <= 0 or boundary >= hi or ts.iat[boundary - 1] != ts.iat[boundary]:
+        return boundary
+    value = ts.iat[boundary]
+    start = int(ts.searchsorted(value, side="left"))
+    if start > lo:
+        return start
+    end = int(ts.searchsorted(value, side="right"))
+    if end < hi:
+        return end
+    raise PreprocessError(
+        f"cannot split by time: the rows around the start of the {what} all share the timestamp {value} "
+        f"(rows {start}..{end - 1} of {len(ts)}), and rows with one timestamp are never split; use finer "
+        "timestamps, more rows or other fractions"
+    )
 
 
 def frame_digest(df: pd.DataFrame, key_columns: Sequence[str] = DEFAULT_KEY_COLUMNS) -> tuple[str, str]:
