@@ -71,6 +71,13 @@ def test_a_tie_group_at_the_start_moves_the_boundary_forward_and_one_that_cannot
     df = pd.DataFrame({"transaction_id": [f"t{i:03d}" for i in range(100)], "event_timestamp": ts})
     train, val, holdout = split_by_time(df, "event_timestamp", 0.2, 0.2)
     assert (len(train), len(val), len(holdout)) == (70, 10, 20)
+    # the holdout's start cannot move back (that leaves no room between training and validation): it moves
+    # past its group instead
+    for days, fractions, sizes in (([0] * 80 + [1] * 10 + [2] * 10, (0.15, 0.15), (80, 10, 10)),
+                                   ([0] * 8 + [1, 2], (0.2, 0.2), (8, 1, 1))):
+        tied = pd.DataFrame({"transaction_id": [f"t{i:03d}" for i in range(len(days))],
+                             "event_timestamp": [t0 + pd.Timedelta(days=d) for d in days]})
+        assert tuple(len(p) for p in split_by_time(tied, "event_timestamp", *fractions)) == sizes
     # every row at one timestamp: no split keeps the holdout apart
     df["event_timestamp"] = t0
     with pytest.raises(PreprocessError, match=r"start of the holdout all share the timestamp .*never split"):

@@ -199,3 +199,49 @@ def test_a_deferred_resume_records_the_overrides_the_job_was_submitted_with(monk
     overrides, rerun = recorded["settings"]
     assert recorded["spec"].lr == 0.003 and overrides["lr"] == 0.003
     assert rerun is not None and rerun["reason"] == "diverged at lr=50" and seen == []
+
+
+def test_a_models_own_variable_is_read_and_an_override_left_in_the_dags_variable_is_reported(monkeypatch):
+    """One model of several in a DAG reads gd_rerun.<dag_id>.<task id>; an override for this run left in the
+    DAG's gd_rerun.<dag_id> (the only key before per-task Variables) is not applied, and the log says so."""
+    from airflow.sdk import Variable
+
+    from gd_provider.operators.training import RayTrainOperator
+    from tests.support import fake_context
+
+    values = {"gd_rerun.two_models": json.dumps({**GOOD, "run_id": "r1"})}
+    monkeypatch.setattr(Variable, "get", lambda key, default=None, deserialize_json=False: values.get(key, default))
+    op = RayTrainOperator(
+        task_id="b_training.train", dataset={"uri": "/nowhere/t.parquet", "sha256": "0" * 64, "rows": 10, "columns": []},
+        spec={"lr": 0.01, **{k: v for k, v in _demo_spec().items() if k != "lr"}}, model_name="b",
+        rerun_variable=rerun_variable_key("two_models", "b_training.train"), spec_overrides={},
+    )
+    warnings: list[str] = []
+    monkeypatch.setattr(type(op), "log", property(lambda self: _Recorder(warnings)))
+    assert op._resolve_spec(fake_context(run_id="r1", dag_id="two_models")).lr == 0.01  # not applied
+    assert len(warnings) == 1 and "'gd_rerun.two_models'" in warnings[0] and "NOT applied" in warnings[0]
+    assert "'gd_rerun.two_models.b_training.train'" in warnings[0]
+
+    # an override for that model in its own Variable is applied, and nothing is reported
+    values["gd_rerun.two_models.b_training.train"] = values.pop("gd_rerun.two_models")
+    warnings.clear()
+    op._overrides = None
+    assert op._resolve_spec(fake_context(run_id="r1", dag_id="two_models")).lr == 0.003
+    assert not any("NOT applied" in w for w in warnings)
+
+
+class _Recorder:
+    def __init__(self, sink: list[str]) -> None:
+        self.sink = sink
+
+    def warning(self, msg: str, *args: object) -> None:
+        self.sink.append(msg % args)
+
+    def info(self, msg: str, *args: object) -> None:
+        pass
+
+
+def _demo_spec() -> dict:
+    from gd_provider.core.training.spec import TrainingSpec
+
+    return TrainingSpec.for_demo(epochs=2).to_dict()

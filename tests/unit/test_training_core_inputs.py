@@ -146,6 +146,30 @@ def test_numeric_strings_and_booleans_are_still_accepted(tmp_path, monkeypatch):
     assert (inputs / "train.npz").is_file() and (inputs / "val.npz").is_file()
 
 
+def test_a_dataset_whose_timestamps_cannot_be_split_is_an_input_error(tmp_path):
+    df = frame()
+    df["ts"] = pd.Timestamp("2025-01-01", tz="UTC")  # one timestamp: rows with one timestamp are never split
+    with pytest.raises(TrainingInputError, match=r"cannot split the dataset by time: .*share the timestamp"):
+        train(df, tmp_path)
+    assert not (tmp_path / "ray" / "run").exists()
+
+
+def test_a_run_directory_from_another_split_rule_is_never_resumed(tmp_path, monkeypatch):
+    """A training of this run made before an upgrade that changed the split (fingerprint without this
+    split_version) must not be resumed with arrays split the new way."""
+    df = frame()
+    with pytest.raises(AssertionError, match="Ray must not start"):  # writes the run's inputs + fingerprint
+        train(df, tmp_path)
+    fp = tmp_path / "ray" / "run" / runner_mod.INPUTS_DIR / runner_mod.FINGERPRINT_FILE
+    old = json.loads(fp.read_text())
+    assert old["split_version"] == runner_mod.SPLIT_VERSION
+    with pytest.raises(AssertionError, match="Ray must not start"):  # the same inputs: resumed
+        train(df, tmp_path)
+    fp.write_text(json.dumps({k: v for k, v in old.items() if k != "split_version"}))
+    with pytest.raises(TrainingInputError, match=r"different spec, dataset or split rule"):
+        train(df, tmp_path)
+
+
 # ---------------------------------------------------------------------------------------------- remote
 @pytest.mark.parametrize(
     ("mutate", "needle"),

@@ -166,8 +166,31 @@ class RayTrainOperator(BaseOperator):
         if rerun is not None:
             self.log.warning("Rerun override from Variable %r applied (%s): %s -> training overrides %s",
                              rerun.variable, rerun.reason, rerun.training_overrides, overrides)
+        elif context is not None and self.rerun_variable:
+            self._warn_about_the_dag_variable(context, run_id)
         self._overrides = (overrides, rerun.to_dict() if rerun else None)
         return self._overrides
+
+    def _warn_about_the_dag_variable(self, context: Any, run_id: str) -> None:
+        """A training task with its own rerun Variable (one model of several in a DAG) ignores the DAG's
+        ``gd_rerun.<dag_id>``; an override there naming this run was meant for some training task, maybe
+        this one (it was the only key before per-task Variables): say so rather than ignore it silently."""
+        from gd_provider.core.rerun import rerun_variable_key
+
+        dag_key = rerun_variable_key(context["dag_run"].dag_id)
+        if dag_key == self.rerun_variable:
+            return
+        from airflow.sdk import Variable
+
+        value = Variable.get(dag_key, default=None)
+        try:
+            named = json.loads(value).get("run_id") if isinstance(value, str) else (value or {}).get("run_id")
+        except (ValueError, AttributeError):
+            named = None
+        if named == run_id:
+            self.log.warning("Variable %r holds a rerun override for this run, but this task (%s) reads its own "
+                             "Variable %r: the override there is NOT applied here; move it to %r to retrain "
+                             "this model", dag_key, self.task_id, self.rerun_variable, self.rerun_variable)
 
     def _run_name(self, context: Any, spec: Any) -> str:
         """Ray Train run name (checkpoints): per task of a DAG run, so a retry resumes it and two training

@@ -40,6 +40,12 @@ def sort_for_split(
     return df.sort_values(keys, kind="mergesort").reset_index(drop=True)
 
 
+# Bumped when split_by_time assigns rows differently: part of a training run's fingerprint, so a run
+# directory trained under another rule is never resumed with this one's arrays.
+# 2: rows sharing a timestamp are never split between train / validation / holdout.
+SPLIT_VERSION = 2
+
+
 def split_sizes(n: int, validation_fraction: float, holdout_fraction: float) -> tuple[int, int, int]:
     """(train, val, holdout) row counts for ``n`` rows; holdout and validation are rounded down."""
     n_holdout = int(math.floor(n * holdout_fraction))
@@ -72,8 +78,20 @@ def split_by_time(
     ordered = sort_for_split(df, timestamp_column, key_columns)
     n_train, n_val, _ = split_sizes(len(ordered), validation_fraction, holdout_fraction)
     ts = ordered[timestamp_column]
-    end_val = _at_time_change(ts, n_train + n_val, lo=n_train, what="holdout")
-    end_train = _at_time_change(ts, min(n_train, end_val), lo=0, hi=end_val, what="validation split")
+    nominal = n_train + n_val
+    end_val = _at_time_change(ts, nominal, lo=n_train, what="holdout")
+    try:
+        end_train = _at_time_change(ts, min(n_train, end_val), lo=0, hi=end_val, what="validation split")
+    except PreprocessError:
+        # moving the holdout's start back left no room between training and validation: move it past its
+        # tie group instead (a smaller holdout) when rows remain after it
+        if not 0 < nominal < len(ts):
+            raise
+        later = int(ts.searchsorted(ts.iat[nominal], side="right"))
+        if later <= end_val or later >= len(ts):
+            raise
+        end_val = later
+        end_train = _at_time_change(ts, min(n_train, end_val), lo=0, hi=end_val, what="validation split")
     train = ordered.iloc[:end_train].reset_index(drop=True)
     val = ordered.iloc[end_train:end_val].reset_index(drop=True)
     holdout = ordered.iloc[end_val:].reset_index(drop=True)

@@ -41,7 +41,13 @@ from gd_provider.core.training.loop import (
     read_progress,
     train_loop_per_worker,
 )
-from gd_provider.core.training.preprocess import PreprocessError, Preprocessor, frame_digest, split_by_time
+from gd_provider.core.training.preprocess import (
+    SPLIT_VERSION,
+    PreprocessError,
+    Preprocessor,
+    frame_digest,
+    split_by_time,
+)
 from gd_provider.core.training.spec import SpecError, TrainingSpec
 
 PREPROCESSOR_FILE = "preprocessor.json"
@@ -415,13 +421,16 @@ def _check_holdout(holdout: pd.DataFrame, spec: TrainingSpec, *, total_rows: int
 def _prepare_inputs(
     df: pd.DataFrame, spec: TrainingSpec, manifest: DatasetManifest, run_dir: Path
 ) -> tuple[Preprocessor, dict[str, Any], dict[str, Any], pd.DataFrame, dict[str, Any]]:
-    train, val, holdout = split_by_time(
-        df,
-        spec.timestamp_column,
-        spec.validation_fraction,
-        spec.holdout_fraction,
-        key_columns=spec.key_columns,
-    )
+    try:
+        train, val, holdout = split_by_time(
+            df,
+            spec.timestamp_column,
+            spec.validation_fraction,
+            spec.holdout_fraction,
+            key_columns=spec.key_columns,
+        )
+    except PreprocessError as exc:  # the data, not the code: retrying cannot help
+        raise TrainingInputError(f"cannot split the dataset by time: {exc}") from exc
     if len(train) < spec.num_workers or len(val) == 0:
         raise TrainingInputError(
             f"too few rows to train: {len(df)} rows give train={len(train)} val={len(val)} "
@@ -447,12 +456,13 @@ def _prepare_inputs(
     except PreprocessError as exc:  # the data, not the code: retrying cannot help
         raise TrainingInputError(f"cannot preprocess the dataset: {exc}") from exc
     inputs = run_dir / INPUTS_DIR
-    fingerprint = {"spec": spec.to_dict(), "dataset_sha256": manifest.sha256}
+    fingerprint = {"spec": spec.to_dict(), "dataset_sha256": manifest.sha256, "split_version": SPLIT_VERSION}
     fp_path = inputs / FINGERPRINT_FILE
     if fp_path.exists() and json.loads(fp_path.read_text()) != fingerprint:
         raise TrainingInputError(
-            f"run directory {run_dir} already holds a run with a different spec or dataset; "
-            "a run name is resumed, not reused - pick a new run_name"
+            f"run directory {run_dir} already holds a training with a different spec, dataset or split rule "
+            f"(e.g. one trained before an upgrade of gd_provider); it is resumed, never reused for other inputs: "
+            "give the training a new run name (in a DAG: a rerun override trains under a new name)"
         )
     inputs.mkdir(parents=True, exist_ok=True)
     np.savez(inputs / TRAIN_ARRAYS, x=x_train, y=y_train)
