@@ -53,7 +53,6 @@ from gd_provider.core.training.runner import (
     PREPROCESSOR_FILE,
     holdout_frame,
     holdout_info,
-    init_local_ray,
     run_training,
 )
 from gd_provider.core.training.spec import TrainingSpec
@@ -172,18 +171,6 @@ def challenger_data(workdir):
 def champion_data(workdir):
     df, _ = make_rows(2, "ch", "2026-01-01", challenger=False)
     return write_dataset(df, str(workdir / "data" / "champion.parquet"), sort_by=[TS, KEY])
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    import ray
-
-    started = not ray.is_initialized()
-    if started:
-        init_local_ray()
-    yield
-    if started:
-        ray.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,6 @@ from gd_provider.core.training.runner import (
     TrainingInputError,
     TrainingResult,
     holdout_frame,
-    init_local_ray,
     run_training,
 )
 from gd_provider.core.training.spec import TrainingSpec
@@ -82,18 +81,6 @@ def manifest(workdir):
 @pytest.fixture(scope="module")
 def spec():
     return TrainingSpec.for_demo(epochs=6, seed=7)
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    import ray
-
-    started = not ray.is_initialized()
-    if started:
-        init_local_ray()
-    yield
-    if started:
-        ray.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from gd_provider.core.data import write_dataset
-from gd_provider.core.training.runner import init_local_ray, run_training
+from gd_provider.core.training.runner import run_training
 from gd_provider.core.training.spec import TrainingSpec
 
 pytestmark = pytest.mark.integration
@@ -85,18 +85,6 @@ def manifest(workdir):
 @pytest.fixture(scope="module")
 def tiny_manifest(workdir):
     return _manifest(workdir, 400, "tiny")
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    import ray
-
-    started = not ray.is_initialized()
-    if started:
-        init_local_ray()
-    yield
-    if started:
-        ray.shutdown()
 
 
 def run(manifest, spec, workdir, name, **kwargs):

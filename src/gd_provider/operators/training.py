@@ -175,19 +175,18 @@ class RayTrainOperator(BaseOperator):
         """A training task with its own rerun Variable (one model of several in a DAG) ignores the DAG's
         ``gd_rerun.<dag_id>``; an override there naming this run was meant for some training task, maybe
         this one (it was the only key before per-task Variables): say so rather than ignore it silently."""
-        from gd_provider.core.rerun import rerun_variable_key
+        from gd_provider.core.rerun import RerunOverrideError, parse_rerun_override, rerun_variable_key
 
         dag_key = rerun_variable_key(context["dag_run"].dag_id)
         if dag_key == self.rerun_variable:
             return
         from airflow.sdk import Variable
 
-        value = Variable.get(dag_key, default=None)
         try:
-            named = json.loads(value).get("run_id") if isinstance(value, str) else (value or {}).get("run_id")
-        except (ValueError, AttributeError):
-            named = None
-        if named == run_id:
+            other = parse_rerun_override(Variable.get(dag_key, default=None), variable=dag_key)
+        except RerunOverrideError:  # not this task's Variable: its validity is not this task's business
+            return
+        if other is not None and other.run_id == run_id:
             self.log.warning("Variable %r holds a rerun override for this run, but this task (%s) reads its own "
                              "Variable %r: the override there is NOT applied here; move it to %r to retrain "
                              "this model", dag_key, self.task_id, self.rerun_variable, self.rerun_variable)

@@ -203,14 +203,13 @@ def holdout_frame(
 ) -> pd.DataFrame:
     """Exactly the holdout rows ``run_training`` held out for this dataset and spec (same order)."""
     df = dataset if isinstance(dataset, pd.DataFrame) else read_dataset(_manifest(dataset))
-    _, _, holdout = split_by_time(
-        df,
-        spec.timestamp_column,
-        spec.validation_fraction,
-        spec.holdout_fraction,
-        key_columns=spec.key_columns,
-    )
-    return holdout
+    return split_for_spec(df, spec)[2]
+
+
+def split_for_spec(df: pd.DataFrame, spec: TrainingSpec) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(train, val, holdout) of ``df`` as ``spec`` splits it: one call for training and the gate's rebuild."""
+    return split_by_time(df, spec.timestamp_column, spec.validation_fraction, spec.holdout_fraction,
+                         key_columns=spec.key_columns)
 
 
 def holdout_info(holdout: pd.DataFrame, spec: TrainingSpec) -> dict[str, Any]:
@@ -422,13 +421,7 @@ def _prepare_inputs(
     df: pd.DataFrame, spec: TrainingSpec, manifest: DatasetManifest, run_dir: Path
 ) -> tuple[Preprocessor, dict[str, Any], dict[str, Any], pd.DataFrame, dict[str, Any]]:
     try:
-        train, val, holdout = split_by_time(
-            df,
-            spec.timestamp_column,
-            spec.validation_fraction,
-            spec.holdout_fraction,
-            key_columns=spec.key_columns,
-        )
+        train, val, holdout = split_for_spec(df, spec)
     except PreprocessError as exc:  # the data, not the code: retrying cannot help
         raise TrainingInputError(f"cannot split the dataset by time: {exc}") from exc
     if len(train) < spec.num_workers or len(val) == 0:
