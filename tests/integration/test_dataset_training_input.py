@@ -12,6 +12,7 @@ from gd_provider.core.data import file_sha256, read_dataset, write_dataset
 from gd_provider.core.training.runner import holdout_frame, init_local_ray, run_training
 from gd_provider.core.training.spec import TrainingSpec
 from gd_provider.demo import schema as S
+from gd_provider.demo.schema import training_spec as demo_training_spec
 from tests.integration.test_training import synthetic_transactions
 
 pytestmark = pytest.mark.integration
@@ -40,7 +41,7 @@ def test_training_reads_a_partitioned_dataset_and_logs_it_as_input(tmp_path):
     single = _write(df, str(tmp_path / "single" / "train.parquet"), None)
     parts = _write(df, str(tmp_path / "parts" / "train.parquet"), 1500)
     assert parts.partitions["parts"] == 3
-    spec = TrainingSpec.for_demo(epochs=2, seed=3)
+    spec = demo_training_spec(epochs=2, seed=3)
     pd.testing.assert_frame_equal(holdout_frame(parts, spec), holdout_frame(single, spec))
 
     started = not ray.is_initialized()

@@ -21,6 +21,7 @@ from gd_provider.core.data import read_dataset
 from gd_provider.demo import schema
 from gd_provider.demo.feature_repo import PROJECT, create_feature_repo
 from gd_provider.demo.generator import GeneratorConfig, generate, write_demo_data
+from gd_provider.demo.schema import training_spec as demo_training_spec
 from gd_provider.operators.features import (
     DEFAULT_MATERIALIZED_ALIAS,
     FeastHistoricalFeaturesOperator,
@@ -500,7 +501,7 @@ def test_large_training_set_is_partitioned_and_every_consumer_reads_it(repo, lab
     assert other_run["uri"] != parts["uri"]
 
     # the evaluation gate's holdout (and the training split) come from read_dataset: identical rows
-    spec = TrainingSpec.for_demo(epochs=1)
+    spec = demo_training_spec(epochs=1)
     pd.testing.assert_frame_equal(holdout_frame(parts, spec), holdout_frame(single, spec))
 
     with pytest.raises(ValueError, match="partition_rows must be a positive integer"):

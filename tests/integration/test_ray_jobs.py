@@ -33,6 +33,7 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException, TaskD
 from gd_provider.core.data import write_dataset
 from gd_provider.core.training.spec import TrainingSpec
 from gd_provider.demo import schema as S
+from gd_provider.demo.schema import training_spec as demo_training_spec
 from gd_provider.demo.stack import descendants, process_table
 from gd_provider.hooks.ray import parse_ray_connection
 from gd_provider.operators.training import RayTrainOperator
@@ -174,7 +175,7 @@ def manifest(tmp_path_factory):
 
 
 def _spec(**overrides) -> dict:
-    return TrainingSpec.for_demo(seed=7, num_workers=1, cpus_per_worker=1.0, **{"epochs": 2, **overrides}).to_dict()
+    return demo_training_spec(seed=7, num_workers=1, cpus_per_worker=1.0, **{"epochs": 2, **overrides}).to_dict()
 
 
 def _op(manifest, **kwargs) -> RayTrainOperator:

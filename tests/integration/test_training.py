@@ -22,6 +22,7 @@ from gd_provider.core.training.runner import (
 )
 from gd_provider.core.training.spec import TrainingSpec
 from gd_provider.demo import schema as S
+from gd_provider.demo.schema import training_spec as demo_training_spec
 
 pytestmark = pytest.mark.integration
 
@@ -80,7 +81,7 @@ def manifest(workdir):
 
 @pytest.fixture(scope="module")
 def spec():
-    return TrainingSpec.for_demo(epochs=6, seed=7)
+    return demo_training_spec(epochs=6, seed=7)
 
 
 @pytest.fixture(scope="module")

@@ -28,9 +28,10 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException
 from gd_provider.core.training.spec import TrainingSpec
 from gd_provider.operators.training import RayTrainOperator
 from tests.support import fake_context
+from gd_provider.demo.schema import training_spec as demo_training_spec
 
 op = RayTrainOperator(task_id="train", dataset=json.loads(sys.argv[1]), model_name="m",
-                      spec=TrainingSpec.for_demo(epochs=500, seed=1).to_dict())
+                      spec=demo_training_spec(epochs=500, seed=1).to_dict())
 signal.signal(signal.SIGTERM, lambda signum, frame: op.on_kill())  # what Airflow's task runner does
 ctx = fake_context()
 try:

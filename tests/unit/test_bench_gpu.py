@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 import torch
 
+from gd_provider.demo.schema import training_spec as demo_training_spec
+
 ROOT = Path(__file__).resolve().parents[2]
 BENCH = ROOT / "benchmarks" / "bench_gpu.py"
 
@@ -90,8 +92,8 @@ def test_bf16_autocast_runs_in_the_engine_on_cpu():
     from gd_provider.core.training.spec import SpecError, TrainingSpec
 
     with pytest.raises(SpecError, match="bf16"):  # a spec for cpu with bf16 is refused, never downgraded
-        TrainingSpec.for_demo(device="cpu", precision="bf16")
-    spec = TrainingSpec.for_demo(epochs=1, batch_size=64, hidden_sizes=(8,), precision="bf16")
+        demo_training_spec(device="cpu", precision="bf16")
+    spec = demo_training_spec(epochs=1, batch_size=64, hidden_sizes=(8,), precision="bf16")
     rng = np.random.default_rng(0)
     x = rng.standard_normal((512, 5), dtype=np.float32)
     y = (x[:, 0] > 0).astype(np.float32)

@@ -23,6 +23,7 @@ from gd_provider.core.training.health import HealthThresholds, assess_health, he
 from gd_provider.core.training.schedule import lr_at
 from gd_provider.core.training.sensitivity import judge_sensitivity, sensitivity_spread
 from gd_provider.core.training.spec import SpecError, TrainingSpec
+from gd_provider.demo.schema import training_spec as demo_training_spec
 
 
 def healthy_sequence(n: int = 400, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -374,20 +375,20 @@ NEW_BAD_VALUES = [
 @pytest.mark.parametrize(("field", "value"), NEW_BAD_VALUES, ids=[f"{f}={v!r}" for f, v in NEW_BAD_VALUES])
 def test_new_spec_fields_are_validated_naming_the_field(field, value):
     with pytest.raises(SpecError) as err:
-        TrainingSpec.for_demo().with_overrides({field: value})
+        demo_training_spec().with_overrides({field: value})
     assert err.value.field == field
     assert repr(field) in str(err.value)
 
 
 def test_bf16_on_cpu_is_rejected_not_downgraded():
     with pytest.raises(SpecError, match="bf16") as err:
-        TrainingSpec.for_demo(device="cpu", precision="bf16")
+        demo_training_spec(device="cpu", precision="bf16")
     assert err.value.field == "precision"
-    TrainingSpec.for_demo(device="cuda", precision="bf16")  # valid as a spec; resolved at run time
+    demo_training_spec(device="cuda", precision="bf16")  # valid as a spec; resolved at run time
 
 
 def test_nested_configs_round_trip_and_merge():
-    spec = TrainingSpec.for_demo(
+    spec = demo_training_spec(
         batch_mode="full",
         lr_schedule="cosine",
         warmup_steps=5,
@@ -403,28 +404,28 @@ def test_nested_configs_round_trip_and_merge():
 
 
 def test_unknown_nested_keys_are_rejected_by_name():
-    data = TrainingSpec.for_demo().to_dict()
+    data = demo_training_spec().to_dict()
     data["guards"]["spike_threshold"] = 3
     with pytest.raises(SpecError) as err:
         TrainingSpec.from_dict(data)
     assert err.value.field == "guards.spike_threshold"
     with pytest.raises(SpecError) as err:
-        TrainingSpec.for_demo().with_overrides({"sensitivity.fraction": 0.1})
+        demo_training_spec().with_overrides({"sensitivity.fraction": 0.1})
     assert err.value.field == "sensitivity.fraction"
     with pytest.raises(SpecError) as err:
-        TrainingSpec.for_demo().with_overrides({"optimizer.beta": 0.1})
+        demo_training_spec().with_overrides({"optimizer.beta": 0.1})
     assert err.value.field == "optimizer.beta"
 
 
 def test_batch_rows_per_mode():
-    spec = TrainingSpec.for_demo(batch_size=64)
+    spec = demo_training_spec(batch_size=64)
     assert spec.batch_rows(1000) == 64 and spec.batch_rows(10) == 10
     assert spec.with_overrides(batch_mode="full").batch_rows(1000) == 1000
     assert spec.with_overrides(batch_mode="sgd").batch_rows(1000) == 1
 
 
 def test_old_specs_without_the_new_fields_still_load():
-    data = TrainingSpec.for_demo().to_dict()
+    data = demo_training_spec().to_dict()
     for key in ("guards", "sensitivity", "batch_mode", "lr_schedule", "device", "precision"):
         del data[key]
     spec = TrainingSpec.from_dict(data)
@@ -459,7 +460,7 @@ def _steps(n=100, clipped=0, nonfinite=0):
 
 
 def test_health_summary_is_flat_and_complete():
-    spec = TrainingSpec.for_demo()
+    spec = demo_training_spec()
     trip = {
         "code": 4,
         "kind": "grad_explosion",

@@ -14,6 +14,7 @@ from gd_provider.core.training.health import health_summary
 from gd_provider.core.training.loop import fit_plain
 from gd_provider.core.training.runner import TrainingResult
 from gd_provider.core.training.spec import TrainingSpec
+from gd_provider.demo.schema import training_spec as demo_training_spec
 from gd_provider.operators.health import TrainingHealthGate
 from gd_provider.operators.training import RayTrainOperator
 
@@ -163,7 +164,7 @@ def test_training_operator_rejects_bad_overrides_by_field(gd_home):
     op = RayTrainOperator(
         task_id="train",
         dataset={},
-        spec=TrainingSpec.for_demo().to_dict(),
+        spec=demo_training_spec().to_dict(),
         spec_overrides={"precision": "bf16", "device": "cpu"},
         model_name="m",
     )

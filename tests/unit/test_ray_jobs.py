@@ -14,6 +14,7 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException, TaskD
 
 from gd_provider.core.training.entrypoint import write_json_atomic
 from gd_provider.core.training.spec import TrainingSpec
+from gd_provider.demo.schema import training_spec as demo_training_spec
 from gd_provider.hooks.ray import parse_ray_connection
 from gd_provider.operators.training import RayTrainOperator, attempt_id, ray_submission_id
 from gd_provider.triggers.ray import RayJobTrigger
@@ -69,7 +70,7 @@ def _op(**kwargs) -> RayTrainOperator:
     return RayTrainOperator(
         task_id="train",
         dataset={"uri": "/nowhere/train.parquet", "sha256": "0" * 64, "rows": 10, "columns": []},
-        spec=TrainingSpec.for_demo(epochs=2).to_dict(),
+        spec=demo_training_spec(epochs=2).to_dict(),
         model_name="remote_model",
         poll_interval=0.01,
         **kwargs,
@@ -103,15 +104,15 @@ def test_submission_id_is_deterministic_per_task_instance_and_try_independent():
 def test_a_bad_spec_fails_when_the_dag_is_parsed_naming_the_field():
     with pytest.raises(ValueError, match=r"train: invalid training spec: .*'lr'"):
         RayTrainOperator(task_id="train", dataset={}, model_name="m",
-                         spec={**TrainingSpec.for_demo().to_dict(), "lr": -1.0})
+                         spec={**demo_training_spec().to_dict(), "lr": -1.0})
     with pytest.raises(ValueError, match="learning_rate"):
         RayTrainOperator(task_id="train", dataset={}, model_name="m",
-                         spec={**TrainingSpec.for_demo().to_dict(), "learning_rate": 0.1})
+                         spec={**demo_training_spec().to_dict(), "learning_rate": 0.1})
 
 
 def test_two_training_tasks_of_one_dag_run_never_share_checkpoints():
     """The Ray Train run name (what a retry resumes from) is keyed by task and map index as well as run."""
-    spec = TrainingSpec.for_demo(epochs=2)
+    spec = demo_training_spec(epochs=2)
     ctx = fake_context(run_id="r1")
     names = {_op()._run_name(ctx, spec)}
     other = RayTrainOperator(task_id="train_model_b", dataset={}, spec=spec.to_dict(), model_name="b")
@@ -331,8 +332,8 @@ def test_entrypoint_reports_input_errors_in_its_result_file_without_airflow(tmp_
     result_path = tmp_path / "out" / "gd-e.result.json"
     request = build_request(
         {"uri": str(tmp_path / "missing.parquet"), "sha256": "0" * 64, "rows": 10,
-         "columns": list(TrainingSpec.for_demo().required_columns)},
-        TrainingSpec.for_demo(epochs=1).to_dict(),
+         "columns": list(demo_training_spec().required_columns)},
+        demo_training_spec(epochs=1).to_dict(),
         storage_path=str(tmp_path / "ray"), run_name="train-x", result_path=str(result_path), submission_id="gd-e",
     )
     (tmp_path / "req.json").write_text(json.dumps(request))
@@ -358,7 +359,7 @@ def test_an_adopted_finished_jobs_mlflow_run_is_reused_only_while_it_is_intact(g
     logged = {"mlflow_run_id": run.info.run_id, "status": "completed", "metrics": {"val_roc_auc": 0.9}}
     record = gd_home / "gd-x.mlflow.json"
     write_json_atomic(record, {"tags": tags, "logged": logged})
-    op = RayTrainOperator(task_id="train", dataset={}, spec=TrainingSpec.for_demo().to_dict(), model_name="m")
+    op = RayTrainOperator(task_id="train", dataset={}, spec=demo_training_spec().to_dict(), model_name="m")
 
     assert op._logged_before(record, mlflow_config, tags) == logged
     assert op._logged_before(gd_home / "absent.json", mlflow_config, tags) is None

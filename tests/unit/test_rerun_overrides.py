@@ -14,6 +14,7 @@ from gd_provider.core.rerun import (
     rerun_variable_key,
     resolve_training_overrides,
 )
+from gd_provider.demo.schema import training_spec as demo_training_spec
 
 KEY = rerun_variable_key("gd_nightly_fraud_retraining")
 RUN = "manual__2026-02-08T00:00:00+00:00"
@@ -104,7 +105,7 @@ def _train_op(variable_value, monkeypatch, **kwargs):
     monkeypatch.setattr(Variable, "get", fake_get)
     op = RayTrainOperator(
         task_id="train", dataset={"uri": "/nowhere/train.parquet", "sha256": "0" * 64, "rows": 10, "columns": []},
-        spec=TrainingSpec.for_demo(epochs=2).to_dict(), model_name="m", rerun_variable=KEY, poll_interval=0.01,
+        spec=demo_training_spec(epochs=2).to_dict(), model_name="m", rerun_variable=KEY, poll_interval=0.01,
         **kwargs,
     )
     return op, seen
@@ -244,4 +245,4 @@ class _Recorder:
 def _demo_spec() -> dict:
     from gd_provider.core.training.spec import TrainingSpec
 
-    return TrainingSpec.for_demo(epochs=2).to_dict()
+    return demo_training_spec(epochs=2).to_dict()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from gd_provider.core.training.spec import TrainingSpec
+from gd_provider.demo.schema import training_spec as demo_training_spec
 from gd_provider.operators import training
 from gd_provider.operators.training import RayTrainOperator
 
@@ -33,7 +34,7 @@ class SlowStop(FakeJobs):
 
 def _op() -> RayTrainOperator:
     return RayTrainOperator(task_id="train", dataset={"uri": "/nowhere.parquet"}, model_name="m",
-                            spec=TrainingSpec.for_demo(epochs=1).to_dict())
+                            spec=demo_training_spec(epochs=1).to_dict())
 
 
 def test_on_kill_waits_until_the_job_has_stopped():
@@ -74,7 +75,7 @@ def test_on_kill_gives_up_waiting_before_airflow_kills_the_task(monkeypatch):
 
 def _remote_op() -> RayTrainOperator:
     return RayTrainOperator(task_id="train", dataset={"uri": "/nowhere.parquet", "sha256": "0" * 64, "rows": 10},
-                            model_name="m", spec=TrainingSpec.for_demo(epochs=1).to_dict(), poll_interval=0.01)
+                            model_name="m", spec=demo_training_spec(epochs=1).to_dict(), poll_interval=0.01)
 
 
 def test_a_new_try_never_adopts_a_job_an_earlier_try_is_stopping(gd_home):

@@ -11,10 +11,11 @@ import torch
 from gd_provider.core.training.model import build_model
 from gd_provider.core.training.spec import SpecError, TrainingSpec
 from gd_provider.demo import schema
+from gd_provider.demo.schema import training_spec as demo_training_spec
 
 
 def test_demo_spec_uses_schema_columns_and_defaults():
-    spec = TrainingSpec.for_demo()
+    spec = demo_training_spec()
     assert spec.numeric_features == schema.NUMERIC_FEATURES
     assert spec.categorical_features == schema.CATEGORICAL_FEATURES
     assert spec.label == schema.LABEL and spec.timestamp_column == schema.TIMESTAMP
@@ -30,7 +31,7 @@ def test_demo_spec_uses_schema_columns_and_defaults():
 
 
 def test_round_trip_through_json():
-    spec = TrainingSpec.for_demo(hidden_sizes=[16, 8], pos_weight=3.5, grad_clip_norm=None)
+    spec = demo_training_spec(hidden_sizes=[16, 8], pos_weight=3.5, grad_clip_norm=None)
     data = json.loads(json.dumps(spec.to_dict()))
     assert isinstance(data["hidden_sizes"], list)
     again = TrainingSpec.from_dict(data)
@@ -40,14 +41,14 @@ def test_round_trip_through_json():
 
 
 def test_from_dict_rejects_unknown_keys_by_name():
-    data = TrainingSpec.for_demo().to_dict() | {"learning_rate": 0.1, "layers": 3}
+    data = demo_training_spec().to_dict() | {"learning_rate": 0.1, "layers": 3}
     with pytest.raises(SpecError, match="layers") as err:
         TrainingSpec.from_dict(data)
     assert "learning_rate" in str(err.value)
 
 
 def test_from_dict_requires_the_column_fields():
-    data = TrainingSpec.for_demo().to_dict()
+    data = demo_training_spec().to_dict()
     del data["label"]
     with pytest.raises(SpecError, match="label"):
         TrainingSpec.from_dict(data)
@@ -91,14 +92,14 @@ BAD_VALUES = [
 @pytest.mark.parametrize(("field", "value"), BAD_VALUES, ids=[f"{f}={v!r}" for f, v in BAD_VALUES])
 def test_bad_values_are_rejected_naming_the_field(field, value):
     with pytest.raises(SpecError) as err:
-        TrainingSpec.for_demo().with_overrides({field: value})
+        demo_training_spec().with_overrides({field: value})
     assert err.value.field == field
     assert repr(field) in str(err.value)
 
 
 def test_fractions_must_leave_training_rows():
     with pytest.raises(SpecError, match="validation_fraction"):
-        TrainingSpec.for_demo(validation_fraction=0.5, holdout_fraction=0.45)
+        demo_training_spec(validation_fraction=0.5, holdout_fraction=0.45)
 
 
 def test_empty_features_and_duplicates_are_rejected():
@@ -120,7 +121,7 @@ def test_empty_features_and_duplicates_are_rejected():
 
 
 def test_with_overrides_returns_a_new_validated_spec():
-    spec = TrainingSpec.for_demo()
+    spec = demo_training_spec()
     faster = spec.with_overrides({"lr": 0.01}, epochs=2)
     assert (faster.lr, faster.epochs) == (0.01, 2)
     assert (spec.lr, spec.epochs) == (1e-3, 6)
@@ -131,14 +132,14 @@ def test_with_overrides_returns_a_new_validated_spec():
 
 
 def test_logistic_model_needs_no_hidden_layers():
-    spec = TrainingSpec.for_demo(model="logistic", hidden_sizes=[])
+    spec = demo_training_spec(model="logistic", hidden_sizes=[])
     model = build_model(spec, 7)
     assert sum(p.numel() for p in model.parameters()) == 8
     assert model(torch.zeros(5, 7)).shape == (5,)
 
 
 def test_mlp_shape_and_layers():
-    spec = TrainingSpec.for_demo(hidden_sizes=[8, 4], dropout=0.2)
+    spec = demo_training_spec(hidden_sizes=[8, 4], dropout=0.2)
     model = build_model(spec, 10)
     linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
     assert [(m.in_features, m.out_features) for m in linears] == [(10, 8), (8, 4), (4, 1)]
@@ -149,7 +150,7 @@ def test_mlp_shape_and_layers():
 
 
 def test_same_seed_same_initial_weights():
-    spec = TrainingSpec.for_demo()
+    spec = demo_training_spec()
     torch.manual_seed(spec.seed)
     a = build_model(spec, 12).state_dict()
     torch.manual_seed(spec.seed)

@@ -15,6 +15,7 @@ TRAINING_SPEC: dict = {
     "categorical_features": list(schema.CATEGORICAL_FEATURES),
     "label": schema.LABEL,
     "timestamp_column": schema.TIMESTAMP,
+    "key_columns": list(schema.KEY_COLUMNS),
     "hidden_sizes": [64, 32],
     "optimizer": "adam",
     "lr": 0.003,

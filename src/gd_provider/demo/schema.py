@@ -46,3 +46,20 @@ FEATURES = NUMERIC_FEATURES + CATEGORICAL_FEATURES
 FEAST_FEATURE_REFS = tuple(f"{CARD_VIEW}:{c}" for c in CARD_FEATURES) + tuple(
     f"{MERCHANT_VIEW}:{c}" for c in MERCHANT_NUMERIC + MERCHANT_CATEGORICAL
 )
+
+# Columns that order rows sharing a timestamp (the split and the holdout digest are the same on every run).
+KEY_COLUMNS = (TRANSACTION_ID, *ENTITY_KEYS)
+
+
+def training_spec(**overrides: object) -> object:
+    """The fraud demo's :class:`~gd_provider.core.training.spec.TrainingSpec` (its columns), validated."""
+    from gd_provider.core.training.spec import TrainingSpec
+
+    base = TrainingSpec(
+        numeric_features=tuple(NUMERIC_FEATURES),
+        categorical_features=tuple(CATEGORICAL_FEATURES),
+        label=LABEL,
+        timestamp_column=TIMESTAMP,
+        key_columns=KEY_COLUMNS,
+    )
+    return base.with_overrides(dict(overrides))

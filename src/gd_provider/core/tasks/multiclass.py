@@ -11,7 +11,12 @@ import numpy as np
 import pandas as pd
 
 from gd_provider.core.tasks.base import LabelError, Task, TaskError, _examples, _exp
-from gd_provider.core.tasks.metrics import confusion, macro_f1, multiclass_log_loss, per_class_recall_precision_f1
+from gd_provider.core.tasks.metrics import (
+    confusion,
+    macro_f1,
+    multiclass_log_loss,
+    per_class_recall_precision_f1,
+)
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_]")
 

@@ -10,23 +10,19 @@ import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
+from gd_provider.core.models import BUILTIN_MODELS
+from gd_provider.core.tasks import Task, TaskError, get_task
 from gd_provider.core.training.guards import GuardConfig
 from gd_provider.core.training.schedule import SCHEDULES
-from gd_provider.demo import schema as demo_schema
 
-MODELS = ("mlp", "logistic")
+MODELS = BUILTIN_MODELS  # or a user factory 'package.module:factory'
 OPTIMIZERS = ("adam", "adamw", "sgd")
-LOSSES = ("bce",)
 BATCH_MODES = ("minibatch", "full", "sgd")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
-# Per-epoch validation metrics, and whether bigger is better.
-VALIDATION_METRICS = {"val_loss": False, "val_roc_auc": True, "val_pr_auc": True}
-# Columns used (when present) to break timestamp ties, so splits are the same on every run.
-DEFAULT_KEY_COLUMNS = (demo_schema.TRANSACTION_ID, *demo_schema.ENTITY_KEYS)
-
 _TUPLE_FIELDS = ("numeric_features", "categorical_features", "hidden_sizes", "key_columns")
 _NESTED_FIELDS = ("guards", "sensitivity")
+_DICT_FIELDS = ("task_options", "model_kwargs")
 
 
 class SpecError(ValueError):
@@ -49,7 +45,7 @@ class SensitivityConfig:
     factors: tuple[float, ...] = (0.5, 1.0, 2.0)
     sample_rows: int = 20000
     epochs: int = 2
-    metric: str = "val_roc_auc"
+    metric: str | None = None
     max_spread: float = 0.05
 
     def __post_init__(self) -> None:
@@ -86,8 +82,8 @@ class SensitivityConfig:
             return "sample_rows", f"must be an integer >= 10, got {self.sample_rows!r}"
         if not _is_int(self.epochs) or self.epochs < 1:
             return "epochs", f"must be an integer >= 1, got {self.epochs!r}"
-        if self.metric not in VALIDATION_METRICS:
-            return "metric", f"unknown metric {self.metric!r}; choose one of {list(VALIDATION_METRICS)}"
+        if not isinstance(self.metric, str) or not self.metric:
+            return "metric", f"must be a per-epoch validation metric name, got {self.metric!r}"
         if not _is_number(self.max_spread) or self.max_spread <= 0:
             return "max_spread", f"must be a positive number, got {self.max_spread!r}"
         return None
@@ -96,6 +92,15 @@ class SensitivityConfig:
 @dataclass(frozen=True)
 class TrainingSpec:
     """One training run. Notes on the less obvious fields:
+
+    * ``task`` (``binary`` | ``multiclass`` | ``regression`` | a user's ``package.module:TaskClass``) and
+      ``task_options``: what is predicted (:mod:`gd_provider.core.tasks`); it picks the loss (``loss``
+      unset: the task's default), the output width, the label checks and every metric.
+    * ``model``: ``mlp`` | ``logistic`` | a user's ``package.module:factory`` called as
+      ``factory(input_dim, output_dim, **model_kwargs)`` (:mod:`gd_provider.core.models`); ``hidden_sizes``
+      and ``dropout`` are the ``mlp``'s, ``model_kwargs`` a user factory's.
+    * ``key_columns``: columns that order rows sharing a timestamp (ties are broken by them, so the split
+      and the holdout digest are the same on every run); they must be in the dataset.
 
     * ``batch_mode``: ``minibatch`` (``batch_size`` rows per step and rank), ``full`` (all of a rank's rows in
       one step: full-batch gradient descent; ``batch_size`` is ignored) or ``sgd`` (one row per step;
@@ -119,7 +124,10 @@ class TrainingSpec:
     categorical_features: tuple[str, ...]
     label: str
     timestamp_column: str
+    task: str = "binary"
+    task_options: dict[str, Any] = field(default_factory=dict, hash=False)
     model: str = "mlp"
+    model_kwargs: dict[str, Any] = field(default_factory=dict, hash=False)
     hidden_sizes: tuple[int, ...] = (64, 32)
     dropout: float = 0.1
     optimizer: str = "adam"
@@ -136,8 +144,8 @@ class TrainingSpec:
     cpus_per_worker: float = 1.0
     seed: int = 42
     early_stopping_patience: int | None = None
-    key_columns: tuple[str, ...] = field(default=DEFAULT_KEY_COLUMNS)
-    loss: str = "bce"
+    key_columns: tuple[str, ...] = ()
+    loss: str | None = None
     batch_mode: str = "minibatch"
     lr_schedule: str = "constant"
     lr_step_size: int = 100
@@ -161,6 +169,12 @@ class TrainingSpec:
                 raise SpecError(name, f"expected a list, got the string {value!r}")
             if isinstance(value, list | tuple):
                 object.__setattr__(self, name, tuple(value))
+        for name in _DICT_FIELDS:
+            value = getattr(self, name)
+            if value is None:
+                object.__setattr__(self, name, {})
+            elif not isinstance(value, dict):
+                raise SpecError(name, f"expected a mapping, got {type(value).__name__}")
         for name, kind in (("guards", GuardConfig), ("sensitivity", SensitivityConfig)):
             value = getattr(self, name)
             if value is None:
@@ -172,19 +186,32 @@ class TrainingSpec:
                 raise SpecError(f"{name}.{exc.args[0]}", f"unknown key; known keys are {known}") from None
             except TypeError as exc:
                 raise SpecError(name, str(exc)) from None
+        # The task's defaults, resolved once so the spec (MLflow params, fingerprint) says what ran.
+        try:
+            task = self.task_plugin()
+        except TaskError:
+            return  # reported by validate(), naming the field
+        if self.loss is None:
+            object.__setattr__(self, "loss", task.default_loss)
+        if self.sensitivity.metric is None:
+            object.__setattr__(self, "sensitivity", replace(self.sensitivity, metric=task.default_validation_metric))
+
+    # ------------------------------------------------------------------ task
+    def task_plugin(self) -> Task:
+        """The spec's :class:`~gd_provider.core.tasks.Task` (binary gets ``pos_weight`` as its option)."""
+        options = dict(self.task_options)
+        if self.task == "binary":
+            options.setdefault("pos_weight", self.pos_weight)
+            if "pos_weight" in self.task_options:
+                raise TaskError("binary", "task_options.pos_weight", "give pos_weight as the spec field pos_weight")
+        return get_task(self.task, options)
+
+    @property
+    def validation_metrics(self) -> dict[str, bool]:
+        """The task's per-epoch validation metrics, ``{name: higher_is_better}``."""
+        return dict(self.task_plugin().validation_metrics)
 
     # ------------------------------------------------------------------ construction
-    @classmethod
-    def for_demo(cls, **overrides: Any) -> TrainingSpec:
-        """The fraud demo's spec (columns from ``gd_provider.demo.schema``), validated."""
-        base = cls(
-            numeric_features=tuple(demo_schema.NUMERIC_FEATURES),
-            categorical_features=tuple(demo_schema.CATEGORICAL_FEATURES),
-            label=demo_schema.LABEL,
-            timestamp_column=demo_schema.TIMESTAMP,
-        )
-        return base.with_overrides(overrides)
-
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainingSpec:
         if not isinstance(data, dict):
@@ -209,6 +236,8 @@ class TrainingSpec:
         out = asdict(self)
         for name in _TUPLE_FIELDS:
             out[name] = list(out[name])
+        for name in _DICT_FIELDS:
+            out[name] = dict(getattr(self, name))
         out["guards"] = self.guards.to_dict()
         out["sensitivity"] = self.sensitivity.to_dict()
         return out
@@ -233,6 +262,14 @@ class TrainingSpec:
         unknown = sorted(set(changes) - known)
         if unknown:
             raise SpecError(unknown[0], f"unknown spec key(s) {unknown}; known keys are {sorted(known)}")
+        if "task" in changes and changes["task"] != self.task:
+            # another task: its own defaults unless given (the old task's loss / metric would not fit)
+            changes.setdefault("loss", None)
+            if "metric" not in nested.get("sensitivity", {}) and "metric" not in (changes.get("sensitivity") or {}):
+                nested.setdefault("sensitivity", {})["metric"] = None
+        for name in _DICT_FIELDS:  # a mapping override replaces the mapping (task options, model kwargs)
+            if name in changes and changes[name] is None:
+                changes[name] = {}
         for name in _NESTED_FIELDS:
             if name not in changes and name not in nested:
                 continue
@@ -283,8 +320,8 @@ class TrainingSpec:
         if self.label == self.timestamp_column:
             raise SpecError("label", "label and timestamp_column are the same column")
 
-        if self.model not in MODELS:
-            raise SpecError("model", f"unknown model {self.model!r}; choose one of {list(MODELS)}")
+        task = self._check_task()
+        self._check_model()
         if self.model == "mlp":
             if not self.hidden_sizes:
                 raise SpecError("hidden_sizes", "an mlp needs at least one hidden layer")
@@ -307,6 +344,8 @@ class TrainingSpec:
                 raise SpecError("pos_weight", f"must be 'auto' or a positive number, got {self.pos_weight!r}")
         else:
             _check_number("pos_weight", self.pos_weight, lo=0.0, lo_open=True)
+        if self.task != "binary" and self.pos_weight != "auto":
+            raise SpecError("pos_weight", f"applies to the binary task only (task is {self.task!r})")
         _check_number(
             "validation_fraction", self.validation_fraction, lo=0.0, hi=1.0, lo_open=True, hi_open=True
         )
@@ -328,13 +367,17 @@ class TrainingSpec:
         _check_int("seed", self.seed, lo=0)
         if self.early_stopping_patience is not None:
             _check_int("early_stopping_patience", self.early_stopping_patience, lo=1)
-        _check_choice("loss", self.loss, LOSSES)
+        if self.loss not in task.losses:
+            raise SpecError("loss", f"unknown value {self.loss!r} for the {task.name} task; choose one of "
+                            f"{list(task.losses)}")
         _check_choice("batch_mode", self.batch_mode, BATCH_MODES)
         _check_choice("lr_schedule", self.lr_schedule, SCHEDULES)
         _check_int("lr_step_size", self.lr_step_size, lo=1)
         _check_number("lr_gamma", self.lr_gamma, lo=0.0, hi=1.0, lo_open=True)
         _check_int("warmup_steps", self.warmup_steps, lo=0)
-        _check_choice("early_stopping_metric", self.early_stopping_metric, tuple(VALIDATION_METRICS))
+        if self.early_stopping_metric not in task.validation_metrics:
+            raise SpecError("early_stopping_metric", f"unknown value {self.early_stopping_metric!r}: not a "
+                            f"per-epoch metric of the {task.name} task; choose one of {list(task.validation_metrics)}")
         _check_number("early_stopping_min_delta", self.early_stopping_min_delta, lo=0.0)
         _check_int("sync_every_k_steps", self.sync_every_k_steps, lo=1)
         _check_bool("deterministic", self.deterministic)
@@ -351,7 +394,43 @@ class TrainingSpec:
             problem = getattr(self, name).problem()
             if problem is not None:
                 raise SpecError(f"{name}.{problem[0]}", problem[1])
+        if self.sensitivity.metric not in task.validation_metrics:
+            raise SpecError("sensitivity.metric", f"unknown metric {self.sensitivity.metric!r}: not a per-epoch "
+                            f"metric of the {task.name} task; choose one of {list(task.validation_metrics)}")
         return self
+
+    def _check_task(self) -> Task:
+        if not isinstance(self.task, str) or not self.task:
+            raise SpecError("task", f"must be a task name or an import path, got {self.task!r}")
+        try:
+            return self.task_plugin()
+        except TaskError as exc:
+            field_name = exc.field if exc.field.startswith("task") or exc.field == "pos_weight" else (
+                f"task_options.{exc.field}")
+            raise SpecError(field_name, str(exc)) from None
+
+    def _check_model(self) -> None:
+        from gd_provider.core.models import resolve_factory
+
+        if not isinstance(self.model, str) or not self.model:
+            raise SpecError("model", f"must be a model name or an import path, got {self.model!r}")
+        if self.model in MODELS:
+            if self.model_kwargs:
+                raise SpecError("model_kwargs", f"the built-in {self.model!r} takes no model_kwargs (use "
+                                "hidden_sizes and dropout); model_kwargs are a user factory's")
+            return
+        try:
+            resolve_factory(self.model)
+        except ValueError as exc:
+            raise SpecError("model", str(exc)) from None
+
+    def model_kwargs_for_factory(self) -> dict[str, Any]:
+        """The keyword arguments the model factory is called with."""
+        if self.model == "mlp":
+            return {"hidden_sizes": list(self.hidden_sizes), "dropout": self.dropout}
+        if self.model == "logistic":
+            return {}
+        return dict(self.model_kwargs)
 
     # ------------------------------------------------------------------ derived (runtime)
     def batch_rows(self, rows_per_rank: int) -> int:
