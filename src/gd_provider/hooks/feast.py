@@ -33,14 +33,6 @@ class FeastHook(GdBaseHook):
     def __init__(self, feast_conn_id: str = default_conn_name) -> None:
         super().__init__(feast_conn_id)
 
-    @classmethod
-    def get_ui_field_behaviour(cls) -> dict[str, Any]:
-        return {
-            "hidden_fields": ["host", "schema", "login", "port"],
-            "relabeling": {"password": "Online store password (${REDIS_PASSWORD} in feature_store.yaml)"},
-            "placeholders": {"extra": '{"repo_path": "/opt/feature_repo", "password_env": "REDIS_PASSWORD"}'},
-        }
-
     def repo_path(self) -> Path:
         raw = self.extra().get("repo_path")
         return Path(raw).expanduser() if raw else settings.project_home() / "feature_repo"

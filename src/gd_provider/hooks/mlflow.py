@@ -33,19 +33,6 @@ class MlflowHook(GdBaseHook):
     def __init__(self, mlflow_conn_id: str = default_conn_name) -> None:
         super().__init__(mlflow_conn_id)
 
-    @classmethod
-    def get_ui_field_behaviour(cls) -> dict[str, Any]:
-        return {
-            "hidden_fields": ["login"],
-            "relabeling": {"password": "Token (MLFLOW_TRACKING_TOKEN)"},
-            "placeholders": {
-                "host": "mlflow (empty: embedded SQLite store)",
-                "schema": "http",
-                "port": "5000",
-                "extra": '{"tracking_uri": "...", "registry_uri": "...", "artifact_root": "..."}',
-            },
-        }
-
     def get_config(self) -> MlflowConfig:
         conn = self.connection()
         extra = self.extra()

@@ -177,19 +177,6 @@ class RayHook(GdBaseHook):
     def __init__(self, ray_conn_id: str = default_conn_name) -> None:
         super().__init__(ray_conn_id)
 
-    @classmethod
-    def get_ui_field_behaviour(cls) -> dict[str, Any]:
-        return {
-            "hidden_fields": ["login"],
-            "relabeling": {"password": "Ray auth token", "host": "Jobs API address"},
-            "placeholders": {
-                "host": "local | http://ray-head:8265 (Jobs API / dashboard)",
-                "port": "8265",
-                "schema": "http",
-                "extra": '{"python": "python", "ui_url": "...", "runtime_env": {...}}',
-            },
-        }
-
     def cluster_config(self) -> RayClusterConfig | None:
         """``None`` for the embedded default, else the remote cluster's Jobs API configuration."""
         conn = self.connection()
