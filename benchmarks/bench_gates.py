@@ -113,8 +113,11 @@ def _holdout(rows: int) -> pd.DataFrame:
 def bench_evaluation(rows: int) -> dict:
     import mlflow
 
-    from gd_provider.core.gate import GatePolicy, classification_metrics, decide
+    from gd_provider.core.gate import GatePolicy, decide
+    from gd_provider.core.tasks import get_task
     from gd_provider.core.training.pyfunc import FraudScorer, GdTorchPyfunc
+
+    task = get_task("binary")  # the gate's metrics are the task's, as the evaluation operator computes them
 
     df = _holdout(rows)
     y = df.pop("is_fraud").to_numpy()
@@ -130,14 +133,15 @@ def bench_evaluation(rows: int) -> dict:
                                                artifacts={"model_dir": str(model_dir)},
                                                input_example=df.head(5), pip_requirements=["torch"])
             uris.append(info.model_uri)
-        policy = GatePolicy(value_thresholds={"roc_auc": 0.5}, max_abs_regression={"pr_auc": 0.01})
+        policy = GatePolicy.from_dict({"value_thresholds": {"roc_auc": 0.5}, "max_abs_regression": {"pr_auc": 0.01}},
+                                      task=task)
         t0 = time.perf_counter()
-        metrics = [classification_metrics(y, np.asarray(mlflow.pyfunc.load_model(u).predict(df))) for u in uris]
-        decide(metrics[0], metrics[1], policy, champion_version="1")
+        metrics = [task.gate_metrics(y, np.asarray(mlflow.pyfunc.load_model(u).predict(df))) for u in uris]
+        decide(metrics[0], metrics[1], policy, champion_version="1", task=task)
         ours = time.perf_counter() - t0
         t0 = time.perf_counter()
         for seed in (1, 2):
-            classification_metrics(y, FraudScorer(tmp / f"m{seed}").predict_proba(df))
+            task.gate_metrics(y, FraudScorer(tmp / f"m{seed}").predict_proba(df))
         baseline = time.perf_counter() - t0
     return {"holdout_rows": rows, "models": 2, "seconds": round(ours, 3), "baseline_seconds": round(baseline, 3),
             "ratio": round(ours / baseline, 2)}

@@ -97,6 +97,8 @@ class ToleranceConfig(_Strict):
     positive_rate_band: float = Field(3.0, ge=1)
     positive_rate_abs: float | None = Field(None, ge=0, le=1)
     category_sets: bool = True
+    label_mean_shift_std: float = Field(1.0, ge=0, description="regression: the label's mean may move by this many "
+                                        "of the champion's label standard deviations")
 
     @field_validator("row_count_band")
     @classmethod
@@ -155,10 +157,24 @@ class DriftConfig(_Strict):
 
 
 class SmokeTestConfig(_Strict):
+    """The post-promotion smoke test. The score checks are the task's: binary reads ``positive_rate_bounds``
+    and ``max_positive_rate_change``, multiclass ``max_class_share_change``, regression ``prediction_bounds``
+    and ``max_mean_shift_std``; another task's key, set to something other than its default, is refused."""
+
     canary_rows: int = Field(500, gt=0)
     max_p95_latency_ms: float = Field(250.0, gt=0)
     positive_rate_bounds: tuple[float, float] = (0.0, 0.5)
-    max_positive_rate_change: float | None = 0.05
+    max_positive_rate_change: float | None = Field(0.05, ge=0)
+    max_class_share_change: float | None = Field(0.1, ge=0)
+    prediction_bounds: tuple[float, float] | None = None
+    max_mean_shift_std: float | None = Field(1.0, ge=0)
+
+    @field_validator("positive_rate_bounds", "prediction_bounds")
+    @classmethod
+    def _ordered(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
+        if value is not None and not value[0] <= value[1]:
+            raise ValueError(f"must be [lo, hi] with lo <= hi, got {list(value)}")
+        return value
 
 
 class AlertingConfig(_Strict):
@@ -224,14 +240,37 @@ class RetrainingConfig(_Strict):
 
     @field_validator("gate")
     @classmethod
-    def _gate(cls, value: dict[str, Any]) -> dict[str, Any]:
+    def _gate(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
         from gd_provider.core.gate import GateConfigError, GatePolicy
 
+        task = _config_task(info)
         try:
-            GatePolicy.from_dict(value)
+            GatePolicy.from_dict(value, task=task)
         except (GateConfigError, TypeError) as exc:
             raise ValueError(str(exc)) from exc
         return value
+
+    @field_validator("smoke_test")
+    @classmethod
+    def _smoke_test(cls, value: SmokeTestConfig, info: ValidationInfo) -> SmokeTestConfig:
+        from gd_provider.core.gate import smoke_option_problems
+
+        task = _config_task(info)
+        problems = smoke_option_problems(task, {k: getattr(value, k) for k in value.model_fields_set})
+        if problems:
+            raise ValueError("; ".join(problems))
+        return value
+
+    @model_validator(mode="after")
+    def _label_tolerances(self) -> RetrainingConfig:
+        from gd_provider.core.profile import tolerance_problems
+
+        tolerances = self.validation.tolerances
+        problems = tolerance_problems(training_task(self),
+                                      {k: getattr(tolerances, k) for k in tolerances.model_fields_set})
+        if problems:
+            raise ValueError("; ".join(f"validation.tolerances.{p}" for p in problems))
+        return self
 
     @field_validator("health")
     @classmethod
@@ -240,6 +279,30 @@ class RetrainingConfig(_Strict):
 
         HealthThresholds.from_value(value or None)
         return value
+
+
+def _config_task(info: ValidationInfo) -> Any:
+    """The task of the config's training spec (validated before the sections that depend on it; None when
+    the spec itself is invalid, which is reported there)."""
+    spec = info.data.get("training")
+    if spec is None:
+        return None
+    from gd_provider.core.training.spec import TrainingSpec
+
+    return TrainingSpec.from_dict(spec).task_plugin()
+
+
+def training_task(cfg: RetrainingConfig) -> Any:
+    """The :class:`~gd_provider.core.tasks.Task` of a config's training spec."""
+    from gd_provider.core.training.spec import TrainingSpec
+
+    return TrainingSpec.from_dict(cfg.training).task_plugin()
+
+
+def _task_args(cfg: RetrainingConfig) -> dict[str, Any]:
+    """``task`` / ``task_options`` of the config's training spec, as the operators take them (the binary
+    task's ``pos_weight`` is a spec field and a training matter: none of the checks reads it)."""
+    return {"task": cfg.training.get("task", "binary"), "task_options": dict(cfg.training.get("task_options") or {})}
 
 
 def load_config(source: str | Path | dict[str, Any]) -> RetrainingConfig:
@@ -263,6 +326,9 @@ def load_config(source: str | Path | dict[str, Any]) -> RetrainingConfig:
 
 
 _SPEC_FIELD = re.compile(r"^training spec field '([^']+)': ")
+# a section's own field, as the gate / smoke-test / tolerance checks name it: "value_thresholds: metric ..."
+_SECTION_FIELD = re.compile(r"^([a-z_]+(?:\.[a-z_]+)*): ")
+_TASK_SECTIONS = ("gate", "smoke_test")
 
 
 def _problem(err: Any) -> str:
@@ -273,6 +339,10 @@ def _problem(err: Any) -> str:
         msg = msg.removeprefix("Value error, ")
         if loc == "training" and (m := _SPEC_FIELD.match(msg)):
             loc, msg = f"training.{m.group(1)}", msg[m.end():]
+        elif loc in _TASK_SECTIONS and (m := _SECTION_FIELD.match(msg)):
+            loc, msg = f"{loc}.{m.group(1)}", msg[m.end():]
+        elif loc == "<root>" and (m := _SECTION_FIELD.match(msg)) and m.group(1).startswith("validation."):
+            loc, msg = m.group(1), msg[m.end():]
     return f"{loc}: {msg}"
 
 
@@ -358,6 +428,7 @@ def data_stage(cfg: RetrainingConfig, group_id: str = "data", *,
     f = cfg.features
     p = _param_templates(param_prefix)
     alerts = _callbacks(cfg, "gate failed")
+    task = _task_args(cfg)  # the label checks and the prediction drift are the task's
     with _task_group(group_id, "data", prefix_task_ids, "Feast → Great Expectations → Evidently") as group:
         fresh = None
         if cfg.freshness is not None:
@@ -386,7 +457,7 @@ def data_stage(cfg: RetrainingConfig, group_id: str = "data", *,
             tolerances=v.tolerances.model_dump(exclude_unset=True) if v.champion_checks else None,
             profile_columns=v.profile_columns, profile_exclude=v.profile_exclude, on_failure=v.on_failure,
             mlflow_conn_id=cfg.mlflow_conn_id, experiment_name=cfg.model_name, as_of="{{ params.as_of }}",
-            on_failure_callback=alerts,
+            on_failure_callback=alerts, **task,
         )
         drift = DriftCheckOperator(
             task_id="drift_check", dataset=retrieve.output, model_name=cfg.model_name, alias=cfg.alias,
@@ -394,7 +465,7 @@ def data_stage(cfg: RetrainingConfig, group_id: str = "data", *,
             numeric_columns=cfg.drift.numeric_columns, categorical_columns=cfg.drift.categorical_columns,
             numeric_method=cfg.drift.numeric_method, categorical_method=cfg.drift.categorical_method,
             threshold=cfg.drift.threshold, per_column=cfg.drift.per_column, drift_share=cfg.drift.drift_share,
-            sample_size=cfg.drift.sample_size, mlflow_conn_id=cfg.mlflow_conn_id, on_failure_callback=alerts,
+            sample_size=cfg.drift.sample_size, mlflow_conn_id=cfg.mlflow_conn_id, on_failure_callback=alerts, **task,
         )
         if fresh is not None:
             fresh >> retrieve
@@ -464,6 +535,7 @@ def release_stage(cfg: RetrainingConfig, dataset: Any, training: Any, group_id: 
     conn = {"mlflow_conn_id": cfg.mlflow_conn_id}
     p = _param_templates(param_prefix)
     smoke = cfg.smoke_test
+    task = _task_args(cfg)  # checked when parsed; at run time the gate and the smoke test use what was trained
     if drift_task_id is _DERIVE:
         drift_task_id = _drift_task_id(dataset)
 
@@ -474,7 +546,7 @@ def release_stage(cfg: RetrainingConfig, dataset: Any, training: Any, group_id: 
     with _task_group(group_id, "release", prefix_task_ids, "gate → registry → champion → smoke test") as group:
         evaluate = ModelEvaluationGateOperator(task_id="evaluate", dataset=dataset, training=training,
                                                model_name=cfg.model_name, policy=cfg.gate, alias=cfg.alias,
-                                               on_failure_callback=alerts("evaluate"), **conn)
+                                               on_failure_callback=alerts("evaluate"), **task, **conn)
         register = RegisterModelOperator(task_id="register", dataset=dataset, training=training,
                                          gate=evaluate.output, model_name=cfg.model_name, drift_task_id=drift_task_id,
                                          on_failure_callback=alerts("register"), **conn)
@@ -486,7 +558,10 @@ def release_stage(cfg: RetrainingConfig, dataset: Any, training: Any, group_id: 
             canary_rows=smoke.canary_rows, max_p95_latency_ms=p["smoke_test_max_p95_latency_ms"],
             positive_rate_bounds=smoke.positive_rate_bounds,
             max_positive_rate_change=smoke.max_positive_rate_change,
+            max_class_share_change=smoke.max_class_share_change, prediction_bounds=smoke.prediction_bounds,
+            max_mean_shift_std=smoke.max_mean_shift_std,
             decision_threshold=cfg.gate.get("decision_threshold", 0.5),
+            training=training, **task,  # the task of what this run trained
             promote_task_id=promote.task_id,  # test the version this run promoted
             on_failure_callback=alerts("smoke_test"), **conn,
         )

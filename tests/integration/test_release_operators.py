@@ -31,7 +31,7 @@ from ..support import AmountScorer, FakeTI, fake_context, register_scorer
 
 pytestmark = pytest.mark.integration
 SPEC = {"numeric_features": ["amount", "distance_from_home_km"], "categorical_features": ["channel"],
-        "label": "is_fraud", "timestamp_column": "event_timestamp"}
+        "label": "is_fraud", "timestamp_column": "event_timestamp", "key_columns": ["transaction_id"]}
 
 
 def _frame(n: int, shift: float = 0.0, seed: int = 0) -> pd.DataFrame:

@@ -71,10 +71,11 @@ def test_holdout_must_be_the_one_training_held_out():
     from gd_provider.core.training.preprocess import frame_digest
 
     holdout = pd.DataFrame({"transaction_id": ["a", "b", "c"], "amount": [1.0, 2.0, 3.0]})
-    digest, basis = frame_digest(holdout)
+    keys = ["transaction_id"]
+    digest, basis = frame_digest(holdout, keys)
     recorded = {"rows": 3, "sha256": digest, "sha256_basis": basis}
-    verify_holdout(recorded, rows=3, sha256=frame_digest(holdout.copy())[0])  # same rows: accepted
-    other = frame_digest(holdout.iloc[[0, 1]])[0]
+    verify_holdout(recorded, rows=3, sha256=frame_digest(holdout.copy(), keys)[0])  # same rows: accepted
+    other = frame_digest(holdout.iloc[[0, 1]], keys)[0]
     with pytest.raises(HoldoutMismatchError, match=rf"digest over keys:transaction_id\): sha256 {other} vs training's"):
         verify_holdout(recorded, rows=2, sha256=other)
     with pytest.raises(HoldoutMismatchError, match="2 rows vs training's 3"):
@@ -90,7 +91,7 @@ def test_the_gate_operator_checks_its_policy_when_the_dag_is_parsed():
     kwargs = {"task_id": "evaluate", "dataset": {}, "training": {}, "model_name": "m"}
     with pytest.raises(ValueError, match="evaluate: invalid gate policy: .*no threshold"):
         ModelEvaluationGateOperator(**kwargs, policy={})
-    with pytest.raises(ValueError, match="unknown metric 'auc'"):
+    with pytest.raises(ValueError, match="value_thresholds: metric 'auc' is not a binary metric"):
         ModelEvaluationGateOperator(**kwargs, policy={"value_thresholds": {"auc": 0.7}})
 
 

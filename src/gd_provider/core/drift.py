@@ -30,6 +30,7 @@ __all__ = [
     "DriftReport",
     "apply_drift_policy",
     "detect_drift",
+    "prediction_drift",
 ]
 
 POLICIES = ("retrain", "warn", "block")
@@ -341,25 +342,48 @@ def apply_drift_policy(report: DriftReport, policy: str) -> DriftDecision:
 
 
 def prediction_drift(
-    reference_scores: Sequence[float],
-    current_scores: Sequence[float],
+    reference_scores: Sequence[Any],
+    current_scores: Sequence[Any],
     *,
     method: str = "wasserstein",
     threshold: float = 0.1,
     seed: int = 0,
     sample_size: int = 50_000,
+    kind: Literal["numeric", "categorical"] = "numeric",
 ) -> dict[str, Any]:
-    """Drift of the champion's score distribution between the reference and the current data.
+    """Drift of the champion's predictions between the reference and the current data.
 
-    Scored by the same Evidently method machinery as the features (a one-column frame ``prediction``),
-    so methods and thresholds are pinned the same way. Returns ``{method, score, threshold, drifted}``.
+    The values are what the task compares (:meth:`gd_provider.core.tasks.Task.drift_values`): a score or a
+    value (``kind="numeric"``: binary, regression) or a predicted class (``"categorical"``: multiclass).
+    Scored by the same Evidently method machinery as the features (a one-column frame ``prediction``), so
+    methods and thresholds are pinned the same way; ``method`` must suit ``kind``. Returns ``{method, score,
+    threshold, drifted, kind}`` plus ``reference_mean`` / ``current_mean`` (numeric) or
+    ``reference_shares`` / ``current_shares`` ({class: share}, categorical).
     """
-    ref = pd.DataFrame({"prediction": np.asarray(reference_scores, dtype=float)})
-    cur = pd.DataFrame({"prediction": np.asarray(current_scores, dtype=float)})
+    if kind not in ("numeric", "categorical"):
+        raise DriftConfigError(f"prediction kind must be 'numeric' or 'categorical', got {kind!r}")
+    numeric = kind == "numeric"
+    if numeric:
+        ref = pd.DataFrame({"prediction": np.asarray(reference_scores, dtype=float)})
+        cur = pd.DataFrame({"prediction": np.asarray(current_scores, dtype=float)})
+    else:
+        ref = pd.DataFrame({"prediction": pd.Series(np.asarray(reference_scores, dtype=object)).astype(str)})
+        cur = pd.DataFrame({"prediction": pd.Series(np.asarray(current_scores, dtype=object)).astype(str)})
     report = detect_drift(
-        ref, cur, numeric_columns=["prediction"], categorical_columns=[], numeric_method=method,
+        ref, cur, numeric_columns=["prediction"] if numeric else [],
+        categorical_columns=[] if numeric else ["prediction"],
+        numeric_method=method if numeric else "wasserstein", categorical_method="jensenshannon" if numeric else method,
         threshold=threshold, drift_share=1.0, sample_size=sample_size, seed=seed,
     )
     col = report.columns["prediction"]
-    return {"method": col["method"], "score": col["score"], "threshold": col["threshold"], "drifted": col["drifted"],
-            "reference_mean": float(ref["prediction"].mean()), "current_mean": float(cur["prediction"].mean())}
+    out: dict[str, Any] = {"method": col["method"], "score": col["score"], "threshold": col["threshold"],
+                           "drifted": col["drifted"], "kind": kind}
+    if numeric:
+        out.update(reference_mean=float(ref["prediction"].mean()), current_mean=float(cur["prediction"].mean()))
+    else:
+        out.update(reference_shares=_shares(ref["prediction"]), current_shares=_shares(cur["prediction"]))
+    return out
+
+
+def _shares(values: pd.Series) -> dict[str, float]:
+    return {str(k): float(v) for k, v in values.value_counts(normalize=True).sort_index().items()}

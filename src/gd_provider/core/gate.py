@@ -3,19 +3,45 @@
 A threshold is either a *value* bound (``roc_auc >= 0.75``) or a *change* bound against the champion
 (``pr_auc`` may drop by at most 0.01 absolute / 5 % relative). The gate refuses to bless when no
 threshold is configured, and the first run (no champion) is decided by an explicit bootstrap policy.
+
+The metrics and their directions are the task's (:attr:`gd_provider.core.tasks.Task.metrics`: binary
+``roc_auc``/``pr_auc``/..., multiclass ``accuracy``/``macro_f1``/``recall_<class>``/..., regression
+``rmse``/``mae``/``r2``/``abs_error_pNN``); a policy naming a metric its task does not have is refused
+with the task and the field named. Without a task everything is the binary task's, as before tasks existed.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import numpy as np
+from gd_provider.core.tasks import BinaryTask, Task, classification_metrics, get_task
 
-HIGHER_IS_BETTER = {"roc_auc": True, "pr_auc": True, "precision": True, "recall": True, "f1": True,
-                    "fpr": False, "log_loss": False, "ece": False}
+__all__ = [
+    "BOOTSTRAP_POLICIES", "HIGHER_IS_BETTER", "METRIC_FIELDS", "SMOKE_BOUNDS", "SMOKE_DEFAULTS", "SMOKE_KEYS", "GateConfigError",
+    "GateDecision", "GatePolicy", "HoldoutMismatchError", "classification_metrics", "decide", "directions_of",
+    "smoke_option_problems", "task_or_binary", "verify_holdout",
+]
+
+# the binary task's metric directions (the gate's before tasks existed; a policy on another task uses its own)
+HIGHER_IS_BETTER: dict[str, bool] = dict(BinaryTask.metrics)
 BOOTSTRAP_POLICIES = ("bless_if_value_thresholds_pass", "reject")
+METRIC_FIELDS = ("value_thresholds", "max_abs_regression", "max_rel_regression")
+DEFAULT_DECISION_THRESHOLD = 0.5
+
+# The smoke test's task-dependent options (each task reads some: ``Task.smoke_options``) and their defaults;
+# a key at its default is ignored by a task that does not read it, any other value there is an error.
+SMOKE_DEFAULTS: dict[str, Any] = {
+    "positive_rate_bounds": (0.0, 0.5),  # binary: the positive-prediction rate on the canary
+    "max_positive_rate_change": 0.05,  # binary: vs the previous champion on the same canary (absolute)
+    "max_class_share_change": 0.1,  # multiclass: any class's predicted share vs the previous champion
+    "prediction_bounds": None,  # regression: every prediction within [lo, hi]
+    "max_mean_shift_std": 1.0,  # regression: mean prediction vs the previous champion's, in its std
+}
+SMOKE_KEYS = tuple(SMOKE_DEFAULTS)
+SMOKE_BOUNDS = ("positive_rate_bounds", "prediction_bounds")  # the others compare with the previous champion
 
 
 class GateConfigError(ValueError):
@@ -26,6 +52,34 @@ class HoldoutMismatchError(ValueError):
     """The gate's holdout is not provably the one training held out: nothing can be decided on it."""
 
 
+def task_or_binary(task: Task | None) -> Task:
+    """``task``, or the binary task (what every check meant before tasks existed)."""
+    return task if task is not None else get_task("binary")
+
+
+def directions_of(task: Task | Mapping[str, bool] | None) -> dict[str, bool]:
+    """``{metric: higher_is_better}`` of a task (or a mapping of directions; None: binary)."""
+    if isinstance(task, Mapping):
+        return dict(task)
+    return dict(task_or_binary(task).metrics)
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return a == b
+
+
+def smoke_option_problems(task: Task | None, options: Mapping[str, Any]) -> list[str]:
+    """``["<key>: ..."]`` for each task-dependent smoke-test option in ``options`` that ``task`` does not read
+    and that is not at its default (``positive_rate_bounds`` on a regression model)."""
+    task = task_or_binary(task)
+    problems = []
+    for key in SMOKE_KEYS:
+        if key in options and key not in task.smoke_options and not _same(options[key], SMOKE_DEFAULTS[key]):
+            reads = list(task.smoke_options) or "none of them"
+            problems.append(f"{key}: the {task.name} task does not read it (its smoke-test options: {reads})")
+    return problems
 def verify_holdout(recorded: dict[str, Any] | None, *, rows: int, sha256: str) -> None:
     """Require the holdout the gate rebuilt (``rows``, ``sha256`` =
     :func:`gd_provider.core.training.preprocess.frame_digest`, as training computes it) to be the holdout
@@ -51,7 +105,10 @@ def verify_holdout(recorded: dict[str, Any] | None, *, rows: int, sha256: str) -
 
 @dataclass(frozen=True)
 class GatePolicy:
-    decision_threshold: float = 0.5
+    """Thresholds on a task's gate metrics (:attr:`gd_provider.core.tasks.Task.metrics`; binary when no task
+    is given). ``decision_threshold`` is the binary task's (a score at or above it is a positive)."""
+
+    decision_threshold: float = DEFAULT_DECISION_THRESHOLD
     # metric -> minimum (or maximum, for lower-is-better metrics) acceptable value
     value_thresholds: dict[str, float] = field(default_factory=dict)
     # metric -> largest allowed absolute worsening vs the champion (0 = must not get worse)
@@ -60,61 +117,46 @@ class GatePolicy:
     max_rel_regression: dict[str, float] = field(default_factory=dict)
     bootstrap: str = "bless_if_value_thresholds_pass"
 
-    def validate(self) -> None:
+    def validate(self, task: Task | Mapping[str, bool] | None = None) -> None:
+        """Raise :class:`GateConfigError` naming the field (and the task, for a metric it does not have).
+
+        ``task``: a task, or its ``{metric: higher_is_better}`` (then named "given"); None: binary."""
+        if isinstance(task, Mapping):
+            metrics, task_name, binary = dict(task), "given", True
+        else:
+            plugin = task_or_binary(task)
+            metrics, task_name, binary = dict(plugin.metrics), plugin.name, isinstance(plugin, BinaryTask)
         if not (self.value_thresholds or self.max_abs_regression or self.max_rel_regression):
             raise GateConfigError("gate policy has no threshold configured: refusing to bless anything")
-        for name in (*self.value_thresholds, *self.max_abs_regression, *self.max_rel_regression):
-            if name not in HIGHER_IS_BETTER:
-                raise GateConfigError(f"gate policy names unknown metric {name!r}; known: {sorted(HIGHER_IS_BETTER)}")
+        for where in METRIC_FIELDS:
+            bounds = getattr(self, where)
+            if not isinstance(bounds, Mapping):
+                raise GateConfigError(f"{where}: expected a mapping {{metric: number}}, got {bounds!r}")
+            for name, bound in bounds.items():
+                if name not in metrics:
+                    raise GateConfigError(f"{where}: metric {name!r} is not a {task_name} metric; {task_name} "
+                                          f"metrics are {sorted(metrics)}")
+                if isinstance(bound, bool) or not isinstance(bound, int | float) or not math.isfinite(bound):
+                    raise GateConfigError(f"{where}: {name} must be a finite number, got {bound!r}")
         if self.bootstrap not in BOOTSTRAP_POLICIES:
             raise GateConfigError(f"gate policy bootstrap={self.bootstrap!r}; valid: {list(BOOTSTRAP_POLICIES)}")
-        if not 0.0 < self.decision_threshold < 1.0:
-            raise GateConfigError(f"gate policy decision_threshold={self.decision_threshold} must be in (0, 1)")
+        threshold = self.decision_threshold
+        if isinstance(threshold, bool) or not isinstance(threshold, int | float):
+            raise GateConfigError(f"decision_threshold: must be a number in (0, 1), got {threshold!r}")
+        if not binary and threshold != DEFAULT_DECISION_THRESHOLD:
+            raise GateConfigError(f"decision_threshold: applies to the binary task only, not to the {task_name} task")
+        if not 0.0 < threshold < 1.0:
+            raise GateConfigError(f"gate policy decision_threshold={threshold} must be in (0, 1)")
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> GatePolicy:
+    def from_dict(cls, data: Mapping[str, Any], task: Task | Mapping[str, bool] | None = None) -> GatePolicy:
+        """A validated policy (against ``task``; None: binary)."""
         unknown = set(data) - set(cls.__dataclass_fields__)
         if unknown:
             raise GateConfigError(f"gate policy has unknown fields {sorted(unknown)}")
         policy = cls(**data)
-        policy.validate()
+        policy.validate(task)
         return policy
-
-
-def classification_metrics(y_true: np.ndarray, proba: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
-    from sklearn.metrics import average_precision_score, log_loss, roc_auc_score
-
-    y = np.asarray(y_true).astype(int)
-    p = np.asarray(proba, dtype=float)
-    if len(y) != len(p):
-        raise ValueError(f"{len(y)} labels but {len(p)} scores")
-    if len(y) == 0:
-        raise ValueError("the holdout is empty: there is nothing to score the model on")
-    if not np.all(np.isfinite(p)):
-        raise ValueError(f"{int((~np.isfinite(p)).sum())} scores are NaN or infinite")
-    if len(np.unique(y)) < 2:
-        raise ValueError("the holdout has a single class: ROC/PR AUC are undefined")
-    pred = p >= threshold
-    tp = int(np.sum(pred & (y == 1)))
-    fp = int(np.sum(pred & (y == 0)))
-    fn = int(np.sum(~pred & (y == 1)))
-    tn = int(np.sum(~pred & (y == 0)))
-    precision = tp / (tp + fp) if tp + fp else 0.0
-    recall = tp / (tp + fn) if tp + fn else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    bins = np.clip((p * 10).astype(int), 0, 9)
-    ece = sum(abs(p[bins == b].mean() - y[bins == b].mean()) * np.mean(bins == b) for b in range(10) if np.any(bins == b))
-    return {
-        "roc_auc": float(roc_auc_score(y, p)),
-        "pr_auc": float(average_precision_score(y, p)),
-        "precision": precision,
-        "recall": recall,
-        "f1": f1,
-        "fpr": fp / (fp + tn) if fp + tn else 0.0,
-        "log_loss": float(log_loss(y, np.clip(p, 1e-7, 1 - 1e-7), labels=[0, 1])),
-        "ece": float(ece),
-        "positive_rate": float(pred.mean()),
-    }
 
 
 @dataclass
@@ -145,16 +187,24 @@ def decide(
     policy: GatePolicy,
     *,
     champion_version: str | None = None,
+    task: Task | Mapping[str, bool] | None = None,
 ) -> GateDecision:
-    """Bless the challenger only when every configured threshold passes. Each check adds a reason."""
-    policy.validate()
+    """Bless the challenger only when every configured threshold passes. Each check adds a reason.
+
+    ``task``: the task whose metrics the policy names (or its ``{metric: higher_is_better}``); None: binary."""
+    policy.validate(task)
+    directions = directions_of(task)
+    for name in {*policy.value_thresholds, *policy.max_abs_regression, *policy.max_rel_regression}:
+        for who, metrics in (("challenger", challenger), ("champion", champion)):
+            if metrics is not None and name not in metrics:
+                raise GateConfigError(f"the {who}'s metrics have no {name!r} (they have {sorted(metrics)})")
     reasons: list[str] = []
     ok = True
     for name, bound in policy.value_thresholds.items():
         value = challenger[name]
-        passed = value >= bound if HIGHER_IS_BETTER[name] else value <= bound
+        passed = value >= bound if directions[name] else value <= bound
         ok &= passed
-        op = ">=" if HIGHER_IS_BETTER[name] else "<="
+        op = ">=" if directions[name] else "<="
         reasons.append(f"{name} {_fmt(value)} {op} {_fmt(bound)}: {'pass' if passed else 'FAIL'}")
     if champion is None:
         if policy.bootstrap == "reject":
@@ -166,7 +216,7 @@ def decide(
         reasons.append("no champion yet: bootstrap on value thresholds")
         return GateDecision(ok, reasons, challenger, None, None)
     for name, tol in policy.max_abs_regression.items():
-        worse = (champion[name] - challenger[name]) if HIGHER_IS_BETTER[name] else (challenger[name] - champion[name])
+        worse = (champion[name] - challenger[name]) if directions[name] else (challenger[name] - champion[name])
         passed = worse <= tol + 1e-12
         ok &= passed
         reasons.append(
@@ -175,7 +225,7 @@ def decide(
         )
     for name, tol in policy.max_rel_regression.items():
         base = champion[name]
-        worse = (base - challenger[name]) if HIGHER_IS_BETTER[name] else (challenger[name] - base)
+        worse = (base - challenger[name]) if directions[name] else (challenger[name] - base)
         rel = worse / abs(base) if base else (math.inf if worse > 0 else 0.0)
         passed = rel <= tol + 1e-12
         ok &= passed
@@ -184,3 +234,4 @@ def decide(
             f"(allowed worsening {tol:.2%}): {'pass' if passed else 'FAIL'}"
         )
     return GateDecision(ok, reasons, challenger, champion, champion_version)
+

@@ -3,12 +3,14 @@
 Plain Python (pandas; Feast only imported by :func:`feature_service_schema`), no Airflow import.
 
 * :func:`profile_dataframe` summarizes a training dataset: rows, and per column its dtype, dtype family,
-  null fraction, min/max (numeric) or the set of values (few distinct values), and the label's classes
-  and positive rate.
+  null fraction, min/max (numeric) or the set of values (few distinct values), and the label's summary of
+  the task (:meth:`gd_provider.core.tasks.Task.label_profile`: binary classes and positive rate, multiclass
+  class shares, regression mean / std / range).
 * :func:`schema_expectations` turns a feature service's schema (feature name → Feast type name) into
   "column exists" and "dtype family" checks.
 * :func:`profile_expectations` turns the champion's profile and :class:`Tolerances` into null-rate,
-  value-range, category-set, row-count and label checks.
+  value-range, category-set, row-count and label checks (the label's through the task:
+  :meth:`~gd_provider.core.tasks.Task.profile_label_expectations`; binary when no task is given).
 
 Every derived expectation carries ``meta.gd_check`` = ``"<origin>:<check>"`` (origin ``schema`` or
 ``champion_profile``, e.g. ``champion_profile:null_rate``) and ``meta.gd_origin``, so a failing one says
@@ -21,15 +23,19 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+
+if TYPE_CHECKING:
+    from gd_provider.core.tasks import Task
 
 __all__ = [
     "DTYPE_FAMILIES",
     "FEAST_TYPE_FAMILIES",
     "ColumnProfile",
+    "LABEL_TOLERANCES",
     "DataProfile",
     "ProfileError",
     "Tolerances",
@@ -38,6 +44,7 @@ __all__ = [
     "profile_dataframe",
     "profile_expectations",
     "schema_expectations",
+    "tolerance_problems",
 ]
 
 SCHEMA = "schema"
@@ -103,9 +110,15 @@ class DataProfile:
     columns: dict[str, ColumnProfile]
     label_column: str | None = None
     positive_rate: float | None = None
+    """Binary labels only (kept for compatibility; ``label_profile`` is what the checks read)."""
     label_classes: list[Any] | None = None
+    """Binary: the label's classes; multiclass: the declared classes present (compatibility)."""
     source: dict[str, Any] = field(default_factory=dict)
     """Where the profile comes from (e.g. model name, version, dataset uri + sha256)."""
+    label_profile: dict[str, Any] | None = None
+    """The task's summary of the label (:meth:`gd_provider.core.tasks.Task.label_profile`)."""
+    task: str | None = None
+    """The task that summarized the label (its name or import path)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -133,10 +146,12 @@ def profile_dataframe(
     label_column: str | None = None,
     max_categories: int = 50,
     source: Mapping[str, Any] | None = None,
+    task: Task | None = None,
 ) -> DataProfile:
     """Profile ``df``: rows; per column dtype, family, null fraction, finite min/max (numeric) and the
     distinct values when there are at most ``max_categories`` (strings, bools, small-int codes); for
-    ``label_column`` its classes and positive rate (mean of a 0/1 label)."""
+    ``label_column`` the ``task``'s summary of it (``label_profile``; binary when None: its classes and
+    positive rate, also kept as ``label_classes`` / ``positive_rate``)."""
     if not isinstance(df, pd.DataFrame):
         raise TypeError(f"profile_dataframe needs a pandas DataFrame, got {type(df).__name__}")
     if label_column is not None and label_column not in df.columns:
@@ -163,11 +178,25 @@ def profile_dataframe(
         columns[str(name)] = prof
     profile = DataProfile(rows=rows, columns=columns, label_column=label_column, source=dict(source or {}))
     if label_column is not None:
-        label = df[label_column].dropna()
-        profile.label_classes = sorted(_py(v) for v in label.unique())
-        if len(label) and set(profile.label_classes) <= {0, 1}:
-            profile.positive_rate = float(label.astype("float64").mean())
+        from gd_provider.core.tasks import BinaryTask, MulticlassTask, get_task
+
+        task = task if task is not None else get_task("binary")
+        profile.task = task.to_dict()["task"]
+        profile.label_profile = _jsonable(task.label_profile(df[label_column]))
+        if isinstance(task, BinaryTask):
+            profile.label_classes = list(profile.label_profile.get("classes") or [])
+            profile.positive_rate = profile.label_profile.get("positive_rate")
+        elif isinstance(task, MulticlassTask):
+            profile.label_classes = list(profile.label_profile.get("present") or [])
     return profile
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return _py(value)
 
 
 # ------------------------------------------------------------------------------------------ tolerances
@@ -184,6 +213,8 @@ class Tolerances:
     * ``positive_rate_band``: the label's mean within ``[rate / f, rate * f]`` (``f`` = this factor) or,
       when ``positive_rate_abs`` is set, within ``rate ± positive_rate_abs``.
     * ``category_sets``: values of low-cardinality columns must be ones the champion saw.
+    * ``label_mean_shift_std`` (regression): the label's mean within the champion's mean ± this many of its
+      standard deviations.
     """
 
     null_rate_slack: float = 0.02
@@ -192,6 +223,7 @@ class Tolerances:
     positive_rate_band: float = 3.0
     positive_rate_abs: float | None = None
     category_sets: bool = True
+    label_mean_shift_std: float = 1.0
 
     def __post_init__(self) -> None:
         problems = []
@@ -206,6 +238,9 @@ class Tolerances:
             problems.append(f"positive_rate_band must be a factor >= 1, got {self.positive_rate_band}")
         if self.positive_rate_abs is not None and not 0 <= self.positive_rate_abs <= 1:
             problems.append(f"positive_rate_abs must be in [0, 1], got {self.positive_rate_abs}")
+        shift = self.label_mean_shift_std
+        if isinstance(shift, bool) or not isinstance(shift, int | float) or not (math.isfinite(shift) and shift >= 0):
+            problems.append(f"label_mean_shift_std must be a finite number >= 0, got {shift}")
         if problems:
             raise ProfileError("bad tolerances: " + "; ".join(problems))
 
@@ -223,6 +258,22 @@ class Tolerances:
             return cls(**data)
         except TypeError as exc:
             raise ProfileError(f"bad tolerances {data!r}: {exc}") from exc
+
+
+# The label-only tolerances and their defaults: each task reads some (``Task.profile_tolerances``).
+LABEL_TOLERANCES: dict[str, Any] = {"positive_rate_band": 3.0, "positive_rate_abs": None, "label_mean_shift_std": 1.0}
+
+
+def tolerance_problems(task: Task | None, tolerances: Mapping[str, Any]) -> list[str]:
+    """``["<key>: ..."]`` for each label-only tolerance in ``tolerances`` that ``task`` (None: binary) does not
+    read and that is not at its default (``positive_rate_band`` for a regression label)."""
+    from gd_provider.core.tasks import get_task
+
+    task = task if task is not None else get_task("binary")
+    reads = tuple(getattr(task, "profile_tolerances", ()))
+    return [f"{key}: the {task.name} task's label checks do not read it (they read {list(reads) or 'none'})"
+            for key, default in LABEL_TOLERANCES.items()
+            if key in tolerances and key not in reads and tolerances[key] != default]
 
 
 # -------------------------------------------------------------------------------------- expectations
@@ -280,11 +331,14 @@ def profile_expectations(
     *,
     columns: Iterable[str] | None = None,
     exclude: Iterable[str] = (),
+    task: Task | None = None,
 ) -> list[dict[str, Any]]:
     """Checks that the new data looks like the champion's training data (``profile``), within
     ``tolerances``: row count, and for each profiled column (``columns``, default all, minus ``exclude``):
     exists, dtype family, null rate, numeric range, category set; for the label (unless in ``exclude``, even
-    when ``columns`` does not name it): classes and positive rate.
+    when ``columns`` does not name it) the ``task``'s checks against the champion's labels
+    (:meth:`~gd_provider.core.tasks.Task.profile_label_expectations`; binary when None: classes and positive
+    rate, checks ``label_values``, ``both_classes``, ``positive_rate``).
     """
     tol = tolerances or Tolerances()
     if profile.rows <= 0:
@@ -327,22 +381,25 @@ def profile_expectations(
         elif tol.category_sets and col.values is not None and col.family in ("string", "bool"):
             exps.append(_exp("expect_column_values_to_be_in_set", CHAMPION, "category_set", column=name,
                              value_set=list(col.values)))
-    if label is not None and label not in skip and profile.label_classes is not None:
-        classes = list(profile.label_classes)
-        exps.append(_exp("expect_column_values_to_be_in_set", CHAMPION, "label_values", column=label,
-                         value_set=classes))
-        if len(classes) >= 2:
-            exps.append(_exp("expect_column_distinct_values_to_contain_set", CHAMPION, "both_classes",
-                             column=label, value_set=classes))
-        rate = profile.positive_rate
-        if rate is not None:
-            if tol.positive_rate_abs is not None:
-                low, high = rate - tol.positive_rate_abs, rate + tol.positive_rate_abs
-            else:
-                low, high = rate / tol.positive_rate_band, rate * tol.positive_rate_band
-            exps.append(_exp("expect_column_mean_to_be_between", CHAMPION, "positive_rate", column=label,
-                             min_value=_round(max(0.0, low), "down"), max_value=_round(min(1.0, high), "up")))
+    if label is not None and label not in skip:
+        exps += _label_expectations(profile, label, tol, task)
     return exps
+
+
+def _label_expectations(profile: DataProfile, label: str, tol: Tolerances, task: Task | None) -> list[dict[str, Any]]:
+    from gd_provider.core.tasks import get_task
+
+    task = task if task is not None else get_task("binary")
+    summary = profile.label_profile
+    if summary is None:  # a profile from before tasks: only the binary summary was kept
+        if profile.label_classes is None:
+            return []
+        summary = {"classes": list(profile.label_classes), "positive_rate": profile.positive_rate}
+
+    def make(etype: str, check: str, **kwargs: Any) -> dict[str, Any]:
+        return _exp(etype, CHAMPION, check, **kwargs)
+
+    return list(task.profile_label_expectations(label, summary, tol, make))
 
 
 def derive_expectations(
@@ -352,11 +409,12 @@ def derive_expectations(
     tolerances: Tolerances | None = None,
     columns: Sequence[str] | None = None,
     exclude: Iterable[str] = (),
+    task: Task | None = None,
 ) -> list[dict[str, Any]]:
     """Schema checks (when ``schema``) followed by champion-profile checks (when ``profile``)."""
     exps: list[dict[str, Any]] = []
     if schema is not None:
         exps += schema_expectations(schema)
     if profile is not None:
-        exps += profile_expectations(profile, tolerances, columns=columns, exclude=exclude)
+        exps += profile_expectations(profile, tolerances, columns=columns, exclude=exclude, task=task)
     return exps

@@ -155,8 +155,15 @@ def default_expectations(
     data_interval_end: str | None = None,
     unique_key_columns: Sequence[str] | None = None,
     max_null_fractions: Mapping[str, float] | None = None,
+    task: Any = None,
 ) -> list[dict[str, Any]]:
-    """A standard expectation list for a tabular training dataset with a binary label.
+    """A standard expectation list for a tabular training dataset with a binary label, or the label of
+    ``task`` (a :class:`gd_provider.core.tasks.Task`).
+
+    The label's checks: without a task (or with the binary task), values in {0, 1} (``binary_label``), both
+    classes present (``both_classes``) and, with ``positive_rate_bounds``, its mean (``positive_rate``); with
+    another task, the task's own :meth:`~gd_provider.core.tasks.Task.label_expectations` (regression: a
+    numeric dtype; multiclass: a declared class), and ``positive_rate_bounds`` is refused.
 
     Columns named anywhere (numeric, non-negative, categorical, label, timestamp, unique keys) are
     required as well. ``max_null_fraction`` applies to every required column except the label, the
@@ -180,6 +187,11 @@ def default_expectations(
             )
     if positive_rate_bounds is not None and label_column is None:
         raise ValidationConfigError("positive_rate_bounds needs label_column")
+    binary_label = task is None or _is_binary(task)
+    if positive_rate_bounds is not None and not binary_label:
+        raise ValidationConfigError(
+            f"positive_rate_bounds applies to a binary label, not to the {getattr(task, 'name', task)!r} task's"
+        )
     if data_interval_end is not None and timestamp_column is None:
         raise ValidationConfigError("data_interval_end needs timestamp_column")
     if data_interval_end is not None:
@@ -250,7 +262,9 @@ def default_expectations(
             _exp("expect_column_values_to_be_in_set", "category_set", column=col, value_set=list(values))
         )
 
-    if label_column is not None:
+    if label_column is not None and not binary_label:
+        exps += list(task.label_expectations(label_column))
+    elif label_column is not None:
         exps.append(
             _exp("expect_column_values_to_be_in_set", "binary_label", column=label_column, value_set=[0, 1])
         )
@@ -289,6 +303,12 @@ def default_expectations(
     elif len(unique_keys) > 1:
         exps.append(_exp("expect_compound_columns_to_be_unique", "unique_key", column_list=unique_keys))
     return exps
+
+
+def _is_binary(task: Any) -> bool:
+    from gd_provider.core.tasks import BinaryTask
+
+    return isinstance(task, BinaryTask)
 
 
 # --------------------------------------------------------------------------------------------

@@ -21,7 +21,12 @@ class DriftCheckOperator(BaseOperator):
     * Methods and thresholds are pinned (``numeric_method``/``categorical_method``/``threshold``) and can be
       set per column: ``per_column={"amount": {"method": "psi", "threshold": 0.2}}``.
     * Frames larger than ``sample_size`` rows are sampled with ``seed`` (reported in the manifest).
-    * Prediction drift: the champion scores both frames; its score distribution is compared the same way.
+    * Prediction drift: the champion scores both frames (its input columns); what its task compares
+      (:meth:`gd_provider.core.tasks.Task.drift_values`: the score of a binary model, the value of a
+      regression, the predicted class of a multiclass model) is compared the same way, with
+      ``prediction_method`` (numeric) or ``prediction_categorical_method`` (categorical; default
+      ``categorical_method``) at ``prediction_threshold``. The task is ``task`` / ``task_options`` (the
+      factory passes the config's training spec), else the one the champion knows of itself, else binary.
     * ``policy``: ``retrain`` (drift is reported and is the reason to retrain), ``warn`` (proceed, warn),
       ``block`` (fail the run when the dataset drifted or the champion's predictions drifted).
     * The HTML and JSON reports go to the run's folder and to an MLflow run (extra links "MLflow run",
@@ -51,6 +56,9 @@ class DriftCheckOperator(BaseOperator):
         prediction_drift: bool = True,
         prediction_method: str = "wasserstein",
         prediction_threshold: float = 0.1,
+        prediction_categorical_method: str | None = None,
+        task: str | None = None,
+        task_options: dict[str, Any] | None = None,
         sample_size: int = 50_000,
         seed: int = 0,
         skip_reason: str | None = None,
@@ -64,8 +72,18 @@ class DriftCheckOperator(BaseOperator):
         check_drift_settings(numeric_method=numeric_method, categorical_method=categorical_method,
                              numeric_columns=list(numeric_columns), categorical_columns=list(categorical_columns),
                              per_column=per_column)
+        from gd_provider.operators.registry import task_argument
+
+        plugin = task_argument(task, task_options, self.task_id)
         if prediction_drift:
             check_drift_method(prediction_method, "numeric", "prediction_method")
+            if prediction_categorical_method is not None or (plugin is not None and plugin.prediction_kind ==
+                                                             "categorical"):
+                check_drift_method(prediction_categorical_method or categorical_method, "categorical",
+                                   "prediction_categorical_method")
+        self.task = task
+        self.task_options = dict(task_options or {})
+        self.prediction_categorical_method = prediction_categorical_method
         self.dataset = dataset
         self.skip_reason = skip_reason
         self.model_name = model_name
@@ -147,10 +165,14 @@ class DriftCheckOperator(BaseOperator):
         decision = core.apply_drift_policy(report, self.policy)
         proceed, message = decision.proceed, decision.message
         if prediction is not None:
+            if prediction["kind"] == "categorical":
+                moved = f"predicted class shares {prediction['reference_shares']} → {prediction['current_shares']}"
+            else:
+                moved = f"mean score {prediction['reference_mean']:.4f} → {prediction['current_mean']:.4f}"
             message += (
-                f" Champion v{champion} prediction drift ({prediction['method']}): score {prediction['score']:.4f} "
-                f"vs threshold {prediction['threshold']} → {'DRIFTED' if prediction['drifted'] else 'stable'} "
-                f"(mean score {prediction['reference_mean']:.4f} → {prediction['current_mean']:.4f})."
+                f" Champion v{champion} prediction drift ({prediction['task']} task, {prediction['method']}): score "
+                f"{prediction['score']:.4f} vs threshold {prediction['threshold']} → "
+                f"{'DRIFTED' if prediction['drifted'] else 'stable'} ({moved})."
             )
             if prediction["drifted"] and self.policy == "block":
                 proceed = False
@@ -193,13 +215,19 @@ class DriftCheckOperator(BaseOperator):
         return manifest
 
     def _prediction_drift(self, core: Any, reference: Any, current: Any, champion: str) -> dict[str, Any]:
-        import numpy as np
+        from gd_provider.core.tasks import get_task
+        from gd_provider.operators.registry import model_scores, task_argument, task_of_model
 
         model = load_pyfunc(f"models:/{self.model_name}/{champion}")
+        task = task_argument(self.task, self.task_options, self.task_id) or task_of_model(model) or get_task("binary")
         n = self.sample_size
         ref = reference.sample(n=n, random_state=self.seed) if len(reference) > n else reference
         cur = current.sample(n=n, random_state=self.seed) if len(current) > n else current
-        return core.prediction_drift(
-            np.asarray(model.predict(ref)), np.asarray(model.predict(cur)), method=self.prediction_method,
+        categorical = task.prediction_kind == "categorical"
+        method = (self.prediction_categorical_method or self.categorical_method) if categorical else self.prediction_method
+        out = core.prediction_drift(
+            task.drift_values(model_scores(model, ref)), task.drift_values(model_scores(model, cur)), method=method,
             threshold=self.prediction_threshold, seed=self.seed, sample_size=n,
+            kind="categorical" if categorical else "numeric",
         )
+        return {**out, "task": task.to_dict()["task"]}

@@ -25,11 +25,98 @@ def _registry_failure(what: str, tracking_uri: str, exc: Exception) -> AirflowEx
     return AirflowException(f"{what} failed talking to MLflow at {tracking_uri}: {type(exc).__name__}: {exc}")
 
 
+# ------------------------------------------------------------------------------------------ the task
+# What is predicted decides every release check (metrics, smoke test, prediction drift, label checks). The
+# operators learn it, in this order: the training manifest's spec (what this run trained), an explicit
+# ``task`` / ``task_options`` argument (the factory passes the config's training spec), the model's own
+# spec (a pyfunc of this package keeps it), else the binary task (what every check meant before tasks).
+
+
+def task_argument(task: str | None, task_options: dict[str, Any] | None, where: str) -> Any:
+    """The :class:`~gd_provider.core.tasks.Task` of an operator's ``task`` / ``task_options`` arguments
+    (None when ``task`` is None); a ``ValueError`` naming ``where``, the task and the field otherwise."""
+    if task is None:
+        if task_options:
+            raise ValueError(f"{where}: task_options given without a task")
+        return None
+    from gd_provider.core.tasks import TaskError, get_task
+
+    try:
+        return get_task(task, task_options or {})
+    except TaskError as exc:
+        raise ValueError(f"{where}: {exc}") from exc
+
+
+def task_from_training(training: Any) -> Any:
+    """The task of a training manifest (its ``spec``, else its ``task`` record); None when it has neither."""
+    if not isinstance(training, dict):
+        return None
+    if training.get("spec"):
+        from gd_provider.core.training.spec import TrainingSpec
+
+        return TrainingSpec.from_dict(training["spec"]).task_plugin()
+    record = training.get("task")
+    if isinstance(record, dict) and record.get("task"):
+        from gd_provider.core.tasks import get_task
+
+        return get_task(record["task"], record.get("options") or {})
+    return None
+
+
+def task_of_model(model: Any) -> Any:
+    """The task a loaded MLflow pyfunc model knows of itself (a model of this package keeps its training
+    spec, or its task); None for any other model."""
+    from gd_provider.core.tasks import Task
+    from gd_provider.core.training.spec import TrainingSpec
+
+    try:
+        inner = model.unwrap_python_model()
+    except Exception:
+        return None
+    for obj in (inner, getattr(inner, "_scorer", None), getattr(inner, "scorer", None)):
+        if obj is None:
+            continue
+        task = getattr(obj, "task", None)
+        if isinstance(task, Task):
+            return task
+        spec = getattr(obj, "spec", None)
+        if isinstance(spec, TrainingSpec):
+            return spec.task_plugin()
+    return None
+
+
+def model_input(model: Any, frame: Any) -> Any:
+    """The columns of ``frame`` the model's signature takes, in its order (no "extra inputs" warnings, no
+    label or keys handed to the model); the whole frame when the model has no signature with column names
+    or the frame lacks one of them (MLflow then says which)."""
+    try:
+        schema = model.metadata.get_input_schema()
+    except Exception:
+        return frame
+    if schema is None or not schema.has_input_names():
+        return frame
+    names = schema.input_names()
+    if not set(names) <= set(frame.columns):
+        return frame
+    return frame[names] if list(frame.columns) != names else frame
+
+
+def model_scores(model: Any, frame: Any) -> np.ndarray:
+    return np.asarray(model.predict(model_input(model, frame)), dtype=float)
+
+
 class ModelEvaluationGateOperator(BaseOperator):
     """Score the challenger (``training["model_uri"]``) and the current champion on the SAME holdout — the
     latest, time-based slice of this run's dataset, which the challenger never trained on — and decide
     with :class:`gd_provider.core.gate.GatePolicy`. Returns the decision; never fails on a rejection (the
-    decision is registered and the promotion skipped with the reason)."""
+    decision is registered and the promotion skipped with the reason).
+
+    The metrics are the task's (``training["spec"]``: binary, multiclass, regression or a user's task):
+    both models' ``predict`` give the task's scores, :meth:`~gd_provider.core.tasks.Task.gate_metrics` turns
+    them into metrics, and the policy must name metrics of that task. ``task`` / ``task_options`` (the
+    config's training spec, when the factory builds it) let the policy be checked when the DAG is parsed;
+    without them it is checked against the binary task then, and always against the trained task at run
+    time."""
 
     template_fields: Sequence[str] = ("dataset", "training")
     operator_extra_links = (MlflowRunLink(),)
@@ -43,16 +130,22 @@ class ModelEvaluationGateOperator(BaseOperator):
         model_name: str,
         policy: dict[str, Any],
         alias: str = "champion",
+        task: str | None = None,
+        task_options: dict[str, Any] | None = None,
         mlflow_conn_id: str = "mlflow_default",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         from gd_provider.core.gate import GateConfigError, GatePolicy
 
+        plugin = task_argument(task, task_options, self.task_id)
         try:  # a bad policy fails when the DAG is parsed (a cheap pure check)
-            GatePolicy.from_dict(policy)
+            GatePolicy.from_dict(policy, task=plugin)
         except (GateConfigError, TypeError) as exc:
-            raise ValueError(f"{self.task_id}: invalid gate policy: {exc}") from exc
+            about = f" for the {plugin.name} task" if plugin is not None else ""
+            raise ValueError(f"{self.task_id}: invalid gate policy{about}: {exc}") from exc
+        self.task = task
+        self.task_options = dict(task_options or {})
         self.dataset = dataset
         self.training = training
         self.model_name = model_name
@@ -66,32 +159,41 @@ class ModelEvaluationGateOperator(BaseOperator):
             GateConfigError,
             GatePolicy,
             HoldoutMismatchError,
-            classification_metrics,
             decide,
             verify_holdout,
         )
         from gd_provider.core.registry import RegistryError, comparison_champion, ensure_experiment
+        from gd_provider.core.tasks import LabelError
         from gd_provider.core.tracking import log_check_run
         from gd_provider.core.training.runner import holdout_frame, holdout_info
         from gd_provider.core.training.spec import TrainingSpec
         from gd_provider.hooks.mlflow import MlflowHook
 
+        spec = TrainingSpec.from_dict(self.training["spec"])
+        task = spec.task_plugin()  # what this run trained (a trigger-time override included)
         try:
-            policy = GatePolicy.from_dict(self.policy)
+            policy = GatePolicy.from_dict(self.policy, task=task)
         except GateConfigError as exc:
-            raise AirflowFailException(f"evaluation gate misconfigured: {exc}") from exc
+            raise AirflowFailException(f"evaluation gate misconfigured for the {task.name} task: {exc}") from exc
         config = MlflowHook(self.mlflow_conn_id).get_config()
         client = config.client()
-        spec = TrainingSpec.from_dict(self.training["spec"])
         holdout = holdout_frame(self.dataset, spec)
         held_out = holdout_info(holdout, spec)  # the digest training records, computed the same way
         try:
             verify_holdout(self.training.get("holdout"), rows=held_out["rows"], sha256=held_out["sha256"])
         except HoldoutMismatchError as exc:
             raise AirflowFailException(f"evaluation gate refuses to decide: {exc}") from exc
-        y = holdout[spec.label].to_numpy()
-        challenger_proba = np.asarray(load_pyfunc(self.training["model_uri"]).predict(holdout))
-        challenger = classification_metrics(y, challenger_proba, policy.decision_threshold)
+        try:
+            task.check_labels(holdout[spec.label], spec.label)
+        except LabelError as exc:
+            raise AirflowFailException(f"evaluation gate refuses to decide: the holdout's labels: {exc}") from exc
+        y = task.encode_labels(holdout[spec.label])
+        problem = task.holdout_problem(y)
+        if problem:
+            raise AirflowFailException(f"evaluation gate refuses to decide ({task.name} task, {len(holdout)} "
+                                       f"holdout rows): {problem}")
+        challenger = self._metrics(task, "challenger", load_pyfunc(self.training["model_uri"]), holdout, y,
+                                   policy.decision_threshold)
         try:
             # the current champion, or - when this run already promoted its own model (a cleared run) -
             # the champion this run replaced: never the challenger compared with itself
@@ -101,11 +203,12 @@ class ModelEvaluationGateOperator(BaseOperator):
         champion = None
         if champion_version is not None:
             model = load_pyfunc(f"models:/{self.model_name}/{champion_version}")
-            champion = classification_metrics(y, np.asarray(model.predict(holdout)), policy.decision_threshold)
-        decision = decide(challenger, champion, policy, champion_version=champion_version)
+            champion = self._metrics(task, f"champion v{champion_version}", model, holdout, y,
+                                     policy.decision_threshold)
+        decision = decide(challenger, champion, policy, champion_version=champion_version, task=task)
         decision.holdout_rows = len(holdout)
         decision.holdout_sha256 = held_out["sha256"]
-        self.log.info("Evaluation on %d holdout rows: %s", len(holdout), decision.summary())
+        self.log.info("Evaluation (%s task) on %d holdout rows: %s", task.name, len(holdout), decision.summary())
         metrics = {f"challenger.{k}": v for k, v in challenger.items()}
         metrics.update({f"champion.{k}": v for k, v in (champion or {}).items()})
         experiment_id = ensure_experiment(client, self.model_name, config.artifact_root)
@@ -114,10 +217,19 @@ class ModelEvaluationGateOperator(BaseOperator):
             metrics=metrics,
             tags={"gd.blessed": str(decision.blessed).lower(), "gd.gate.reason": "; ".join(decision.reasons)[:4000],
                   "gd.gate.baseline_version": champion_version or "none",
-                  "gd.gate.holdout_sha256": decision.holdout_sha256, "gd.gate.holdout_rows": len(holdout)},
+                  "gd.gate.holdout_sha256": decision.holdout_sha256, "gd.gate.holdout_rows": len(holdout),
+                  "gd.gate.task": task.to_dict()["task"]},
         )
         push_link(context, MlflowRunLink, mlflow_run_url(config.ui_url, experiment_id, run_id))
-        return {**decision.to_dict(), "mlflow_run_id": run_id}
+        return {**decision.to_dict(), "mlflow_run_id": run_id, "task": task.to_dict()["task"]}
+
+    @staticmethod
+    def _metrics(task: Any, who: str, model: Any, holdout: Any, y: np.ndarray, threshold: float) -> dict[str, float]:
+        """The task's gate metrics of ``model``'s scores on the holdout (only its input columns are passed)."""
+        try:
+            return task.gate_metrics(y, model_scores(model, holdout), threshold)
+        except ValueError as exc:  # non-finite scores, a wrong shape: deterministic, retrying will not help
+            raise AirflowFailException(f"evaluation gate cannot score the {who} ({task.name} task): {exc}") from exc
 
 
 class RegisterModelOperator(BaseOperator):
@@ -271,11 +383,23 @@ class PromoteModelOperator(BaseOperator):
 class ModelSmokeTestOperator(BaseOperator):
     """Post-promotion check of what serving would load: ``models:/<name>@<alias>`` from the registry.
 
-    Scores a canary sample of the run's dataset and fails when
-    * a score is NaN/inf or outside [0, 1];
-    * the positive-prediction rate is outside ``positive_rate_bounds``, or differs from the previous
-      champion's rate on the same canary by more than ``max_positive_rate_change`` (absolute);
-    * the p95 latency of single-row predictions exceeds ``max_p95_latency_ms``.
+    Scores a canary sample of the run's dataset (the model's input columns only) and fails when the task
+    (:meth:`gd_provider.core.tasks.Task.smoke_problems`) finds the scores wrong, or the p95 latency of
+    single-row predictions exceeds ``max_p95_latency_ms``. The task's checks, each against its options here:
+
+    * every task: a score is NaN/inf;
+    * binary: a score outside [0, 1]; the positive-prediction rate (at ``decision_threshold``) outside
+      ``positive_rate_bounds``, or differing from the previous champion's rate on the same canary by more
+      than ``max_positive_rate_change`` (absolute);
+    * multiclass: probabilities outside [0, 1] or not summing to 1; a class's predicted share moving by more
+      than ``max_class_share_change`` vs the previous champion;
+    * regression: a prediction outside ``prediction_bounds``; the mean prediction moving by more than
+      ``max_mean_shift_std`` of the previous champion's standard deviations.
+
+    An option set to something other than its default that the task does not read is refused (when the DAG
+    is parsed if the task is known then). The task is the one of ``training`` (the training manifest,
+    templated: the factory passes the train task's output), else ``task`` / ``task_options``, else the one
+    the model knows of itself, else binary.
 
     It tests the version this run promoted: ``version`` (templated) when given, else the ``version`` of
     ``promote_task_id``'s XCom (default ``"promote"``; without that XCom, e.g. standalone, whatever the
@@ -284,7 +408,7 @@ class ModelSmokeTestOperator(BaseOperator):
     smoke test must not turn this run green.
     """
 
-    template_fields: Sequence[str] = ("dataset", "max_p95_latency_ms", "version")
+    template_fields: Sequence[str] = ("dataset", "max_p95_latency_ms", "version", "training")
     operator_extra_links = (MlflowModelVersionLink(),)
     ui_color = "#fff2cc"
 
@@ -297,12 +421,18 @@ class ModelSmokeTestOperator(BaseOperator):
         canary_rows: int = 500,
         latency_probes: int = 50,
         max_p95_latency_ms: float = 250.0,
-        positive_rate_bounds: tuple[float, float] = (0.0, 0.5),
+        positive_rate_bounds: tuple[float, float] | None = (0.0, 0.5),
         max_positive_rate_change: float | None = 0.05,
+        max_class_share_change: float | None = 0.1,
+        prediction_bounds: tuple[float, float] | None = None,
+        max_mean_shift_std: float | None = 1.0,
         decision_threshold: float = 0.5,
         seed: int = 0,
         version: str | None = None,
         promote_task_id: str | None = "promote",
+        training: Any = None,
+        task: str | None = None,
+        task_options: dict[str, Any] | None = None,
         mlflow_conn_id: str = "mlflow_default",
         **kwargs: Any,
     ) -> None:
@@ -317,13 +447,48 @@ class ModelSmokeTestOperator(BaseOperator):
         self.max_p95_latency_ms = max_p95_latency_ms
         self.positive_rate_bounds = positive_rate_bounds
         self.max_positive_rate_change = max_positive_rate_change
+        self.max_class_share_change = max_class_share_change
+        self.prediction_bounds = prediction_bounds
+        self.max_mean_shift_std = max_mean_shift_std
         self.decision_threshold = decision_threshold
         self.seed = seed
+        self.training = training
+        self.task = task
+        self.task_options = dict(task_options or {})
         self.mlflow_conn_id = mlflow_conn_id
+        plugin = task_argument(task, task_options, self.task_id)
+        if plugin is not None:
+            self._check_options(plugin, ValueError)
+
+    @property
+    def smoke_options(self) -> dict[str, Any]:
+        """The task-dependent options (:data:`gd_provider.core.gate.SMOKE_KEYS`) as the tasks read them."""
+        from gd_provider.core.gate import SMOKE_KEYS
+
+        return {key: getattr(self, key) for key in SMOKE_KEYS}
+
+    def _check_options(self, task: Any, error: type[Exception]) -> None:
+        from gd_provider.core.gate import smoke_option_problems
+
+        problems = smoke_option_problems(task, self.smoke_options)
+        if problems:
+            raise error(f"{self.task_id}: smoke-test options for the {task.name} task: " + "; ".join(problems))
+
+    def _task(self, model: Any) -> Any:
+        from gd_provider.core.tasks import get_task
+
+        found = task_from_training(self.training)
+        found = found or task_argument(self.task, self.task_options, self.task_id) or task_of_model(model)
+        if found is None:
+            self.log.warning("The task of %s is not known (no training manifest, no task argument, a model that "
+                             "does not say): smoke-testing it as a binary model", self.model_name)
+            found = get_task("binary")
+        return found
 
     def execute(self, context: Any) -> dict[str, Any]:
 
         from gd_provider.core.data import read_dataset
+        from gd_provider.core.gate import SMOKE_BOUNDS
         from gd_provider.core.registry import NO_CHAMPION, PREVIOUS_CHAMPION_TAG, get_alias_version
         from gd_provider.hooks.mlflow import MlflowHook
 
@@ -340,31 +505,25 @@ class ModelSmokeTestOperator(BaseOperator):
             )
         push_link(context, MlflowModelVersionLink, mlflow_model_version_url(config.ui_url, self.model_name, version))
         model = load_pyfunc(f"models:/{self.model_name}@{self.alias}")
+        task = self._task(model)
+        self._check_options(task, AirflowFailException)
+        threshold = self.decision_threshold
+        options = self.smoke_options
         df = read_dataset(self.dataset)
         canary = df.sample(n=min(self.canary_rows, len(df)), random_state=self.seed)
-        proba = np.asarray(model.predict(canary), dtype=float)
-        problems = []
-        if not np.all(np.isfinite(proba)):
-            problems.append(f"{int((~np.isfinite(proba)).sum())} of {len(proba)} scores are NaN/inf")
-        elif len(proba) and (proba.min() < 0 or proba.max() > 1):
-            problems.append(f"scores outside [0, 1]: min {proba.min():.4f}, max {proba.max():.4f}")
-        rate = float(np.mean(proba >= self.decision_threshold)) if len(proba) else 0.0
-        lo, hi = self.positive_rate_bounds
-        if not lo <= rate <= hi:
-            problems.append(f"positive-prediction rate {rate:.4f} outside [{lo}, {hi}]")
+        inputs = model_input(model, canary)
+        scores = np.asarray(model.predict(inputs), dtype=float)
         previous = client.get_model_version(self.model_name, version).tags.get(PREVIOUS_CHAMPION_TAG, NO_CHAMPION)
-        previous_rate = None
-        if previous != NO_CHAMPION and self.max_positive_rate_change is not None:
-            prev_model = load_pyfunc(f"models:/{self.model_name}/{previous}")
-            previous_rate = float(np.mean(np.asarray(prev_model.predict(canary)) >= self.decision_threshold))
-            if abs(rate - previous_rate) > self.max_positive_rate_change:
-                problems.append(
-                    f"positive-prediction rate {rate:.4f} vs previous champion v{previous}'s {previous_rate:.4f} "
-                    f"on the same canary: change above {self.max_positive_rate_change}"
-                )
+        previous_scores = None
+        # the previous champion is scored only for a comparison the task makes with it (a change bound set)
+        compares = any(options.get(k) is not None for k in task.smoke_options if k not in SMOKE_BOUNDS)
+        if previous != NO_CHAMPION and compares:
+            previous_scores = model_scores(load_pyfunc(f"models:/{self.model_name}/{previous}"), canary)
+        problems = [p.replace("the previous champion", f"previous champion v{previous}")
+                    for p in task.smoke_problems(scores, previous_scores, options, threshold)]
         latencies = []
         for i in range(self.latency_probes):
-            row = canary.iloc[[i % len(canary)]]
+            row = inputs.iloc[[i % len(inputs)]]
             t0 = time.perf_counter()
             model.predict(row)
             latencies.append((time.perf_counter() - t0) * 1000)
@@ -372,11 +531,15 @@ class ModelSmokeTestOperator(BaseOperator):
         budget = float(self.max_p95_latency_ms)
         if p95 > budget:
             problems.append(f"p95 latency {p95:.2f} ms over the {budget} ms budget")
-        summary = {"version": version, "canary_rows": len(canary), "positive_rate": rate,
-                   "previous_champion": previous, "previous_positive_rate": previous_rate, "p95_latency_ms": p95}
+        now = task.smoke_summary(scores, threshold)
+        before = task.smoke_summary(previous_scores, threshold) if previous_scores is not None else {}
+        summary = {"version": version, "canary_rows": len(canary), "task": task.to_dict()["task"], **now,
+                   "previous_champion": previous, **{f"previous_{k}": before.get(k) for k in now},
+                   "p95_latency_ms": p95}
         if problems:
             raise AirflowFailException(
-                f"smoke test of {self.model_name}@{self.alias} (v{version}) failed: " + "; ".join(problems)
+                f"smoke test of {self.model_name}@{self.alias} (v{version}, {task.name} task) failed: "
+                + "; ".join(problems)
             )
         self.log.info("Smoke test passed: %s", summary)
         return summary

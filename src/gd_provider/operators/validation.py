@@ -20,6 +20,7 @@ Expectations = list[dict[str, Any]] | Callable[..., list[dict[str, Any]]] | str
 ON_FAILURE = ("fail", "skip", "branch")
 TOLERANCE_KEYS = (
     "null_rate_slack", "range_widening", "row_count_band", "positive_rate_band", "positive_rate_abs", "category_sets",
+    "label_mean_shift_std",
 )
 
 
@@ -70,6 +71,11 @@ class DataValidationOperator(BaseOperator, BranchMixIn):
       ``profile_columns`` limits them (default: every column but the dataset's entity keys and timestamp;
       ``profile_exclude`` drops more). Without a champion (the first run) these checks are skipped and the
       report, the log and the returned manifest say so.
+    * ``task`` (+ ``task_options``: what the model predicts, e.g. the config's training spec's): the task's
+      label checks (:meth:`gd_provider.core.tasks.Task.label_expectations`: no missing label; binary 0/1,
+      multiclass a declared class, regression a numeric dtype) on ``label_column`` (or the manifest's)
+      every night (``task:...`` checks), and the champion-derived label checks are the task's
+      (:meth:`~gd_provider.core.tasks.Task.profile_label_expectations`; binary without a task).
 
     On failure (``on_failure``): ``"fail"`` (default) fails the task — and so everything downstream —
     listing each failing expectation with its observed value; ``"skip"`` skips it with the same summary as
@@ -109,6 +115,8 @@ class DataValidationOperator(BaseOperator, BranchMixIn):
         mlflow_conn_id: str = "mlflow_default",
         experiment_name: str | None = None,
         as_of: str | None = None,
+        task: str | None = None,
+        task_options: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -119,11 +127,23 @@ class DataValidationOperator(BaseOperator, BranchMixIn):
             raise ValueError(f"{self.task_id}: on_failure='branch' needs branch_on_fail (the task id(s) to follow)")
         if on_failure != "branch" and (branch_on_pass or branch_on_fail):
             raise ValueError(f"{self.task_id}: branch_on_pass/branch_on_fail need on_failure='branch'")
-        if expectations is None and not feature_service and not champion_model_name:
-            raise ValueError(f"{self.task_id}: give expectations, feature_service or champion_model_name")
+        if expectations is None and not feature_service and not champion_model_name and task is None:
+            raise ValueError(f"{self.task_id}: give expectations, feature_service or champion_model_name (or a task, "
+                             "whose label checks run)")
         unknown = set(tolerances or {}) - set(TOLERANCE_KEYS)
         if unknown:
             raise ValueError(f"{self.task_id}: unknown tolerances {sorted(unknown)}; known: {list(TOLERANCE_KEYS)}")
+        from gd_provider.operators.registry import task_argument
+
+        plugin = task_argument(task, task_options, self.task_id)
+        if plugin is not None and tolerances:
+            from gd_provider.core.profile import tolerance_problems
+
+            problems = tolerance_problems(plugin, tolerances)
+            if problems:
+                raise ValueError(f"{self.task_id}: tolerances: " + "; ".join(problems))
+        self.task = task
+        self.task_options = dict(task_options or {})
         if tolerances and not champion_model_name:
             raise ValueError(f"{self.task_id}: tolerances apply to champion-derived checks: set champion_model_name")
         self.dataset = dataset
@@ -197,23 +217,45 @@ class DataValidationOperator(BaseOperator, BranchMixIn):
         except DatasetError as exc:
             raise AirflowFailException(f"validation cannot read the champion's training data: {exc}") from exc
         label = self.label_column or manifest.get("label_column")
+        task = self._task()
         try:
             prof = core.profile_dataframe(
                 reference, label_column=label if label in reference.columns else None,
-                source={"model": name, "version": champion, "uri": ref.uri, "sha256": ref.sha256},
+                source={"model": name, "version": champion, "uri": ref.uri, "sha256": ref.sha256}, task=task,
             )
             exclude = [*self.profile_exclude]
             if self.profile_columns is None:
                 exclude += [*(manifest.get("entity_keys") or []), manifest.get("timestamp_column") or ""]
             columns = self.profile_columns
             exps = core.profile_expectations(prof, core.Tolerances.from_dict(self.tolerances), columns=columns,
-                                             exclude=[c for c in exclude if c])
+                                             exclude=[c for c in exclude if c], task=task)
         except core.ProfileError as exc:
             raise AirflowFailException(f"validation cannot derive the champion checks: {exc}") from exc
         notes.append(f"{len(exps)} checks derived from the training data of {name} v{champion} "
                      f"({prof.rows} rows, {ref.uri})")
         return exps, {"status": "derived", "model": name, "alias": alias, "version": champion,
                       "rows": prof.rows, "uri": ref.uri, "checks": len(exps)}
+
+    def _task(self) -> Any:
+        """The task of ``task`` / ``task_options`` (None: none given; the champion checks are then binary)."""
+        from gd_provider.operators.registry import task_argument
+
+        try:
+            return task_argument(self.task, self.task_options, self.task_id)
+        except ValueError as exc:
+            raise AirflowFailException(str(exc)) from exc
+
+    def _label_expectations(self, manifest: dict[str, Any], notes: list[str]) -> list[dict[str, Any]]:
+        task = self._task()
+        if task is None:
+            return []
+        label = self.label_column or manifest.get("label_column")
+        if not label:
+            raise AirflowFailException(f"validation of the {task.name} task's labels needs label_column (the "
+                                       "dataset manifest names none)")
+        exps = list(task.label_expectations(label))
+        notes.append(f"{len(exps)} label checks of the {task.name} task on {label!r}")
+        return exps
 
     # ------------------------------------------------------------------------------------------- execute
 
@@ -257,6 +299,7 @@ class DataValidationOperator(BaseOperator, BranchMixIn):
             if self.expectations is not None else []
         )
         champion: dict[str, Any] | None = None
+        expectations += self._label_expectations(manifest, notes)
         if self.feature_service:
             expectations += self._schema_expectations(notes)
         if self.champion_model_name:

@@ -24,7 +24,11 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import numpy as np
-import pandas as pd
+
+try:
+    import pandas as pd
+except ImportError:  # a bare training image (torch + numpy): the engine needs no pandas, label checks do
+    pd = None  # type: ignore[assignment]
 
 
 class TaskError(ValueError):
@@ -186,6 +190,9 @@ class Task(ABC):
 
     # the smoke_test config keys this task reads (others are refused when the config is parsed)
     smoke_options: ClassVar[tuple[str, ...]] = ()
+    # the label-only validation tolerances (core.profile.Tolerances) profile_label_expectations reads
+    # (positive_rate_band / positive_rate_abs / label_mean_shift_std: another one, not at its default, is refused)
+    profile_tolerances: ClassVar[tuple[str, ...]] = ()
 
 
 def _exp(kind: str, tag: str, **kwargs: Any) -> dict[str, Any]:

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from typing import Any, ClassVar
 
 import numpy as np
-import pandas as pd
+
+try:
+    import pandas as pd
+except ImportError:  # a bare training image (torch + numpy): the engine needs no pandas, label checks do
+    pd = None  # type: ignore[assignment]
 
 from gd_provider.core.tasks.base import LabelError, Task, TaskError, _examples, _exp, flat_loss
 from gd_provider.core.tasks.metrics import ranking_metrics
@@ -64,6 +69,7 @@ class BinaryTask(Task):
     default_validation_metric = "val_roc_auc"
     options: ClassVar[Mapping[str, Any]] = {"pos_weight": "auto"}
     smoke_options = ("positive_rate_bounds", "max_positive_rate_change")
+    profile_tolerances = ("positive_rate_band", "positive_rate_abs")
 
     def check_options(self) -> None:
         pw = self.config["pos_weight"]
@@ -207,5 +213,9 @@ def _py(value: Any) -> Any:
 
 
 def _round(value: float, direction: str, digits: int = 6) -> float:
-    scale = 10**digits
-    return (math.floor if direction == "down" else math.ceil)(value * scale) / scale
+    """``value`` to ``digits`` significant digits, rounded outward (as core.profile rounds its bounds)."""
+    if value == 0 or not math.isfinite(value):
+        return float(value)
+    exponent = math.floor(math.log10(abs(value))) - (digits - 1)
+    rounding = ROUND_FLOOR if direction == "down" else ROUND_CEILING
+    return float(Decimal(repr(float(value))).quantize(Decimal(1).scaleb(exponent), rounding=rounding))

@@ -8,7 +8,11 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import numpy as np
-import pandas as pd
+
+try:
+    import pandas as pd
+except ImportError:  # a bare training image (torch + numpy): the engine needs no pandas, label checks do
+    pd = None  # type: ignore[assignment]
 
 from gd_provider.core.tasks.base import LabelError, Task, TaskError, _examples, _exp
 from gd_provider.core.tasks.metrics import (

@@ -7,7 +7,11 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import numpy as np
-import pandas as pd
+
+try:
+    import pandas as pd
+except ImportError:  # a bare training image (torch + numpy): the engine needs no pandas, label checks do
+    pd = None  # type: ignore[assignment]
 
 from gd_provider.core.tasks.base import LabelError, Task, TaskError, _examples, _exp, flat_loss
 from gd_provider.core.tasks.metrics import quantile_metric, regression_metrics
@@ -32,6 +36,7 @@ class RegressionTask(Task):
     options: ClassVar[Mapping[str, Any]] = {"error_quantiles": [0.5, 0.9], "huber_delta": 1.0,
                                            "standardize_target": True}
     smoke_options = ("prediction_bounds", "max_mean_shift_std")
+    profile_tolerances = ("label_mean_shift_std",)
 
     def check_options(self) -> None:
         qs = self.config["error_quantiles"]
