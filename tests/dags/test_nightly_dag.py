@@ -31,12 +31,17 @@ def _evaluate_xcom(run_id: str) -> dict:
         return row.value
 
 
-def _policy_by_hand(challenger: dict, champion: dict) -> bool:
-    """dags/configs/fraud_detector.yaml's gate: roc_auc >= 0.75, pr_auc >= 0.15, and at most 0.01 / 0.02 worse
-    than the champion."""
-    return (challenger["roc_auc"] >= 0.75 and challenger["pr_auc"] >= 0.15
+def _policy_by_hand(gate: dict) -> bool:
+    """dags/configs/fraud_detector.yaml's gate: at least 1000 holdout rows; roc_auc >= 0.75, pr_auc >= 0.15 and at
+    most 0.01 / 0.02 worse than the champion; at each model's operating point, FPR at most 10 % higher (relative)
+    and at most 3 % of the holdout's decisions flipped."""
+    challenger, champion = gate["challenger_metrics"], gate["champion_metrics"]
+    return (gate["holdout_rows"] >= 1000
+            and challenger["roc_auc"] >= 0.75 and challenger["pr_auc"] >= 0.15
             and champion["roc_auc"] - challenger["roc_auc"] <= 0.01 + 1e-12
-            and champion["pr_auc"] - challenger["pr_auc"] <= 0.02 + 1e-12)
+            and champion["pr_auc"] - challenger["pr_auc"] <= 0.02 + 1e-12
+            and (challenger["fpr"] - champion["fpr"]) / champion["fpr"] <= 0.1 + 1e-12
+            and challenger["flip_rate"] <= 0.03 + 1e-12)
 
 
 def _versions(client) -> list:
@@ -87,7 +92,8 @@ def test_three_nights(dag, demo_home, mlflow_client):
     # shared holdout (so a gate that always blesses, or always rejects, fails here whichever way night 2 goes)
     gate = _evaluate_xcom(run2["run_id"])
     assert gate["champion_version"] == "1" and gate["champion_metrics"] is not None
-    assert gate["blessed"] is _policy_by_hand(gate["challenger_metrics"], gate["champion_metrics"]), gate
+    assert gate["blessed"] is _policy_by_hand(gate), gate
+    assert gate["intervals"]["resamples"] == 1000 and "fpr" in gate["intervals"]["change"]
     assert v2.tags["gd.blessed"] == str(gate["blessed"]).lower()
     if v2.tags["gd.blessed"] == "true":
         assert run2["tasks"]["promote"] == "success"

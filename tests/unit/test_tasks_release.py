@@ -36,12 +36,12 @@ BINARY = get_task("binary")
 # ----------------------------------------------------------------------------------------------- the gate
 def test_binary_remains_the_default_and_keeps_its_directions():
     today = {"roc_auc": True, "pr_auc": True, "precision": True, "recall": True, "f1": True,
-             "fpr": False, "log_loss": False, "ece": False}
+             "fpr": False, "log_loss": False, "ece": False, "positive_rate": False, "flip_rate": False}
     assert today == HIGHER_IS_BETTER == dict(BINARY.metrics)
     policy = GatePolicy.from_dict({"value_thresholds": {"roc_auc": 0.7}})
     assert policy == GatePolicy.from_dict({"value_thresholds": {"roc_auc": 0.7}}, task=BINARY)
     with pytest.raises(GateConfigError, match=r"value_thresholds: metric 'rmse' is not a binary metric; binary "
-                                              r"metrics are \['ece', 'f1', 'fpr', 'log_loss'"):
+                                              r"metrics are \['ece', 'f1', 'flip_rate', 'fpr', 'log_loss'"):
         GatePolicy.from_dict({"value_thresholds": {"rmse": 0.7}})
 
 
@@ -61,7 +61,7 @@ def test_regression_gate_on_rmse_and_r2_with_change_bounds():
     d = decide(worse, champion, policy, champion_version="4", task=REGRESSION)
     assert not d.blessed
     assert any(r.startswith("rmse 0.9000 vs champion v4 0.0500") and r.endswith("FAIL") for r in d.reasons)
-    assert any(r.startswith("r2 relative change") and r.endswith("FAIL") for r in d.reasons)
+    assert any(r.startswith("r2 ") and "relative worsening" in r and r.endswith("FAIL") for r in d.reasons)
     # directions may be given as a mapping too
     assert not decide(worse, champion, policy, champion_version="4", task=dict(REGRESSION.metrics)).blessed
     # without the task the policy is a binary one, and refused

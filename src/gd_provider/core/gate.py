@@ -116,6 +116,14 @@ class GatePolicy:
     # metric -> largest allowed relative worsening vs the champion (0.05 = 5 %)
     max_rel_regression: dict[str, float] = field(default_factory=dict)
     bootstrap: str = "bless_if_value_thresholds_pass"
+    # below these the gate refuses to decide (the challenger is not blessed, saying why): holdout rows, and
+    # rows of the rarest label class (binary: positives and negatives; multiclass: each declared class)
+    min_holdout_rows: int = 0
+    min_class_rows: int = 0
+    # paired bootstrap intervals and how bounds are judged on them (core.gates.release.IntervalPolicy; binary)
+    interval: dict[str, Any] = field(default_factory=dict)
+    # per-slice decision checks (core.gates.release.SlicePolicy; binary)
+    slices: dict[str, Any] = field(default_factory=dict)
 
     def validate(self, task: Task | Mapping[str, bool] | None = None) -> None:
         """Raise :class:`GateConfigError` naming the field (and the task, for a metric it does not have).
@@ -147,6 +155,21 @@ class GatePolicy:
             raise GateConfigError(f"decision_threshold: applies to the binary task only, not to the {task_name} task")
         if not 0.0 < threshold < 1.0:
             raise GateConfigError(f"gate policy decision_threshold={threshold} must be in (0, 1)")
+        for name in ("min_holdout_rows", "min_class_rows"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise GateConfigError(f"{name}: must be a non-negative integer, got {value!r}")
+        from gd_provider.core.gates.release import IntervalPolicy, ReleasePolicyError, SlicePolicy
+
+        for name, kind in (("interval", IntervalPolicy), ("slices", SlicePolicy)):
+            value = getattr(self, name)
+            if value and not binary:
+                raise GateConfigError(f"{name}: decided at the operating point, for the binary task only (not the "
+                                      f"{task_name} task)")
+            try:
+                kind.from_dict(value)
+            except (ReleasePolicyError, TypeError) as exc:
+                raise GateConfigError(str(exc)) from None
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], task: Task | Mapping[str, bool] | None = None) -> GatePolicy:
@@ -168,6 +191,11 @@ class GateDecision:
     champion_version: str | None
     holdout_rows: int = 0
     holdout_sha256: str | None = None
+    # each model's decision rule on the holdout ({"champion": {...}, "challenger": {...}}), the bootstrap
+    # intervals ({"confidence", "resamples", "overall": ...}) and the slice report, when decided on them
+    operating_points: dict[str, Any] | None = None
+    intervals: dict[str, Any] | None = None
+    slices: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -188,24 +216,49 @@ def decide(
     *,
     champion_version: str | None = None,
     task: Task | Mapping[str, bool] | None = None,
+    intervals: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> GateDecision:
     """Bless the challenger only when every configured threshold passes. Each check adds a reason.
 
-    ``task``: the task whose metrics the policy names (or its ``{metric: higher_is_better}``); None: binary."""
+    ``task``: the task whose metrics the policy names (or its ``{metric: higher_is_better}``); None: binary.
+    ``intervals``: paired bootstrap intervals (``{"challenger" | "champion" | "change": {metric: Interval}}``,
+    :func:`gd_provider.core.gates.uncertainty.paired_bootstrap`); with ``interval.judge: worst_end`` each
+    bound is judged on the interval's worse end. ``flip_rate`` needs a champion (skipped without one)."""
+    from gd_provider.core.gates.release import worse_end
+
     policy.validate(task)
     directions = directions_of(task)
+    judge_worst = bool(intervals) and (policy.interval or {}).get("judge") == "worst_end"
+    pair_only = {"flip_rate"}
     for name in {*policy.value_thresholds, *policy.max_abs_regression, *policy.max_rel_regression}:
         for who, metrics in (("challenger", challenger), ("champion", champion)):
-            if metrics is not None and name not in metrics:
+            if metrics is not None and name not in metrics and not (
+                    name in pair_only and (champion is None or who == "champion")):
                 raise GateConfigError(f"the {who}'s metrics have no {name!r} (they have {sorted(metrics)})")
+
+    def interval(group: str, name: str) -> Any:
+        return (intervals or {}).get(group, {}).get(name)
+
+    def shown(group: str, name: str) -> str:
+        iv = interval(group, name)
+        if iv is None or not math.isfinite(iv.low):
+            return ""
+        return f" [{iv.low:+.4f}, {iv.high:+.4f}]" if group == "change" else f" [{iv.low:.4f}, {iv.high:.4f}]"
+
+    basis = " (judged on the worse end of each interval)" if judge_worst else ""
     reasons: list[str] = []
     ok = True
     for name, bound in policy.value_thresholds.items():
+        if name in pair_only and champion is None:
+            reasons.append(f"{name}: no champion to compare decisions with: not judged")
+            continue
         value = challenger[name]
-        passed = value >= bound if directions[name] else value <= bound
+        judged = worse_end(interval("challenger", name), directions[name], value) if judge_worst else value
+        passed = judged >= bound if directions[name] else judged <= bound
         ok &= passed
         op = ">=" if directions[name] else "<="
-        reasons.append(f"{name} {_fmt(value)} {op} {_fmt(bound)}: {'pass' if passed else 'FAIL'}")
+        reasons.append(f"{name} {_fmt(value)}{shown('challenger', name)} {op} {_fmt(bound)}{basis}: "
+                       f"{'pass' if passed else 'FAIL'}")
     if champion is None:
         if policy.bootstrap == "reject":
             return GateDecision(False, [*reasons, "no champion and bootstrap policy is 'reject'"],
@@ -215,23 +268,31 @@ def decide(
                                 challenger, None, None)
         reasons.append("no champion yet: bootstrap on value thresholds")
         return GateDecision(ok, reasons, challenger, None, None)
+    def worsening(name: str) -> float:
+        change = challenger[name] - champion[name]
+        if judge_worst:
+            change = worse_end(interval("change", name), directions[name], change)
+        return -change if directions[name] else change
+
     for name, tol in policy.max_abs_regression.items():
-        worse = (champion[name] - challenger[name]) if directions[name] else (challenger[name] - champion[name])
+        worse = worsening(name)
         passed = worse <= tol + 1e-12
         ok &= passed
         reasons.append(
-            f"{name} {_fmt(challenger[name])} vs champion v{champion_version} {_fmt(champion[name])} "
-            f"(change {_fmt(-worse)}, allowed worsening {_fmt(tol)}): {'pass' if passed else 'FAIL'}"
+            f"{name} {_fmt(challenger[name])}{shown('challenger', name)} vs champion v{champion_version} "
+            f"{_fmt(champion[name])}{shown('champion', name)} (change {challenger[name] - champion[name]:+.4f}"
+            f"{shown('change', name)}, allowed worsening {_fmt(tol)}{basis}): {'pass' if passed else 'FAIL'}"
         )
     for name, tol in policy.max_rel_regression.items():
         base = champion[name]
-        worse = (base - challenger[name]) if directions[name] else (challenger[name] - base)
+        worse = worsening(name)
         rel = worse / abs(base) if base else (math.inf if worse > 0 else 0.0)
         passed = rel <= tol + 1e-12
         ok &= passed
         reasons.append(
-            f"{name} relative change {-rel:+.2%} vs champion v{champion_version} "
-            f"(allowed worsening {tol:.2%}): {'pass' if passed else 'FAIL'}"
+            f"{name} {_fmt(challenger[name])}{shown('challenger', name)} vs champion v{champion_version} "
+            f"{_fmt(base)}{shown('champion', name)}: relative worsening {rel:+.2%} (allowed {tol:.2%}{basis}): "
+            f"{'pass' if passed else 'FAIL'}"
         )
     return GateDecision(ok, reasons, challenger, champion, champion_version)
 

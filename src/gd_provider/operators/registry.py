@@ -85,6 +85,24 @@ def task_of_model(model: Any) -> Any:
     return None
 
 
+def decision_threshold_of(model: Any, training: dict[str, Any] | None = None) -> float | None:
+    """The decision threshold a model serves with (its operating point, chosen in training and saved with
+    it): from the training manifest's task state, else from the loaded pyfunc's scorer; None when the model
+    has none (then the gate policy's ``decision_threshold`` applies)."""
+    candidates: list[Any] = [((training or {}).get("task") or {}).get("state")]
+    try:
+        inner = model.unwrap_python_model()
+        scorer = getattr(inner, "_scorer", None) or getattr(inner, "scorer", None)
+        candidates.append(getattr(scorer, "state", None) or getattr(scorer, "task_state", None))
+    except Exception:  # not one of our models
+        pass
+    for state in candidates:
+        point = (state or {}).get("operating_point") if isinstance(state, dict) else None
+        if point and point.get("threshold") is not None:
+            return float(point["threshold"])
+    return None
+
+
 def model_input(model: Any, frame: Any) -> Any:
     """The columns of ``frame`` the model's signature takes, in its order (no "extra inputs" warnings, no
     label or keys handed to the model); the whole frame when the model has no signature with column names
@@ -155,13 +173,8 @@ class ModelEvaluationGateOperator(BaseOperator):
 
     def execute(self, context: Any) -> dict[str, Any]:
 
-        from gd_provider.core.gate import (
-            GateConfigError,
-            GatePolicy,
-            HoldoutMismatchError,
-            decide,
-            verify_holdout,
-        )
+        from gd_provider.core.gate import GateConfigError, GatePolicy, HoldoutMismatchError, verify_holdout
+        from gd_provider.core.gates.release import ReleasePolicyError, decide_release
         from gd_provider.core.registry import RegistryError, comparison_champion, ensure_experiment
         from gd_provider.core.tasks import LabelError
         from gd_provider.core.tracking import log_check_run
@@ -192,20 +205,28 @@ class ModelEvaluationGateOperator(BaseOperator):
         if problem:
             raise AirflowFailException(f"evaluation gate refuses to decide ({task.name} task, {len(holdout)} "
                                        f"holdout rows): {problem}")
-        challenger = self._metrics(task, "challenger", load_pyfunc(self.training["model_uri"]), holdout, y,
-                                   policy.decision_threshold)
+        challenger_model = load_pyfunc(self.training["model_uri"])
+        challenger_scores = self._scores(task, "challenger", challenger_model, holdout)
         try:
             # the current champion, or - when this run already promoted its own model (a cleared run) -
             # the champion this run replaced: never the challenger compared with itself
             champion_version = comparison_champion(client, self.model_name, self.alias, run_key(context))
         except RegistryError as exc:
             raise AirflowFailException(f"evaluation gate cannot find its baseline: {exc}") from exc
-        champion = None
+        champion_scores = champion_threshold = None
         if champion_version is not None:
-            model = load_pyfunc(f"models:/{self.model_name}/{champion_version}")
-            champion = self._metrics(task, f"champion v{champion_version}", model, holdout, y,
-                                     policy.decision_threshold)
-        decision = decide(challenger, champion, policy, champion_version=champion_version, task=task)
+            champion_model = load_pyfunc(f"models:/{self.model_name}/{champion_version}")
+            champion_scores = self._scores(task, f"champion v{champion_version}", champion_model, holdout)
+            champion_threshold = decision_threshold_of(champion_model)
+        try:
+            # each model decides with its own operating point (saved with it; else the policy's threshold)
+            decision = decide_release(
+                task, policy, y, challenger_scores, champion_scores,
+                challenger_threshold=decision_threshold_of(challenger_model, self.training),
+                champion_threshold=champion_threshold, champion_version=champion_version, holdout=holdout)
+        except (ValueError, ReleasePolicyError) as exc:  # non-finite scores, a wrong shape, a slice column
+            raise AirflowFailException(f"evaluation gate cannot decide ({task.name} task): {exc}") from exc
+        challenger, champion = decision.challenger_metrics, decision.champion_metrics
         decision.holdout_rows = len(holdout)
         decision.holdout_sha256 = held_out["sha256"]
         self.log.info("Evaluation (%s task) on %d holdout rows: %s", task.name, len(holdout), decision.summary())
@@ -224,11 +245,11 @@ class ModelEvaluationGateOperator(BaseOperator):
         return {**decision.to_dict(), "mlflow_run_id": run_id, "task": task.to_dict()["task"]}
 
     @staticmethod
-    def _metrics(task: Any, who: str, model: Any, holdout: Any, y: np.ndarray, threshold: float) -> dict[str, float]:
-        """The task's gate metrics of ``model``'s scores on the holdout (only its input columns are passed)."""
+    def _scores(task: Any, who: str, model: Any, holdout: Any) -> np.ndarray:
+        """``model``'s task scores on the holdout (only its input columns are passed)."""
         try:
-            return task.gate_metrics(y, model_scores(model, holdout), threshold)
-        except ValueError as exc:  # non-finite scores, a wrong shape: deterministic, retrying will not help
+            return model_scores(model, holdout)
+        except ValueError as exc:  # a wrong shape, a missing column: deterministic, retrying will not help
             raise AirflowFailException(f"evaluation gate cannot score the {who} ({task.name} task): {exc}") from exc
 
 

@@ -64,6 +64,9 @@ class BinaryTask(Task):
     metrics: ClassVar[Mapping[str, bool]] = {
         "roc_auc": True, "pr_auc": True, "precision": True, "recall": True, "f1": True,
         "fpr": False, "log_loss": False, "ece": False,
+        # at the model's operating point: the share flagged, and (against the champion) the share of rows
+        # whose decision changed - both "lower is better" for a bound
+        "positive_rate": False, "flip_rate": False,
     }
     validation_metrics: ClassVar[Mapping[str, bool]] = {"val_loss": False, "val_roc_auc": True, "val_pr_auc": True}
     default_validation_metric = "val_roc_auc"
