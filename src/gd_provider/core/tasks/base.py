@@ -80,7 +80,7 @@ class Task(ABC):
         self.check_options()
 
     # ------------------------------------------------------------------ options
-    def check_options(self) -> None:
+    def check_options(self) -> None:  # noqa: B027 - optional hook, not abstract
         """Raise :class:`TaskError` naming the first bad option (called by ``__init__``)."""
 
     def to_dict(self) -> dict[str, Any]:
