@@ -99,6 +99,8 @@ class ToleranceConfig(_Strict):
     category_sets: bool = True
     label_mean_shift_std: float = Field(1.0, ge=0, description="regression: the label's mean may move by this many "
                                         "of the champion's label standard deviations")
+    range_mostly: float = Field(1.0, ge=0.5, le=1, description="share of values that must lie in the champion's "
+                                "widened range / category set (1.0: all)")
 
     @field_validator("row_count_band")
     @classmethod

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import mlflow
 import pytest
 
@@ -88,6 +90,9 @@ def test_rollback_restores_previous_and_refuses_when_nothing_to_restore(client, 
     out = registry.rollback(client, name, expected_current="2", actor="x", reason="smoke test failed")
     assert (out["from"], out["to"]) == ("2", "1")
     assert registry.get_alias_version(client, name, "champion") == "1"
+    tag = json.loads(client.get_model_version(name, "2").tags[registry.ROLLED_BACK_TAG])
+    assert (tag["to"], tag["by"], tag["reason"], tag["audit_seq"]) == ("1", "x", "smoke test failed", out["audit_seq"])
+    assert registry.ROLLED_BACK_TAG not in client.get_model_version(name, "1").tags
     with pytest.raises(registry.RegistryError, match="has no version 9"):
         registry.rollback(client, name, to_version="9", actor="bob", reason="manual")
     out = registry.rollback(client, name, to_version="3", actor="bob", reason="manual")

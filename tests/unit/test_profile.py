@@ -218,3 +218,22 @@ def test_zero_tolerance_bounds_still_pass_the_champions_own_data():
     low, high = bounds["champion_profile:positive_rate"]
     assert low <= 1 / 3 <= high and (low, high) == (0.333333, 0.333334)
     assert validate_dataframe(champion, exps).success
+
+
+def test_range_mostly_lets_a_few_values_stray_through_real_great_expectations():
+    import pandas as pd
+
+    from gd_provider.core.profile import Tolerances, profile_dataframe, profile_expectations
+    from gd_provider.core.quality import validate_dataframe
+
+    reference = pd.DataFrame({"amount": [float(i) for i in range(1000)], "channel": ["pos", "online"] * 500})
+    tonight = reference.copy()
+    tonight.loc[:1, "amount"] = 1e9  # two wild values in a thousand
+    tonight.loc[2, "channel"] = "kiosk"
+    prof = profile_dataframe(reference)
+    strict = validate_dataframe(tonight, profile_expectations(prof, Tolerances(range_widening=0.1)))
+    assert not strict.success
+    loose_exps = profile_expectations(prof, Tolerances(range_widening=0.1, range_mostly=0.99))
+    assert {e["kwargs"].get("mostly") for e in loose_exps if e["meta"]["gd_check"].split(":")[1] in
+            ("value_range", "category_set")} == {0.99}
+    assert validate_dataframe(tonight, loose_exps).success

@@ -215,6 +215,9 @@ class Tolerances:
     * ``category_sets``: values of low-cardinality columns must be ones the champion saw.
     * ``label_mean_shift_std`` (regression): the label's mean within the champion's mean ± this many of its
       standard deviations.
+    * ``range_mostly``: the share of a column's values that must lie in its widened range (default 1.0:
+      every value; 0.999 lets one value in a thousand stray without failing the night) and of a
+      low-cardinality column's values that must be categories the champion saw.
     """
 
     null_rate_slack: float = 0.02
@@ -224,9 +227,13 @@ class Tolerances:
     positive_rate_abs: float | None = None
     category_sets: bool = True
     label_mean_shift_std: float = 1.0
+    range_mostly: float = 1.0
 
     def __post_init__(self) -> None:
         problems = []
+        mostly = self.range_mostly
+        if isinstance(mostly, bool) or not isinstance(mostly, int | float) or not 0.5 <= mostly <= 1.0:
+            problems.append(f"range_mostly must be a share in [0.5, 1], got {mostly}")
         if not 0.0 <= self.null_rate_slack <= 1.0:
             problems.append(f"null_rate_slack must be in [0, 1], got {self.null_rate_slack}")
         if not (math.isfinite(self.range_widening) and self.range_widening >= 0):
@@ -377,10 +384,11 @@ def profile_expectations(
             if col.min >= 0:
                 low = max(low, 0.0)
             exps.append(_exp("expect_column_values_to_be_between", CHAMPION, "value_range", column=name,
-                             min_value=_round(low, "down"), max_value=_round(col.max + widen, "up")))
+                             min_value=_round(low, "down"), max_value=_round(col.max + widen, "up"),
+                             **_mostly(tol)))
         elif tol.category_sets and col.values is not None and col.family in ("string", "bool"):
             exps.append(_exp("expect_column_values_to_be_in_set", CHAMPION, "category_set", column=name,
-                             value_set=list(col.values)))
+                             value_set=list(col.values), **_mostly(tol)))
     if label is not None and label not in skip:
         exps += _label_expectations(profile, label, tol, task)
     return exps
@@ -400,6 +408,10 @@ def _label_expectations(profile: DataProfile, label: str, tol: Tolerances, task:
         return _exp(etype, CHAMPION, check, **kwargs)
 
     return list(task.profile_label_expectations(label, summary, tol, make))
+
+
+def _mostly(tol: Tolerances) -> dict[str, float]:
+    return {"mostly": float(tol.range_mostly)} if tol.range_mostly < 1.0 else {}
 
 
 def derive_expectations(

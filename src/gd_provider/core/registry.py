@@ -506,5 +506,21 @@ def rollback(
     except Exception:
         _restore_alias(client, model_name, alias, current)
         raise
+    # on the version itself too: whoever opens it in the registry sees it was taken out of service, and why
+    mark_rolled_back(client, model_name, current, {"to": target, "by": actor, "reason": reason, "dag_run": dag_run,
+                                                   "audit_seq": entry["seq"]})
     return {"name": model_name, "alias": alias, "from": current, "to": target, "audit_seq": entry["seq"],
             "moved": True}
+
+
+ROLLED_BACK_TAG = "gd.rolled_back"
+
+
+def mark_rolled_back(client, model_name: str, version: str, record: dict[str, Any]) -> None:
+    """Tag a version taken out of service (``gd.rolled_back``: JSON with to, by, reason, dag_run, audit_seq, at);
+    best effort once the alias moved: the audit trail is the record of truth."""
+    import contextlib
+
+    with contextlib.suppress(Exception):
+        client.set_model_version_tag(model_name, str(version), ROLLED_BACK_TAG,
+                                     json.dumps({**record, "at": _now()}, sort_keys=True)[:5000])

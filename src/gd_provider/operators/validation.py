@@ -20,7 +20,7 @@ Expectations = list[dict[str, Any]] | Callable[..., list[dict[str, Any]]] | str
 ON_FAILURE = ("fail", "skip", "branch")
 TOLERANCE_KEYS = (
     "null_rate_slack", "range_widening", "row_count_band", "positive_rate_band", "positive_rate_abs", "category_sets",
-    "label_mean_shift_std",
+    "label_mean_shift_std", "range_mostly",
 )
 
 
