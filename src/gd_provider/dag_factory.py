@@ -563,7 +563,7 @@ def release_stage(cfg: RetrainingConfig, dataset: Any, training: Any, group_id: 
             max_class_share_change=smoke.max_class_share_change, prediction_bounds=smoke.prediction_bounds,
             max_mean_shift_std=smoke.max_mean_shift_std,
             decision_threshold=cfg.gate.get("decision_threshold", 0.5),
-            training=training, **task,  # the task of what this run trained
+            training=training, gate=evaluate.output, **task,  # what this run trained, and what its gate measured
             promote_task_id=promote.task_id,  # test the version this run promoted
             on_failure_callback=alerts("smoke_test"), **conn,
         )

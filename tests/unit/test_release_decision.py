@@ -155,3 +155,17 @@ def test_slice_and_interval_policies_are_checked_when_parsed():
     with pytest.raises(GateConfigError, match="interval: decided at the operating point, for the binary task only"):
         GatePolicy.from_dict({"value_thresholds": {"r2": 0.5}, "interval": {"judge": "point"}},
                              task=get_task("regression"))
+
+
+def test_the_smoke_test_compares_live_decisions_with_what_the_gate_measured():
+    y, z, _ = _holdout(n=5000)
+    p = _proba(z)
+    th = _threshold_for_fpr(y, p, 0.02)
+    rate = float(np.mean(p >= th))
+    options = {"positive_rate_bounds": (0.0, 0.5), "max_positive_rate_change": 0.01}
+    assert BINARY.smoke_problems(p, None, {**options, "expected_positive_rate": rate}, th) == []
+    # served at the fixed 0.5 instead of its operating point: far more flags than the gate blessed
+    problems = BINARY.smoke_problems(p, None, {**options, "expected_positive_rate": rate}, 0.5 * th)
+    assert len(problems) == 1 and f"vs {rate:.4f} the evaluation gate measured on the holdout" in problems[0]
+    # the previous champion is not the reference once the gate's expectation is known
+    assert BINARY.smoke_problems(p, p * 0.1, {**options, "expected_positive_rate": rate}, th) == []

@@ -409,9 +409,11 @@ class ModelSmokeTestOperator(BaseOperator):
     single-row predictions exceeds ``max_p95_latency_ms``. The task's checks, each against its options here:
 
     * every task: a score is NaN/inf;
-    * binary: a score outside [0, 1]; the positive-prediction rate (at ``decision_threshold``) outside
-      ``positive_rate_bounds``, or differing from the previous champion's rate on the same canary by more
-      than ``max_positive_rate_change`` (absolute);
+    * binary: a score outside [0, 1]; the positive-prediction rate at the model's operating point (its saved
+      threshold, else ``decision_threshold``) outside ``positive_rate_bounds``, or differing by more than
+      ``max_positive_rate_change`` (absolute) from the rate the evaluation gate measured for this model on the
+      holdout (``gate``: the gate's decision, templated) - without a gate, from the previous champion's rate on
+      the same canary;
     * multiclass: probabilities outside [0, 1] or not summing to 1; a class's predicted share moving by more
       than ``max_class_share_change`` vs the previous champion;
     * regression: a prediction outside ``prediction_bounds``; the mean prediction moving by more than
@@ -429,7 +431,7 @@ class ModelSmokeTestOperator(BaseOperator):
     smoke test must not turn this run green.
     """
 
-    template_fields: Sequence[str] = ("dataset", "max_p95_latency_ms", "version", "training")
+    template_fields: Sequence[str] = ("dataset", "max_p95_latency_ms", "version", "training", "gate")
     operator_extra_links = (MlflowModelVersionLink(),)
     ui_color = "#fff2cc"
 
@@ -452,12 +454,14 @@ class ModelSmokeTestOperator(BaseOperator):
         version: str | None = None,
         promote_task_id: str | None = "promote",
         training: Any = None,
+        gate: Any = None,
         task: str | None = None,
         task_options: dict[str, Any] | None = None,
         mlflow_conn_id: str = "mlflow_default",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.gate = gate
         self.version = version
         self.promote_task_id = promote_task_id
         self.dataset = dataset
@@ -528,8 +532,13 @@ class ModelSmokeTestOperator(BaseOperator):
         model = load_pyfunc(f"models:/{self.model_name}@{self.alias}")
         task = self._task(model)
         self._check_options(task, AirflowFailException)
-        threshold = self.decision_threshold
+        own = decision_threshold_of(model, self.training)  # the model's operating point, when it has one
+        threshold = self.decision_threshold if own is None else own
         options = self.smoke_options
+        expected_rate = ((self.gate or {}).get("challenger_metrics") or {}).get("positive_rate") \
+            if isinstance(self.gate, dict) else None
+        if expected_rate is not None:
+            options["expected_positive_rate"] = float(expected_rate)
         df = read_dataset(self.dataset)
         canary = df.sample(n=min(self.canary_rows, len(df)), random_state=self.seed)
         inputs = model_input(model, canary)
@@ -537,7 +546,8 @@ class ModelSmokeTestOperator(BaseOperator):
         previous = client.get_model_version(self.model_name, version).tags.get(PREVIOUS_CHAMPION_TAG, NO_CHAMPION)
         previous_scores = None
         # the previous champion is scored only for a comparison the task makes with it (a change bound set)
-        compares = any(options.get(k) is not None for k in task.smoke_options if k not in SMOKE_BOUNDS)
+        compares = expected_rate is None and any(
+            options.get(k) is not None for k in task.smoke_options if k not in SMOKE_BOUNDS)
         if previous != NO_CHAMPION and compares:
             previous_scores = model_scores(load_pyfunc(f"models:/{self.model_name}/{previous}"), canary)
         problems = [p.replace("the previous champion", f"previous champion v{previous}")
@@ -555,6 +565,7 @@ class ModelSmokeTestOperator(BaseOperator):
         now = task.smoke_summary(scores, threshold)
         before = task.smoke_summary(previous_scores, threshold) if previous_scores is not None else {}
         summary = {"version": version, "canary_rows": len(canary), "task": task.to_dict()["task"], **now,
+                   "decision_threshold": threshold, "gate_positive_rate": expected_rate,
                    "previous_champion": previous, **{f"previous_{k}": before.get(k) for k in now},
                    "p95_latency_ms": p95}
         if problems:

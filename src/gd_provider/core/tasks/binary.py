@@ -199,7 +199,14 @@ class BinaryTask(Task):
             if not lo <= rate <= hi:
                 problems.append(f"positive-prediction rate {rate:.4f} outside [{lo}, {hi}]")
         change = options.get("max_positive_rate_change")
-        if previous is not None and change is not None:
+        expected = options.get("expected_positive_rate")
+        if expected is not None and change is not None:
+            # what the gate measured for this model at its own operating point, on the holdout
+            if abs(rate - expected) > change:
+                problems.append(f"positive-prediction rate {rate:.4f} at the operating point (threshold "
+                                f"{0.5 if threshold is None else threshold:.4f}) vs {expected:.4f} the evaluation gate "
+                                f"measured on the holdout: off by more than {change}")
+        elif previous is not None and change is not None:
             prev_rate = float(np.mean(self.decisions(np.asarray(previous, dtype=float), threshold)))
             if abs(rate - prev_rate) > change:
                 problems.append(f"positive-prediction rate {rate:.4f} vs the previous champion's {prev_rate:.4f} "
