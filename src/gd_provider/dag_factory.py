@@ -147,10 +147,20 @@ class DriftConfig(_Strict):
     per_column: dict[str, dict[str, Any]] | None = None
     drift_share: float = Field(0.5, gt=0, le=1)
     sample_size: int = Field(50_000, gt=0)
+    prediction_threshold: float = Field(0.1, gt=0, description="the champion's prediction drift score above which "
+                                        "its predictions drifted")
+    baseline: dict[str, Any] | None = Field(None, description="judge each score against its own recent nights "
+                                            "(core.drift_baseline.DriftBaseline: nights, k, min_nights, min_score)")
 
     @model_validator(mode="after")
     def _methods(self) -> DriftConfig:
+        from gd_provider.core.drift_baseline import DriftBaseline, DriftBaselineError
         from gd_provider.core.drift_methods import check_drift_settings
+
+        try:
+            DriftBaseline.from_dict(self.baseline)
+        except (DriftBaselineError, TypeError) as exc:
+            raise ValueError(str(exc)) from None
 
         check_drift_settings(numeric_method=self.numeric_method, categorical_method=self.categorical_method,
                              numeric_columns=self.numeric_columns, categorical_columns=self.categorical_columns,
@@ -468,6 +478,7 @@ def data_stage(cfg: RetrainingConfig, group_id: str = "data", *,
             numeric_method=cfg.drift.numeric_method, categorical_method=cfg.drift.categorical_method,
             threshold=cfg.drift.threshold, per_column=cfg.drift.per_column, drift_share=cfg.drift.drift_share,
             sample_size=cfg.drift.sample_size, mlflow_conn_id=cfg.mlflow_conn_id, on_failure_callback=alerts, **task,
+            prediction_threshold=cfg.drift.prediction_threshold, baseline=cfg.drift.baseline,
         )
         if fresh is not None:
             fresh >> retrieve

@@ -387,3 +387,4 @@ def prediction_drift(
 
 def _shares(values: pd.Series) -> dict[str, float]:
     return {str(k): float(v) for k, v in values.value_counts(normalize=True).sort_index().items()}
+

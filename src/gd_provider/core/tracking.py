@@ -204,3 +204,20 @@ def log_dataset_input(
         run_id, datasets=[DatasetInput(dataset=dataset, tags=[InputTag(k, v) for k, v in input_tags.items()])]
     )
     return dataset
+
+
+def drift_score_history(client: Any, experiment_id: str, *, exclude_run_key: str | None = None,
+                        nights: int = 14) -> dict[str, list[float]]:
+    """``{column | "prediction": [score, ...]}`` oldest first, from the last ``nights`` drift checks logged in
+    ``experiment_id`` (one per DAG run: ``exclude_run_key`` leaves tonight's out, a cleared rerun included)."""
+    runs = client.search_runs([experiment_id], filter_string=f"tags.`{KIND_TAG}` = 'drift_check'",
+                              order_by=["attributes.start_time DESC"], max_results=max(1, nights) * 2)
+    picked = [r for r in runs if r.data.tags.get(RUN_KEY_TAG) != exclude_run_key][:nights]
+    history: dict[str, list[float]] = {}
+    for run in reversed(picked):
+        for key, value in run.data.metrics.items():
+            if key.startswith("drift_score."):
+                history.setdefault(key.removeprefix("drift_score."), []).append(float(value))
+            elif key == "prediction_drift_score":
+                history.setdefault("prediction", []).append(float(value))
+    return history

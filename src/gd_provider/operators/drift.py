@@ -61,6 +61,7 @@ class DriftCheckOperator(BaseOperator):
         task_options: dict[str, Any] | None = None,
         sample_size: int = 50_000,
         seed: int = 0,
+        baseline: dict[str, Any] | None = None,
         skip_reason: str | None = None,
         mlflow_conn_id: str = "mlflow_default",
         **kwargs: Any,
@@ -81,6 +82,10 @@ class DriftCheckOperator(BaseOperator):
                                                              "categorical"):
                 check_drift_method(prediction_categorical_method or categorical_method, "categorical",
                                    "prediction_categorical_method")
+        from gd_provider.core.drift_baseline import DriftBaseline
+
+        DriftBaseline.from_dict(baseline)  # checked when the DAG is parsed
+        self.baseline = baseline
         self.task = task
         self.task_options = dict(task_options or {})
         self.prediction_categorical_method = prediction_categorical_method
@@ -162,6 +167,10 @@ class DriftCheckOperator(BaseOperator):
                 prediction = self._prediction_drift(core, reference, current, champion)
         except core.DriftConfigError as exc:
             raise AirflowFailException(f"drift check cannot compare the data: {exc}") from exc
+        experiment_id = ensure_experiment(client, self.model_name, mlflow_config.artifact_root)
+        baseline = self._judge_on_baseline(client, experiment_id, run_key(context), report, prediction)
+        if baseline is not None:
+            report = baseline.pop("report")
         decision = core.apply_drift_policy(report, self.policy)
         proceed, message = decision.proceed, decision.message
         if prediction is not None:
@@ -177,7 +186,6 @@ class DriftCheckOperator(BaseOperator):
             if prediction["drifted"] and self.policy == "block":
                 proceed = False
 
-        experiment_id = ensure_experiment(client, self.model_name, mlflow_config.artifact_root)
         metrics = {"share_drifted": report.share_drifted, "dataset_drift": float(report.dataset_drift)}
         metrics.update({f"drift_score.{c}": v["score"] for c, v in report.columns.items() if v["score"] is not None})
         if prediction is not None:
@@ -206,6 +214,7 @@ class DriftCheckOperator(BaseOperator):
             "sample_rows": [report.reference_sample_rows, report.current_sample_rows],
             "seed": self.seed,
             "prediction_drift": prediction,
+            "baseline": baseline,
             "report_uri": report.html_path,
             "mlflow_run_id": mlflow_run_id,
             "message": message,
@@ -213,6 +222,34 @@ class DriftCheckOperator(BaseOperator):
         if not proceed:
             raise AirflowFailException(f"drift gate blocked the run: {message}")
         return manifest
+
+    def _judge_on_baseline(self, client: Any, experiment_id: str, key: str, report: Any,
+                           prediction: dict[str, Any] | None) -> dict[str, Any] | None:
+        """Baseline mode: each column's and the prediction's score against its scores on this model's previous
+        drift checks (their MLflow runs); the report's verdicts replaced, ``prediction["drifted"]`` too."""
+        from gd_provider.core.drift_baseline import DriftBaseline, judge_against_baseline, rebase_report
+        from gd_provider.core.tracking import drift_score_history
+
+        settings = DriftBaseline.from_dict(self.baseline)
+        if settings is None:
+            return None
+        history = drift_score_history(client, experiment_id, exclude_run_key=key, nights=settings.nights)
+        scores = {c: v["score"] for c, v in report.columns.items()}
+        fixed = {c: bool(v["drifted"]) for c, v in report.columns.items()}
+        if prediction is not None:
+            scores["prediction"], fixed["prediction"] = prediction["score"], bool(prediction["drifted"])
+        verdicts = judge_against_baseline(scores, history, settings, fixed)
+        if prediction is not None:
+            prediction["drifted"] = verdicts["prediction"]["drifted"]
+            prediction["baseline"] = verdicts.pop("prediction")
+        rebased = rebase_report(report, verdicts)
+        learned = sorted(c for c, v in verdicts.items() if v["basis"] == "baseline")
+        self.log.info("Drift judged against %d past night(s): %d column(s) on their own baseline, %d on the fixed "
+                      "threshold (fewer than %d past scores)", max((v["nights"] for v in verdicts.values()), default=0),
+                      len(learned), len(verdicts) - len(learned), settings.min_nights)
+        return {"report": rebased, "settings": self.baseline, "columns": verdicts,
+                "unusual": [c for c in rebased.drifted_columns], "fixed_threshold_columns":
+                    sorted(c for c, v in verdicts.items() if v["basis"] == "fixed_threshold")}
 
     def _prediction_drift(self, core: Any, reference: Any, current: Any, champion: str) -> dict[str, Any]:
         from gd_provider.core.tasks import get_task
