@@ -198,12 +198,6 @@ def _summary(results: list[dict]) -> None:
         ds = out.get("retrieve_training_set")
         if ds:
             say(f"  dataset   : {ds['rows']:,} rows, sha256 {ds['sha256'][:12]}…")
-        drift = out.get("drift_check")
-        if drift:
-            if drift["status"] == "no_reference":
-                say("  drift     : no champion yet, nothing to compare")
-            else:
-                say(f"  drift     : {drift['message']}")
         train = out.get("train")
         if train:
             m = train["metrics"]
@@ -211,10 +205,14 @@ def _summary(results: list[dict]) -> None:
                 f"val PR AUC {m.get('val_pr_auc', float('nan')):.4f}; MLflow run {train['mlflow_run_id'][:12]}…")
         gate = out.get("evaluate")
         if gate:
-            verdict = "BLESSED" if gate["blessed"] else "REJECTED"
-            say(f"  gate      : {verdict} on {gate['holdout_rows']:,} holdout rows")
-            for reason in gate["reasons"]:
-                say(f"              - {reason}")
+            say(f"  operating : {_operating_points(gate)}")
+        gates = r["report"].get("gates") or {}
+        if gates:  # every gate the same way as the run report prints them
+            from gd_provider.core.gates.result import format_results
+
+            say("  gates     :")
+            for line in format_results(list(gates.values()), indent="    ").splitlines():
+                say(f"    {line}")
         reg = out.get("register")
         if reg:
             say(f"  registry  : {reg['name']} v{reg['version']} (blessed={str(reg['blessed']).lower()})")
@@ -225,11 +223,27 @@ def _summary(results: list[dict]) -> None:
         failed = [t for t, s in r["tasks"].items() if s == "failed" and t != "run_report"]
         if failed:
             say(f"  stopped at: {', '.join(failed)} (task logs: {r['log']})")
-            validation = r.get("validation") or {}
-            if not validation.get("success", True):
-                for line in validation["summary"].splitlines():
-                    say(f"              {line.strip()}")
         say(f"  champion after the night: v{r['champion'] or '-'}")
+
+
+def _operating_points(gate: dict) -> str:
+    """Each model's threshold and its FPR / precision / recall on the holdout, with the bootstrap intervals."""
+    points = gate.get("operating_points") or {}
+    intervals = gate.get("intervals") or {}
+    parts = []
+    for who in ("champion", "challenger"):
+        metrics = gate.get(f"{who}_metrics")
+        if not metrics or not points.get(who):
+            continue
+        shown = []
+        for name in ("fpr", "precision", "recall"):
+            iv = (intervals.get(who) or {}).get(name)
+            band = f" [{iv['low']:.3f}, {iv['high']:.3f}]" if iv and iv.get("low") is not None else ""
+            shown.append(f"{name.upper() if name == 'fpr' else name} {metrics[name]:.3f}{band}")
+        label = f"champion v{gate['champion_version']}" if who == "champion" else "challenger"
+        parts.append(f"{label} @ {points[who]['threshold']:.4f}: " + ", ".join(shown))
+    flip = (gate.get("challenger_metrics") or {}).get("flip_rate")
+    return "; ".join(parts) + (f"; decisions flipped {flip:.2%}" if flip is not None else "")
 
 
 def _short(state: str) -> str:

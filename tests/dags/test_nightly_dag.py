@@ -44,6 +44,14 @@ def _policy_by_hand(gate: dict) -> bool:
             and challenger["flip_rate"] <= 0.03 + 1e-12)
 
 
+def _report(home, run_id: str) -> dict:
+    import json
+
+    from gd_provider.operators._common import safe_name
+
+    return json.loads((home / "runs" / safe_name(DAG_ID) / safe_name(run_id) / "report.json").read_text())
+
+
 def _versions(client) -> list:
     return sorted(client.search_model_versions(f"name = '{MODEL_NAME}'"), key=lambda v: int(v.version))
 
@@ -74,6 +82,11 @@ def test_three_nights(dag, demo_home, mlflow_client):
     assert float(tags["gd.metric.roc_auc"]) > 0.75
     assert tags["gd.seed"] == "42" and tags["gd.package_version"] == "0.1.0"
     assert tags["gd.training_run_id"] == v1.run_id
+    # one result shape for every gate, collected by the run report
+    gates = _report(demo_home, run1["run_id"])["gates"]
+    assert {g["gate"] for g in gates.values()} == {"validation", "drift", "health", "evaluation", "smoke_test"}
+    assert gates["drift_check"]["status"] == "not_applicable" and gates["evaluate"]["passed"] is True
+    assert all(set(g) == {"gate", "passed", "reasons", "metrics", "links", "status"} for g in gates.values())
 
     # night 2: a challenger against that champion on the same holdout; the drift gate is skipped by
     # request, which is recorded on the new version
@@ -115,6 +128,8 @@ def test_three_nights(dag, demo_home, mlflow_client):
     assert run3["state"] == "failed"
     assert run3["tasks"]["validate"] == "failed"
     assert run3["tasks"]["train"] == "upstream_failed" and run3["tasks"]["register"] == "upstream_failed"
+    failed_gate = _report(demo_home, run3["run_id"])["gates"]["validate"]  # pushed before the task failed
+    assert failed_gate["passed"] is False and any("amount" in r and r.endswith("FAIL") for r in failed_gate["reasons"])
     assert len(_versions(mlflow_client)) == 2
     assert get_alias_version(mlflow_client, MODEL_NAME, "champion") == champion_after_2
     trail = audit_trail(mlflow_client, MODEL_NAME)

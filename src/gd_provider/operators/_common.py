@@ -302,3 +302,13 @@ def load_pyfunc(model_uri: str) -> Any:
     import mlflow
 
     return mlflow.pyfunc.load_model(model_uri, suppress_warnings=True)
+
+
+def push_gate(context: Any, result: Any) -> dict[str, Any]:
+    """Push a gate's :class:`~gd_provider.core.gates.result.GateResult` as the XCom ``gate`` (before the task
+    fails, when it fails): the run report and the demo read every gate the same way. Returns its dict."""
+    data = result.to_dict()
+    ti = context.get("ti") if hasattr(context, "get") else None
+    if ti is not None:
+        ti.xcom_push(key="gate", value=data)
+    return data

@@ -8,8 +8,9 @@ from typing import Any
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
 
+from gd_provider.core.gates.result import GateResult
 from gd_provider.links import MlflowRunLink, ReportLink, mlflow_run_url, push_link
-from gd_provider.operators._common import load_pyfunc, run_key, task_dir, task_key
+from gd_provider.operators._common import load_pyfunc, push_gate, run_key, task_dir, task_key
 
 
 class DriftCheckOperator(BaseOperator):
@@ -119,6 +120,8 @@ class DriftCheckOperator(BaseOperator):
         if self.skip_reason and str(self.skip_reason).strip():
             # a manual run may skip this gate, never silently: the reason travels to lineage and the log
             self.log.warning("Drift check SKIPPED by request: %s", self.skip_reason)
+            push_gate(context, GateResult("drift", True, [f"skipped by request: {str(self.skip_reason).strip()}"],
+                                          status="skipped"))
             return {"status": "skipped", "policy": self.policy, "champion_version": None,
                     "skip_reason": str(self.skip_reason).strip(),
                     "message": f"drift check skipped by request: {str(self.skip_reason).strip()}"}
@@ -134,6 +137,8 @@ class DriftCheckOperator(BaseOperator):
             raise AirflowFailException(f"drift check cannot find its reference: {exc}") from exc
         if champion is None:
             self.log.info("%s has no %r version yet: no reference data, drift not checked", self.model_name, self.alias)
+            push_gate(context, GateResult("drift", True, ["no champion yet: nothing to compare"],
+                                          status="not_applicable"))
             return {"status": "no_reference", "policy": self.policy, "champion_version": None,
                     "message": "no champion yet: nothing to compare"}
         try:
@@ -219,6 +224,11 @@ class DriftCheckOperator(BaseOperator):
             "mlflow_run_id": mlflow_run_id,
             "message": message,
         }
+        numbers = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
+        links = {"mlflow_run": mlflow_run_url(mlflow_config.ui_url, experiment_id, mlflow_run_id)}
+        push_gate(context, GateResult("drift", proceed, [f"{message} (policy {self.policy}): "
+                                                         f"{'pass' if proceed else 'FAIL'}"], numbers,
+                                      {k: v for k, v in links.items() if v}))
         if not proceed:
             raise AirflowFailException(f"drift gate blocked the run: {message}")
         return manifest

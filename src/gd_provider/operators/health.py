@@ -46,6 +46,11 @@ class TrainingHealthGate(BaseOperator):
         ok, reasons = assess_health(health, thresholds)
         for reason in reasons:
             self.log.info("health: %s", reason)
+        from gd_provider.core.gates.result import GateResult
+        from gd_provider.operators._common import push_gate
+
+        numbers = {k: v for k, v in (health or {}).items() if isinstance(v, int | float) and not isinstance(v, bool)}
+        push_gate(context, GateResult("health", ok, reasons, numbers))
         if not ok:
             failed = [r for r in reasons if r.startswith("FAIL")]
             raise AirflowFailException("training health gate failed: " + "; ".join(failed))

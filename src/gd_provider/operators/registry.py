@@ -10,6 +10,7 @@ import numpy as np
 from airflow.sdk import BaseOperator, TriggerRule
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 
+from gd_provider.core.gates.result import GateResult
 from gd_provider.links import (
     MlflowModelVersionLink,
     MlflowRunLink,
@@ -17,7 +18,7 @@ from gd_provider.links import (
     mlflow_run_url,
     push_link,
 )
-from gd_provider.operators._common import actor, is_set, load_pyfunc, run_key, task_key
+from gd_provider.operators._common import actor, is_set, load_pyfunc, push_gate, run_key, task_key
 
 
 def _registry_failure(what: str, tracking_uri: str, exc: Exception) -> AirflowException:
@@ -241,7 +242,10 @@ class ModelEvaluationGateOperator(BaseOperator):
                   "gd.gate.holdout_sha256": decision.holdout_sha256, "gd.gate.holdout_rows": len(holdout),
                   "gd.gate.task": task.to_dict()["task"]},
         )
-        push_link(context, MlflowRunLink, mlflow_run_url(config.ui_url, experiment_id, run_id))
+        run_url = mlflow_run_url(config.ui_url, experiment_id, run_id)
+        push_link(context, MlflowRunLink, run_url)
+        push_gate(context, GateResult("evaluation", decision.blessed, decision.reasons, metrics,
+                                      {"mlflow_run": run_url} if run_url else {}))
         return {**decision.to_dict(), "mlflow_run_id": run_id, "task": task.to_dict()["task"]}
 
     @staticmethod
@@ -568,6 +572,9 @@ class ModelSmokeTestOperator(BaseOperator):
                    "decision_threshold": threshold, "gate_positive_rate": expected_rate,
                    "previous_champion": previous, **{f"previous_{k}": before.get(k) for k in now},
                    "p95_latency_ms": p95}
+        push_gate(context, GateResult("smoke_test", not problems, [f"{p}: FAIL" for p in problems] or
+                                      [f"v{version}: scores, decisions and latency within bounds: pass"],
+                                      {k: v for k, v in summary.items() if isinstance(v, int | float)}))
         if problems:
             raise AirflowFailException(
                 f"smoke test of {self.model_name}@{self.alias} (v{version}, {task.name} task) failed: "

@@ -37,11 +37,14 @@ class RunReportOperator(BaseOperator):
         states = {k: (str(v) if v is not None else "none") for k, v in states_by_run.get(dag_run.run_id, {}).items()}
         states.pop(self.task_id, None)
         task_ids = self.task_ids or sorted(states)
-        outputs = {}
+        outputs, gates = {}, {}
         for task_id in task_ids:
             value = ti.xcom_pull(task_ids=task_id)
             if value is not None:
                 outputs[task_id] = value
+            gate = ti.xcom_pull(task_ids=task_id, key="gate")  # pushed also by a gate that failed its task
+            if gate is not None:
+                gates[task_id] = gate
         failed = [t for t in task_ids if states.get(t) in FAILED_STATES]
         report = {
             "dag_id": dag_run.dag_id,
@@ -49,13 +52,17 @@ class RunReportOperator(BaseOperator):
             "logical_date": dag_run.logical_date.isoformat() if dag_run.logical_date else None,
             "states": {t: states.get(t, "none") for t in task_ids},
             "outputs": outputs,
+            "gates": gates,
             "failed": failed,
         }
         path = run_dir(context) / "report.json"
         path.write_text(json.dumps(report, indent=2, sort_keys=True, default=str))
+        from gd_provider.core.gates.result import format_results
+
         lines = [f"  {t:<28} {states.get(t, 'none')}" for t in task_ids]
-        self.log.info("Run report (%s):\n%s", path, "\n".join(lines))
+        self.log.info("Run report (%s):\n%s\nGates:\n%s", path, "\n".join(lines), format_results(list(gates.values())))
         first = [t for t in failed if states.get(t) == "failed"]
         if failed:
             raise AirflowFailException(f"run failed at {', '.join(first or failed)}; report: {path}")
-        return {"report": str(path), "states": report["states"]}
+        return {"report": str(path), "states": report["states"],
+                "gates": {t: {"gate": g["gate"], "passed": g["passed"], "status": g["status"]} for t, g in gates.items()}}

@@ -12,8 +12,9 @@ from airflow.providers.standard.operators.branch import BranchMixIn
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
+from gd_provider.core.gates.result import GateResult
 from gd_provider.links import MlflowRunLink, ValidationReportLink, mlflow_run_url, push_link
-from gd_provider.operators._common import interval, run_key, task_dir, task_key
+from gd_provider.operators._common import interval, push_gate, run_key, task_dir, task_key
 
 IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 Expectations = list[dict[str, Any]] | Callable[..., list[dict[str, Any]]] | str
@@ -316,6 +317,12 @@ class DataValidationOperator(BaseOperator, BranchMixIn):
         push_link(context, ValidationReportLink, tracked.get("report_url") or f"file://{paths['html']}")
         result = {"success": report.success, "evaluated": report.evaluated, "failed": report.failed,
                   "report": paths, "champion_checks": champion, "notes": notes, **tracked}
+        lines = [line.strip() for line in report.summary().splitlines() if line.strip()]
+        reasons = [*notes, *(f"{line}: FAIL" for line in lines[1:])] if not report.success else [*notes, lines[0]]
+        push_gate(context, GateResult(
+            "validation", bool(report.success), reasons,
+            {"evaluated": report.evaluated, "failed": report.failed, "rows": report.rows or 0},
+            {"report": tracked["report_url"]} if tracked.get("report_url") else {}))
         if report.success:
             self.log.info("%s", report.summary())
         else:

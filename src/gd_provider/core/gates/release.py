@@ -274,4 +274,18 @@ def decide_release(
         decision.intervals = {"confidence": boot.confidence, "resamples": boot.resamples, "judge": interval.judge,
                               **{group: {m: iv.to_dict() for m, iv in values.items()} for group, values in overall.items()}}
     decision.holdout_rows = int(len(y))
+    decision.intervals, decision.slices = strict_json(decision.intervals), strict_json(decision.slices)
     return decision
+
+
+def strict_json(value: Any) -> Any:
+    """Non-finite floats as None (XCom and MLflow want strict JSON), numpy scalars as Python ones."""
+    if isinstance(value, dict):
+        return {str(k): strict_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [strict_json(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
