@@ -620,22 +620,27 @@ def retraining_params(cfg: RetrainingConfig, param_prefix: str = "", *, dag_id: 
     about = f" ({cfg.model_name})" if param_prefix else ""
     params = {
         "training_overrides": Param(
-            {}, type="object",
+            {}, type="object", title="Training overrides",
             description=f'TrainingSpec fields to override{about}, e.g. {{"lr": 0.001, "epochs": 10}}. To retrain an '
                         f"existing run differently, set the Variable {rerun_variable} and clear train + downstream "
                         "(a run's Params cannot be changed after it started)"),
-        "drift_policy": Param(cfg.drift.policy, enum=["retrain", "warn", "block"],
+        "drift_policy": Param(cfg.drift.policy, enum=["retrain", "warn", "block"], title="Drift policy",
                               description=f"What drift against the champion's training data does{about}"),
-        "skip_drift_reason": Param("", type="string",
-                                   description=f"Skip the drift check{about} for this run; the reason is recorded"),
-        "force_promotion_reason": Param("", type="string",
+        # Optional text Params are nullable with a null default: the trigger form treats a plain string Param
+        # as required and would not submit with its defaults. Empty (or null) means unset.
+        "skip_drift_reason": Param(None, type=["null", "string"], title="Skip the drift check: reason",
+                                   description=f"Skip the drift check{about} for this run; the reason is recorded. "
+                                               "Leave empty to run it"),
+        "force_promotion_reason": Param(None, type=["null", "string"], title="Force the promotion: reason",
                                         description=f"Promote{about} even when the gate rejects; the reason is "
-                                                    "recorded"),
-        "as_of": Param("", type="string", pattern=r"^(|\d{4}-\d{2}-\d{2}(T[0-9:]+)?)$",
+                                                    "recorded in the audit trail. Leave empty to let the gate decide"),
+        "as_of": Param(None, type=["null", "string"], pattern=r"^(|\d{4}-\d{2}-\d{2}(T[0-9:]+)?)$",
+                       title="Data window end (as_of)",
                        description="End of the data window (freshness check, training set, validation) "
                                    "instead of the run's: its data interval end, or for a manual run the last "
                                    "scheduled tick"),
         "smoke_test_max_p95_latency_ms": Param(cfg.smoke_test.max_p95_latency_ms, type="number",
+                                               title="Smoke-test latency budget (ms)",
                                                exclusiveMinimum=0, description=f"Smoke-test latency budget{about}"),
     }
     return {_param_name(name, param_prefix): param for name, param in params.items()}

@@ -48,7 +48,7 @@ def test_fraud_config_builds_the_nightly_dag():
     [
         ({"training.lr": -1.0}, ("training.lr: must be > 0",)),
         ({"model_name": None}, "model_name"),
-        ({"gate.value_thresholds": {}, "gate.max_abs_regression": {}}, "gate"),
+        ({"gate.value_thresholds": {}, "gate.max_abs_regression": {}, "gate.max_rel_regression": {}}, "gate"),
         ({"drift.policy": "ignore"}, "drift.policy"),
         ({"features.lookback_days": 0}, "features.lookback_days"),
         ({"features.partition_rows": 0}, "features.partition_rows"),
