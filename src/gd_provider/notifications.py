@@ -67,7 +67,20 @@ def alert_text(payload: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-class LogNotifier(BaseNotifier):
+class _Notifier(BaseNotifier):
+    """A notifier that also runs as a DAG-level callback on the scheduler's or ``dag.test``'s DAG object:
+    there the context's ``dag`` is a ``SerializedDAG``, which has no ``get_template_env`` (BaseNotifier
+    would raise AttributeError and the alert would be lost)."""
+
+    def get_template_env(self, dag: Any = None) -> Any:
+        if dag is not None and hasattr(dag, "get_template_env"):
+            return dag.get_template_env(force_sandboxed=False)
+        from jinja2.sandbox import SandboxedEnvironment
+
+        return SandboxedEnvironment(cache_size=0)
+
+
+class LogNotifier(_Notifier):
     """Log the alert (always available; the default when no webhook is configured)."""
 
     def __init__(self, event: str = "gate failed", *, action: str = "") -> None:
@@ -80,7 +93,7 @@ class LogNotifier(BaseNotifier):
         log.warning("GD-ALERT %s", json.dumps(payload, sort_keys=True, default=str))
 
 
-class WebhookNotifier(BaseNotifier):
+class WebhookNotifier(_Notifier):
     """POST the alert as JSON to the URL of Airflow connection ``webhook_conn_id``."""
 
     def __init__(self, webhook_conn_id: str, event: str = "gate failed", *, action: str = "", slack: bool = False,

@@ -114,3 +114,22 @@ def test_a_dag_level_alert_has_no_task_and_keeps_the_airflow_reason():
     assert payload["task_id"] is None and payload["reason"] == "task_failure"
     assert alert_text(payload).splitlines()[0] == "[gd_provider] run failed: gd_nightly (run r1)"
     assert "action" not in alert_payload({}, "gate failed")  # no advice given: no empty field
+
+
+def test_a_dag_level_alert_fires_on_the_serialized_dag_the_scheduler_and_dag_test_hand_it(caplog):
+    """A DAG-level callback gets the SerializedDAG (no get_template_env): the alert is sent, not lost."""
+    from datetime import UTC, datetime
+
+    from airflow.sdk import DAG
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    with DAG("gd_alert_probe", schedule=None, start_date=datetime(2026, 1, 1, tzinfo=UTC)) as dag:
+        pass
+    serialized = DagSerialization.from_dict(DagSerialization.to_dict(dag))
+    assert not hasattr(serialized, "get_template_env")
+    context = {**_context("task run_report failed"), "dag": serialized}
+    with caplog.at_level(logging.WARNING):
+        LogNotifier("run failed", action="read the run report")(context)
+    lines = [r.getMessage() for r in caplog.records if "GD-ALERT" in r.getMessage()]
+    assert len(lines) == 1 and '"event": "run failed"' in lines[0]
+    assert not [r for r in caplog.records if "Failed to send notification" in r.getMessage()]
