@@ -12,6 +12,7 @@ from gd_provider.core.data import write_dataset
 from gd_provider.core.drift_baseline import DriftBaseline, DriftBaselineError, judge_against_baseline
 from gd_provider.core.lineage import DATASET_SHA256, DATASET_URI
 from gd_provider.core.tracking import drift_score_history, log_check_run
+from gd_provider.links import ReportLink
 from gd_provider.operators.drift import DriftCheckOperator
 
 from ..support import fake_context, register_scorer
@@ -64,8 +65,11 @@ def test_the_operator_flags_only_what_is_unusual_for_the_column(gd_home, mlflow_
               policy="block", threshold=0.1, drift_share=0.5, prediction_drift=False)
     with pytest.raises(Exception, match="drift gate blocked"):  # the fixed threshold blocks an ordinary night
         DriftCheckOperator(**kw).execute(fake_context(run_id="n1"))
-    out = DriftCheckOperator(**kw, baseline={"nights": 10, "k": 3.0, "min_nights": 5}).execute(
-        fake_context(run_id="n2"))
+    context = fake_context(run_id="n2")
+    out = DriftCheckOperator(**kw, baseline={"nights": 10, "k": 3.0, "min_nights": 5}).execute(context)
+    # the report link is the MLflow UI's view of the logged HTML report: an http link the Airflow UI shows
+    link = context["ti"].xcoms[("task", ReportLink().xcom_key)]
+    assert link.startswith("http") and "/artifactPath/" in link and link.endswith(".html") and link == out["report_url"]
     assert out["status"] == "ok" and out["drifted_columns"] == []
     assert out["baseline"]["columns"]["temperature"]["basis"] == "baseline"
     assert out["baseline"]["columns"]["temperature"]["score"] > 0.1  # above the fixed threshold, yet usual

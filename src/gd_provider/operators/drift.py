@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from airflow.sdk import BaseOperator
@@ -202,8 +203,11 @@ class DriftCheckOperator(BaseOperator):
                   "gd.drift.decision": decision.level if proceed else "block"},
             artifacts=[p for p in (report.html_path, report.json_path) if p],
         )
-        push_link(context, MlflowRunLink, mlflow_run_url(mlflow_config.ui_url, experiment_id, mlflow_run_id))
-        push_link(context, ReportLink, f"file://{report.html_path}" if report.html_path else None)
+        run_url = mlflow_run_url(mlflow_config.ui_url, experiment_id, mlflow_run_id)
+        push_link(context, MlflowRunLink, run_url)
+        # the HTML report as the MLflow UI serves it (logged with the run): an http link the Airflow UI shows
+        report_url = f"{run_url}/artifactPath/{Path(report.html_path).name}" if run_url and report.html_path else None
+        push_link(context, ReportLink, report_url)
         self.log.info("Drift vs champion v%s: %s", champion, message)
         manifest = {
             "status": decision.level if proceed else "block",
@@ -221,11 +225,12 @@ class DriftCheckOperator(BaseOperator):
             "prediction_drift": prediction,
             "baseline": baseline,
             "report_uri": report.html_path,
+            "report_url": report_url,
             "mlflow_run_id": mlflow_run_id,
             "message": message,
         }
         numbers = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
-        links = {"mlflow_run": mlflow_run_url(mlflow_config.ui_url, experiment_id, mlflow_run_id)}
+        links = {"mlflow_run": run_url, "report": report_url}
         push_gate(context, GateResult("drift", proceed, [f"{message} (policy {self.policy}): "
                                                          f"{'pass' if proceed else 'FAIL'}"], numbers,
                                       {k: v for k, v in links.items() if v}))
