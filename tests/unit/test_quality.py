@@ -362,3 +362,25 @@ def test_report_notes_are_shown(suite, tmp_path):
     paths = write_report(report, tmp_path)
     assert "champion-derived checks SKIPPED" in Path(paths["html"]).read_text()
     assert json.loads(Path(paths["json"]).read_text())["notes"] == report.notes
+
+
+def test_great_expectations_info_noise_stays_out_of_the_task_log():
+    """A fresh process at INFO, as a task runs: importing and validating logs no GE INFO lines."""
+    import subprocess
+    import sys
+
+    code = (
+        "import logging, pandas as pd\n"
+        "logging.basicConfig(level=logging.INFO)\n"
+        "n = []\n"
+        "class H(logging.Handler):\n"
+        "    def emit(self, r):\n"
+        "        n.append(r) if r.name.startswith('great_expectations') and r.levelno < logging.WARNING else None\n"
+        "logging.getLogger().addHandler(H())\n"
+        "from gd_provider.core.quality import validate_dataframe\n"
+        "r = validate_dataframe(pd.DataFrame({'a': [1, None]}), "
+        "[{'type': 'expect_column_values_to_not_be_null', 'kwargs': {'column': 'a'}}])\n"
+        "print(len(n), r.success)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split()[-2:] == ["0", "False"]

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import html
 import json
+import logging
 import math
 import os
 import time
@@ -33,6 +34,10 @@ from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+# Great Expectations logs ~200 INFO lines (its import, every ephemeral context) before our one-line summary:
+# a task log someone reads shows its warnings only, unless the "great_expectations" logger was configured.
+if logging.getLogger("great_expectations").level == logging.NOTSET:
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)
 
 import great_expectations as gx  # noqa: E402
 import great_expectations.expectations  # noqa: E402,F401  (registers the core expectations)
