@@ -47,6 +47,7 @@ from gd_provider.core.training.loop import (  # noqa: E402
     RUN_STATE_FILE,
     TRAIN_ARRAYS,
     VAL_ARRAYS,
+    build_module,
     epoch_seed,
     evaluate,
     fit_plain,
@@ -55,7 +56,6 @@ from gd_provider.core.training.loop import (  # noqa: E402
     make_optimizer,
     seed_everything,
 )
-from gd_provider.core.training.model import build_model  # noqa: E402
 from gd_provider.core.training.spec import TrainingSpec  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "gpu.json"
@@ -104,9 +104,11 @@ def _sync(device: torch.device) -> None:
 def run_plain(spec: TrainingSpec, data: dict[str, torch.Tensor], pos_weight: float, device: torch.device) -> dict:
     """Hand-written loop, same work per step and per epoch as the engine; per-epoch wall times."""
     seed_everything(spec.seed)
-    model = build_model(spec, data["x"].shape[1]).to(device)
+    task = spec.task_plugin()
+    state = {"pos_weight": pos_weight}
+    model = build_module(spec, data["x"].shape[1], task).to(device)
     opt = make_optimizer(spec, model.parameters())
-    loss_fn = make_loss(spec, pos_weight, device)
+    loss_fn = make_loss(spec, state, device, task)
     params = list(model.parameters())
     xs, ys, n, bs = data["x"], data["y"], len(data["x"]), spec.batch_size
     autocast = spec.precision == "bf16"
@@ -125,7 +127,8 @@ def run_plain(spec: TrainingSpec, data: dict[str, torch.Tensor], pos_weight: flo
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, spec.grad_clip_norm)
             opt.step()
-        val_loss, val_auc, _ = evaluate(model, data["xv"], data["yv"], loss_fn)
+        val = evaluate(model, data["xv"], data["yv"], loss_fn, task, state)
+        val_loss, val_auc = val["val_loss"], val["val_roc_auc"]
         _sync(device)
         epoch_s.append(time.perf_counter() - t0)
     return {"epoch_s": epoch_s, "val_roc_auc": val_auc, "val_loss": val_loss}
@@ -135,7 +138,7 @@ def run_guarded(spec: TrainingSpec, data: dict[str, np.ndarray], pos_weight: flo
     """``fit_plain``: the engine of the Ray workers (guards on, telemetry on the device, synced every k steps).
     It moves the arrays to the device once, before the first epoch."""
     fit = fit_plain(
-        spec, data["x"], data["y"], data["xv"], data["yv"], pos_weight=pos_weight, device=device
+        spec, data["x"], data["y"], data["xv"], data["yv"], task_state={"pos_weight": pos_weight}, device=device
     )
     assert fit.trip is None, fit.trip
     return {
@@ -158,7 +161,7 @@ def run_ray(spec: TrainingSpec, data_dir: Path, input_dim: int, pos_weight: floa
         "spec": spec.to_dict(),
         "data_dir": str(data_dir),
         "input_dim": input_dim,
-        "pos_weight": pos_weight,
+        "task_state": {"pos_weight": pos_weight},
         "run_dir": str(storage / name),
     }
     trainer = TorchTrainer(

@@ -10,7 +10,6 @@ import pytest
 
 from gd_provider.core.data import file_sha256, read_dataset, write_dataset
 from gd_provider.core.training.runner import holdout_frame, init_local_ray, run_training
-from gd_provider.core.training.spec import TrainingSpec
 from gd_provider.demo import schema as S
 from gd_provider.demo.schema import training_spec as demo_training_spec
 from tests.integration.test_training import synthetic_transactions

@@ -20,7 +20,6 @@ from gd_provider.core.training.runner import (
     holdout_frame,
     run_training,
 )
-from gd_provider.core.training.spec import TrainingSpec
 from gd_provider.demo import schema as S
 from gd_provider.demo.schema import training_spec as demo_training_spec
 

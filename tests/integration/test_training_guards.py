@@ -11,23 +11,15 @@ One local Ray instance serves the module; each TorchTrainer run costs ~10-25 s h
 
 from __future__ import annotations
 
-import sys
-
-import cloudpickle
 import numpy as np
 import pandas as pd
 import pytest
-import torch
-from torch import nn
 
 from gd_provider.core.data import write_dataset
 from gd_provider.core.training.runner import run_training
 from gd_provider.core.training.spec import TrainingSpec
 
 pytestmark = pytest.mark.integration
-
-# The dead model factory below travels to the Ray workers by value (they cannot import this test module).
-cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 FEATURES = ["x1", "x2", "x3", "x4"]
 
@@ -157,28 +149,11 @@ def test_exploding_lr_aborts_collectively_on_two_workers(local_ray, manifest, wo
         mlflow.set_registry_uri(None)
 
 
-class DeadRelu(nn.Module):
-    """Constant output 0, and no parameter ever receives a gradient (ReLU behind a large negative bias)."""
-
-    def __init__(self, input_dim: int):
-        super().__init__()
-        self.hidden = nn.Linear(input_dim, 8)
-        self.out = nn.Linear(8, 1, bias=False)
-        with torch.no_grad():
-            self.hidden.weight.zero_()
-            self.hidden.bias.fill_(-5.0)
-
-    def forward(self, x):
-        return self.out(torch.relu(self.hidden(x))).squeeze(-1)
-
-
-def dead_model(spec, input_dim):
-    return DeadRelu(input_dim)
-
-
 def test_dead_gradient_model_trips_vanishing(local_ray, manifest, workdir):
-    spec = base_spec(guards={"vanishing_steps": 12}, sync_every_k_steps=4)
-    result = run(manifest, spec, workdir, "dead", model_factory=dead_model)
+    # a user's factory by import path (the Ray workers import tests.unit.user_models: user_python_paths)
+    spec = base_spec(guards={"vanishing_steps": 12}, sync_every_k_steps=4,
+                     model="tests.unit.user_models:dead_relu", model_kwargs={"hidden": 8})
+    result = run(manifest, spec, workdir, "dead")
     assert result.status == "diverged", (result.status, result.error)
     assert result.guard["kind"] == "vanishing_gradient" and result.guard["step"] == 12
     assert result.run_state["stopped_at_step"] == 12

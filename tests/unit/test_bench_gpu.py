@@ -89,7 +89,7 @@ def test_bench_gpu_cpu_path_in_process(tmp_path):
 
 def test_bf16_autocast_runs_in_the_engine_on_cpu():
     from gd_provider.core.training.loop import fit_plain
-    from gd_provider.core.training.spec import SpecError, TrainingSpec
+    from gd_provider.core.training.spec import SpecError
 
     with pytest.raises(SpecError, match="bf16"):  # a spec for cpu with bf16 is refused, never downgraded
         demo_training_spec(device="cpu", precision="bf16")
@@ -97,20 +97,15 @@ def test_bf16_autocast_runs_in_the_engine_on_cpu():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((512, 5), dtype=np.float32)
     y = (x[:, 0] > 0).astype(np.float32)
-    seen: list[torch.dtype] = []
+    from tests.unit.user_models import SEEN_DTYPES
 
-    def factory(spec, input_dim):
-        model = torch.nn.Sequential(torch.nn.Linear(input_dim, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1),
-                                    torch.nn.Flatten(0))
-        model[0].register_forward_hook(lambda mod, inp, out: seen.append(out.dtype) if mod.training else None)
-        return model
-
-    fit = fit_plain(spec, x, y, x[:128], y[:128], pos_weight=1.0, model_factory=factory, device="cpu")
-    assert fit.trip is None and seen and set(seen) == {torch.bfloat16}
-    seen.clear()
-    fit_plain(spec.with_overrides(precision="fp32"), x, y, x[:128], y[:128], pos_weight=1.0,
-              model_factory=factory, device="cpu")
-    assert set(seen) == {torch.float32}
+    spec = spec.with_overrides(model="tests.unit.user_models:dtype_probe")  # a user's factory by import path
+    SEEN_DTYPES.clear()
+    fit = fit_plain(spec, x, y, x[:128], y[:128], pos_weight=1.0, device="cpu")
+    assert fit.trip is None and SEEN_DTYPES and set(SEEN_DTYPES) == {torch.bfloat16}
+    SEEN_DTYPES.clear()
+    fit_plain(spec.with_overrides(precision="fp32"), x, y, x[:128], y[:128], pos_weight=1.0, device="cpu")
+    assert set(SEEN_DTYPES) == {torch.float32}
 
 
 @pytest.mark.integration

@@ -154,28 +154,12 @@ def test_explosion_stops_at_the_recorded_step():
     assert trip.reason and trip.rank == 0
 
 
-class DeadRelu(nn.Module):
-    """Output is constantly 0 and no parameter ever gets a gradient (ReLU of a large negative bias)."""
-
-    def __init__(self, input_dim: int):
-        super().__init__()
-        self.hidden = nn.Linear(input_dim, 4)
-        self.out = nn.Linear(4, 1, bias=False)
-        with torch.no_grad():
-            self.hidden.weight.zero_()
-            self.hidden.bias.fill_(-5.0)
-
-    def forward(self, x):
-        return self.out(torch.relu(self.hidden(x))).squeeze(-1)
-
-
-def dead_model(spec, input_dim):
-    return DeadRelu(input_dim)
+DEAD = "tests.unit.user_models:dead_relu"  # a user's factory by import path: no gradient ever flows
 
 
 def test_vanishing_gradient_on_a_dead_model():
     spec = BASE.with_overrides(guards={"vanishing_steps": 10}, sync_every_k_steps=5)
-    result = fit(spec, model_factory=dead_model)
+    result = fit(spec.with_overrides(model=DEAD))
     assert result.trip is not None and result.trip.code == TripCode.VANISHING_GRADIENT
     assert result.trip.step == 10 and result.steps["step"][-1] == 10
     assert "vanishing" in result.trip.reason
@@ -183,7 +167,7 @@ def test_vanishing_gradient_on_a_dead_model():
 
 def test_guards_disabled_never_stop():
     spec = BASE.with_overrides(guards={"enabled": False, "vanishing_steps": 10}, epochs=1)
-    result = fit(spec, model_factory=dead_model)
+    result = fit(spec.with_overrides(model=DEAD))
     assert result.trip is None and len(result.steps["step"]) == math.ceil(600 / 32)
 
 

@@ -36,12 +36,15 @@ def _frame(n: int = 100, seed: int = 0) -> pd.DataFrame:
     )
 
 
+KEYS = ("transaction_id",)  # orders the rows sharing a timestamp
+
+
 # ---------------------------------------------------------------------------------------------- split
 def test_split_sizes_and_time_order_with_distinct_timestamps():
     df = _frame(100)
     df["event_timestamp"] = pd.Timestamp("2025-03-01", tz="UTC") + pd.to_timedelta(
         np.random.default_rng(5).permutation(100), unit="min")
-    train, val, holdout = split_by_time(df, "event_timestamp", 0.15, 0.2)
+    train, val, holdout = split_by_time(df, "event_timestamp", 0.15, 0.2)  # no ties: no key columns needed
     assert (len(train), len(val), len(holdout)) == split_sizes(100, 0.15, 0.2) == (65, 15, 20)
     assert train["event_timestamp"].max() < val["event_timestamp"].min()
     assert val["event_timestamp"].max() < holdout["event_timestamp"].min()
@@ -55,7 +58,7 @@ def test_rows_sharing_a_timestamp_are_never_split_between_parts():
     df = _frame(100)  # 10 distinct hours: both nominal boundaries (65, 85) fall inside a group of ties
     ts = df["event_timestamp"].sort_values().reset_index(drop=True)
     assert split_sizes(100, 0.2, 0.15) == (65, 20, 15) and ts[64] == ts[65] and ts[84] == ts[85]
-    train, val, holdout = split_by_time(df, "event_timestamp", 0.2, 0.15)
+    train, val, holdout = split_by_time(df, "event_timestamp", 0.2, 0.15, key_columns=KEYS)
     assert train["event_timestamp"].max() < val["event_timestamp"].min()
     assert val["event_timestamp"].max() < holdout["event_timestamp"].min()
     # each boundary moved back to the start of its group: the later part took the whole group
@@ -69,7 +72,7 @@ def test_a_tie_group_at_the_start_moves_the_boundary_forward_and_one_that_cannot
     # the first 70 rows share a timestamp: the train/validation boundary (60) moves past them
     ts = [t0] * 70 + [t0 + pd.Timedelta(minutes=i) for i in range(1, 31)]
     df = pd.DataFrame({"transaction_id": [f"t{i:03d}" for i in range(100)], "event_timestamp": ts})
-    train, val, holdout = split_by_time(df, "event_timestamp", 0.2, 0.2)
+    train, val, holdout = split_by_time(df, "event_timestamp", 0.2, 0.2, key_columns=KEYS)
     assert (len(train), len(val), len(holdout)) == (70, 10, 20)
     # the holdout's start cannot move back (that leaves no room between training and validation): it moves
     # past its group instead
@@ -77,7 +80,7 @@ def test_a_tie_group_at_the_start_moves_the_boundary_forward_and_one_that_cannot
                                    ([0] * 8 + [1, 2], (0.2, 0.2), (8, 1, 1))):
         tied = pd.DataFrame({"transaction_id": [f"t{i:03d}" for i in range(len(days))],
                              "event_timestamp": [t0 + pd.Timedelta(days=d) for d in days]})
-        assert tuple(len(p) for p in split_by_time(tied, "event_timestamp", *fractions)) == sizes
+        assert tuple(len(p) for p in split_by_time(tied, "event_timestamp", *fractions, key_columns=KEYS)) == sizes
     # every row at one timestamp: no split keeps the holdout apart
     df["event_timestamp"] = t0
     with pytest.raises(PreprocessError, match=r"start of the holdout all share the timestamp .*never split"):
@@ -86,9 +89,9 @@ def test_a_tie_group_at_the_start_moves_the_boundary_forward_and_one_that_cannot
 
 def test_split_is_deterministic_for_any_input_order():
     df = _frame(200, seed=1)
-    parts = split_by_time(df, "event_timestamp", 0.15, 0.15)
+    parts = split_by_time(df, "event_timestamp", 0.15, 0.15, key_columns=KEYS)
     shuffled = df.sample(frac=1.0, random_state=7)
-    again = split_by_time(shuffled, "event_timestamp", 0.15, 0.15)
+    again = split_by_time(shuffled, "event_timestamp", 0.15, 0.15, key_columns=KEYS)
     for a, b in zip(parts, again, strict=True):
         pd.testing.assert_frame_equal(a, b)
     # ties on the timestamp are broken by transaction_id
@@ -97,11 +100,24 @@ def test_split_is_deterministic_for_any_input_order():
         assert list(group["transaction_id"]) == sorted(group["transaction_id"])
 
 
-def test_split_without_key_columns_is_stable():
-    df = _frame(50).drop(columns=["transaction_id"])
-    a = split_by_time(df, "event_timestamp", 0.2, 0.2)[2]
-    b = split_by_time(df, "event_timestamp", 0.2, 0.2)[2]
+def test_ties_without_key_columns_are_an_error_unless_the_tied_rows_are_identical():
+    df = _frame(50).drop(columns=["transaction_id"])  # 10 distinct hours: rows tie, and differ
+    with pytest.raises(PreprocessError, match=r"no key columns are given.*give training.key_columns \(columns "
+                       r"that order rows sharing a timestamp"):
+        split_by_time(df, "event_timestamp", 0.2, 0.2)
+    # rows that tie and are identical in every column: their order cannot matter
+    t0 = pd.Timestamp("2025-03-01", tz="UTC")
+    same = pd.DataFrame({"event_timestamp": [t0 + pd.Timedelta(hours=h // 5) for h in range(50)],
+                         "amount": [float(h // 5) for h in range(50)]})
+    a = split_by_time(same, "event_timestamp", 0.2, 0.2)[2]
+    b = split_by_time(same.sample(frac=1.0, random_state=1), "event_timestamp", 0.2, 0.2)[2]
     pd.testing.assert_frame_equal(a, b)
+    assert frame_digest(a) == frame_digest(b)
+
+
+def test_a_key_column_missing_from_the_data_is_named():
+    with pytest.raises(PreprocessError, match=r"key column\(s\) \['order_id'\] \(training.key_columns\)"):
+        split_by_time(_frame(), "event_timestamp", 0.2, 0.2, key_columns=("transaction_id", "order_id"))
 
 
 def test_split_rejects_missing_timestamp_and_bad_fractions():
@@ -113,13 +129,13 @@ def test_split_rejects_missing_timestamp_and_bad_fractions():
 
 def test_frame_digest_uses_keys_and_detects_changes():
     df = _frame(60)
-    holdout = split_by_time(df, "event_timestamp", 0.2, 0.3)[2]
-    digest, basis = frame_digest(holdout)
+    holdout = split_by_time(df, "event_timestamp", 0.2, 0.3, key_columns=KEYS)[2]
+    digest, basis = frame_digest(holdout, KEYS)
     assert basis == "keys:transaction_id"
-    same = split_by_time(df.sample(frac=1.0, random_state=3), "event_timestamp", 0.2, 0.3)[2]
-    assert frame_digest(same)[0] == digest
-    assert frame_digest(holdout.iloc[1:])[0] != digest
-    digest_rows, basis_rows = frame_digest(holdout.drop(columns=["transaction_id"]))
+    same = split_by_time(df.sample(frac=1.0, random_state=3), "event_timestamp", 0.2, 0.3, key_columns=KEYS)[2]
+    assert frame_digest(same, KEYS)[0] == digest
+    assert frame_digest(holdout.iloc[1:], KEYS)[0] != digest
+    digest_rows, basis_rows = frame_digest(holdout)  # no key columns: every column's values
     assert basis_rows.startswith("rows:") and len(digest_rows) == 64
 
 

@@ -13,7 +13,6 @@ import pytest
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, TaskDeferred
 
 from gd_provider.core.training.entrypoint import write_json_atomic
-from gd_provider.core.training.spec import TrainingSpec
 from gd_provider.demo.schema import training_spec as demo_training_spec
 from gd_provider.hooks.ray import parse_ray_connection
 from gd_provider.operators.training import RayTrainOperator, attempt_id, ray_submission_id
@@ -332,7 +331,7 @@ def test_entrypoint_reports_input_errors_in_its_result_file_without_airflow(tmp_
     result_path = tmp_path / "out" / "gd-e.result.json"
     request = build_request(
         {"uri": str(tmp_path / "missing.parquet"), "sha256": "0" * 64, "rows": 10,
-         "columns": list(demo_training_spec().required_columns)},
+         "columns": [*demo_training_spec().required_columns, *demo_training_spec().key_columns]},
         demo_training_spec(epochs=1).to_dict(),
         storage_path=str(tmp_path / "ray"), run_name="train-x", result_path=str(result_path), submission_id="gd-e",
     )

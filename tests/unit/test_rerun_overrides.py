@@ -93,7 +93,6 @@ def test_tags_record_mechanism_reason_and_both_override_sources():
 def _train_op(variable_value, monkeypatch, **kwargs):
     from airflow.sdk import Variable
 
-    from gd_provider.core.training.spec import TrainingSpec
     from gd_provider.operators.training import RayTrainOperator
 
     seen: list[str] = []
@@ -243,6 +242,5 @@ class _Recorder:
 
 
 def _demo_spec() -> dict:
-    from gd_provider.core.training.spec import TrainingSpec
 
     return demo_training_spec(epochs=2).to_dict()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 
-from gd_provider.core.training.spec import TrainingSpec
 from gd_provider.demo.schema import training_spec as demo_training_spec
 from gd_provider.operators import training
 from gd_provider.operators.training import RayTrainOperator

@@ -12,6 +12,12 @@ from typing import Any
 DATASET_URI = "gd.dataset_uri"
 DATASET_SHA256 = "gd.dataset_sha256"
 TRAINING_FINGERPRINT = "gd.training_fingerprint"
+TASK = "gd.task"
+TASK_OPTIONS = "gd.task_options"
+TASK_CODE_VERSION = "gd.task.code_version"
+MODEL_FACTORY = "gd.model.factory"
+MODEL_KWARGS = "gd.model.kwargs"
+MODEL_CODE_VERSION = "gd.model.code_version"
 MAX_TAG = 4000  # MLflow caps tag values; keep ours well inside
 
 
@@ -46,6 +52,30 @@ def training_fingerprint(dataset: dict[str, Any], training: dict[str, Any]) -> s
     other settings has another fingerprint, so registration tells them apart."""
     payload = {"dataset_sha256": dataset["sha256"], "spec": training.get("spec") or {}}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def task_model_tags(training: dict[str, Any]) -> dict[str, str]:
+    """What was predicted and by which code, from a training manifest or result (its ``task``: the model
+    directory's ``task.json``; its ``model``: ``{"factory", "kwargs", "code_version"[, "task_code_version"]}``;
+    the spec's ``task`` / ``task_options`` / ``model`` / ``model_kwargs`` where those are absent):
+
+    ``gd.task`` (name or import path), ``gd.task_options`` (JSON), ``gd.model.factory`` (name or import path),
+    ``gd.model.kwargs`` (JSON), ``gd.model.code_version`` (JSON: the factory's module, distribution version,
+    source sha256) and, for a user's task class, ``gd.task.code_version``."""
+    spec = training.get("spec") or {}
+    task = training.get("task") or {}
+    model = training.get("model") or {}
+    tags: dict[str, Any] = {
+        TASK: task.get("task") or spec.get("task") or "binary",
+        TASK_OPTIONS: task.get("options") if "options" in task else (spec.get("task_options") or {}),
+        MODEL_FACTORY: model.get("factory") or spec.get("model") or "",
+        MODEL_KWARGS: model.get("kwargs") if "kwargs" in model else (spec.get("model_kwargs") or {}),
+    }
+    if model.get("code_version"):
+        tags[MODEL_CODE_VERSION] = model["code_version"]
+    if model.get("task_code_version"):
+        tags[TASK_CODE_VERSION] = model["task_code_version"]
+    return {k: _clip(v) for k, v in tags.items()}
 
 
 def _clip(value: Any) -> str:
@@ -87,6 +117,7 @@ def lineage_tags(
     from gd_provider.core.rerun import rerun_tags
 
     tags.update(rerun_tags(training))
+    tags.update(task_model_tags(training))
     tags[TRAINING_FINGERPRINT] = training_fingerprint(dataset, training)
     if drift is not None:
         tags["gd.drift.status"] = drift.get("status", "")

@@ -83,7 +83,10 @@ class RayTrainOperator(BaseOperator):
       its result when SUCCEEDED - and resubmits as ``<id>-r2``, ``-r3``... only after FAILED/STOPPED
       (resuming from the run's latest checkpoint, as in-process training does);
     * the cluster must be able to import ``gd_provider`` (installed in its image), or give a
-      ``runtime_env`` (``working_dir``/``py_modules``/``pip``) in the connection's extra or here;
+      ``runtime_env`` (``working_dir``/``py_modules``/``pip``) in the connection's extra or here; a user's
+      model factory / task class (``training.model`` / ``training.task`` import paths) is found through the
+      request's ``python_paths`` (its module roots here: the DAGs folder, a package) when those are on the
+      shared volume too, else it must be installed in the image or shipped with the ``runtime_env``;
     * waiting: polls the job's status and copies its new log lines into the task log every
       ``poll_interval`` seconds; ``on_kill`` stops the job; ``job_timeout`` (seconds, per try) stops it
       and fails the try. With ``deferrable=True`` the wait happens in the triggerer (``RayJobTrigger``),
@@ -355,7 +358,9 @@ class RayTrainOperator(BaseOperator):
             )
         self.log.info("Training finished: %s, MLflow run %s", logged["metrics"], logged["mlflow_run_id"])
         self.log.info("Training health: %s", logged["health"])
-        return {**logged, "spec": spec.to_dict(), **recorded, "holdout": result.holdout, **(extra or {})}
+        # task (task.json) and model (factory, kwargs, code version): what lineage_tags records on the version
+        what = {"task": result.task or logged.get("task") or {}, "model": result.model or logged.get("model") or {}}
+        return {**logged, "spec": spec.to_dict(), **recorded, "holdout": result.holdout, **what, **(extra or {})}
 
     # -------------------------------------------------------------------------------------------- local
     def _train_locally(self, context: Any, spec: Any) -> Any:
@@ -452,6 +457,7 @@ class RayTrainOperator(BaseOperator):
     ) -> tuple[str, str]:
         """(submission id, status) of this task's job: an earlier try's, or a new submission."""
         from gd_provider.core.training.entrypoint import build_request, write_json_atomic
+        from gd_provider.core.training.runner import user_python_paths
 
         base = self._base_submission_id(context)
         previous: tuple[str, Any] | None = None
@@ -497,6 +503,7 @@ class RayTrainOperator(BaseOperator):
             run_name=self._run_name(context, spec),
             result_path=str(jobs_dir / f"{submission_id}.result.json"),
             submission_id=submission_id,
+            python_paths=user_python_paths(spec),
         )
         # What this try resolved (Param + rerun Variable): whoever collects the job - this try, a deferred
         # resume, a later try adopting it - records these, not whatever the Variable says by then.

@@ -25,10 +25,18 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-try:
-    import pandas as pd
-except ImportError:  # a bare training image (torch + numpy): the engine needs no pandas, label checks do
-    pd = None  # type: ignore[assignment]
+
+class _LazyPandas:
+    """pandas, imported on first use: the training engine (a bare torch + numpy image, Ray workers) imports
+    the tasks but never needs pandas; label checks and profiles do."""
+
+    def __getattr__(self, name: str) -> Any:
+        import pandas
+
+        return getattr(pandas, name)
+
+
+pd: Any = _LazyPandas()
 
 
 class TaskError(ValueError):

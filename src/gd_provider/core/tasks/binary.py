@@ -9,12 +9,15 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-try:
-    import pandas as pd
-except ImportError:  # a bare training image (torch + numpy): the engine needs no pandas, label checks do
-    pd = None  # type: ignore[assignment]
-
-from gd_provider.core.tasks.base import LabelError, Task, TaskError, _examples, _exp, flat_loss
+from gd_provider.core.tasks.base import (  # pd: pandas on first use
+    LabelError,
+    Task,
+    TaskError,
+    _examples,
+    _exp,
+    flat_loss,
+    pd,
+)
 from gd_provider.core.tasks.metrics import ranking_metrics
 
 

@@ -8,12 +8,15 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-try:
-    import pandas as pd
-except ImportError:  # a bare training image (torch + numpy): the engine needs no pandas, label checks do
-    pd = None  # type: ignore[assignment]
-
-from gd_provider.core.tasks.base import LabelError, Task, TaskError, _examples, _exp, flat_loss
+from gd_provider.core.tasks.base import (  # pd: pandas on first use
+    LabelError,
+    Task,
+    TaskError,
+    _examples,
+    _exp,
+    flat_loss,
+    pd,
+)
 from gd_provider.core.tasks.metrics import quantile_metric, regression_metrics
 
 NUMERIC_TYPES = ["int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "Int8", "Int16",

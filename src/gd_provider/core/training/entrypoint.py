@@ -5,7 +5,14 @@
 The request (JSON, written by ``RayTrainOperator`` or by hand)::
 
     {"dataset": {<dataset manifest>}, "spec": {<TrainingSpec>}, "storage_path": "...", "run_name": "...",
-     "result_path": "...", "ray_address": "auto", "submission_id": "gd-..."}
+     "result_path": "...", "ray_address": "auto", "submission_id": "gd-...", "python_paths": ["..."]}
+
+``python_paths`` (optional): the roots of a user's model factory / task class modules on the submitting
+side (``runner.user_python_paths``); the driver puts those that exist on its node on ``sys.path`` before
+it reads the spec (and ``run_training`` hands them to the Ray workers), so a model defined in the user's
+package or DAGs folder trains on the cluster when that directory is on the shared volume too. Code that
+is not on shared storage must be installed in the cluster's image or shipped with the connection's
+``runtime_env`` (``py_modules``/``working_dir``).
 
 ``run_training`` runs as the job's driver, connected to the job's cluster (``ray_address`` ``auto``); the
 model directory lands under ``<storage_path>/<run_name>``. The outcome is written atomically to
@@ -49,9 +56,11 @@ def build_request(
     result_path: str,
     ray_address: str = "auto",
     submission_id: str | None = None,
+    python_paths: list[str] | tuple[str, ...] | None = None,
 ) -> dict[str, Any]:
     return {
         "submission_id": submission_id,
+        "python_paths": [str(p) for p in python_paths or ()],
         "dataset": dict(dataset),
         "spec": dict(spec),
         "storage_path": str(storage_path),
@@ -93,6 +102,7 @@ def read_request(path: str | os.PathLike[str]) -> dict[str, Any]:
 def run_request(request: dict[str, Any]) -> tuple[dict[str, Any], int]:
     """Run one request; returns (envelope, exit code). Input problems become an ``input_error`` envelope."""
     from gd_provider.core.data import DatasetError
+    from gd_provider.core.training.loop import add_python_paths
     from gd_provider.core.training.preprocess import PreprocessError
     from gd_provider.core.training.runner import TrainingInputError, run_training
     from gd_provider.core.training.spec import SpecError, TrainingSpec
@@ -104,6 +114,7 @@ def run_request(request: dict[str, Any]) -> tuple[dict[str, Any], int]:
         "submission_id": request.get("submission_id"),
         "started_unix": started,
     }
+    add_python_paths(request.get("python_paths"))  # a user's model factory / task class
     try:
         spec = TrainingSpec.from_dict(request["spec"])
         result = run_training(

@@ -5,10 +5,18 @@ collective operations it needs go through a ``Collective`` (identity in a single
 in Ray Train workers). ``train_loop_per_worker`` is the Ray Train entry point; ``fit_plain`` runs the same
 engine in the calling process (the sensitivity check and the benchmarks use it).
 
+The engine is task-agnostic: what is predicted is the spec's task plug-in (``spec.task_plugin()``, see
+:mod:`gd_provider.core.tasks`). It gives the loss (``task.make_loss(spec.loss, state, device)``), the model's
+output width (the model is ``core.models.build(spec.model, input_dim, task.output_width, kwargs)``) and the
+per-epoch metrics: ``val_loss`` plus ``task.epoch_metrics(labels, task.validation_scores(outputs, state))``.
+``state`` is what the task learned from the training labels (``task.fit_state``: a class weight, a target
+scale), fitted once by the driver and passed to every worker in ``config["task_state"]``.
+
 Data: the driver (``runner.run_training``) preprocesses once and writes ``train.npz`` / ``val.npz`` (arrays
-``x`` float32 and ``y`` float32) to ``config["data_dir"]``. Every worker loads them itself and takes rows
-``rank::world_size`` of the training set, truncated so all ranks run the same number of steps (DDP and
-``ray.train.report`` are collective: every rank must do each step and each report).
+``x`` float32, ``y`` float32 = the loss's targets ``task.targets(labels, state)``, and ``y_label`` float32 =
+the encoded labels the metrics compare with) to ``config["data_dir"]``. Every worker loads them itself and
+takes rows ``rank::world_size`` of the training set, truncated so all ranks run the same number of steps
+(DDP and ``ray.train.report`` are collective: every rank must do each step and each report).
 
 Per step the loop keeps loss and gradient norm (what ``clip_grad_norm_`` returns, i.e. before clipping) in
 a tensor on the device; learning rate, clipped flag and non-finite flag are derived on the host. Every
@@ -32,9 +40,10 @@ import json
 import math
 import os
 import random
+import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +52,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from gd_provider.core import models
+from gd_provider.core.tasks import Task
+from gd_provider.core.tasks.metrics import ranking_metrics, ranking_metrics_numpy  # noqa: F401 (former home)
 from gd_provider.core.training.guards import (
     GuardTrip,
     StepVerdict,
@@ -51,9 +63,8 @@ from gd_provider.core.training.guards import (
     decide_collectively,
     describe,
 )
-from gd_provider.core.training.model import build_model
 from gd_provider.core.training.schedule import schedule_for
-from gd_provider.core.training.spec import VALIDATION_METRICS, TrainingSpec
+from gd_provider.core.training.spec import TrainingSpec
 
 MODEL_FILE = "model.pt"
 OPTIMIZER_FILE = "optimizer.pt"
@@ -65,8 +76,6 @@ VAL_ARRAYS = "val.npz"
 
 STEP_KEYS = ("step", "epoch", "loss", "grad_norm", "lr", "clipped", "nonfinite")
 _EVAL_CHUNK = 65536
-
-ModelFactory = Callable[[TrainingSpec, int], nn.Module]
 
 
 # ---------------------------------------------------------------------------------------------- basics
@@ -89,8 +98,30 @@ def epoch_seed(seed: int, rank: int, epoch: int) -> int:
 
 
 def load_arrays(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
+    """``(x, y)``: features and the loss's targets."""
     with np.load(path) as data:
         return data["x"].astype(np.float32, copy=False), data["y"].astype(np.float32, copy=False)
+
+
+def load_labels(path: str | os.PathLike[str]) -> np.ndarray:
+    """The encoded labels of an arrays file (``y_label``; ``y`` in files that have no separate labels)."""
+    with np.load(path) as data:
+        key = "y_label" if "y_label" in data.files else "y"
+        return data[key].astype(np.float32, copy=False)
+
+
+def build_module(spec: TrainingSpec, input_dim: int, task: Task | None = None) -> nn.Module:
+    """The spec's model: ``core.models.build(spec.model, input_dim, task.output_width, kwargs)``."""
+    task = task or spec.task_plugin()
+    return models.build(spec.model, input_dim, task.output_width, spec.model_kwargs_for_factory())
+
+
+def add_python_paths(paths: Sequence[str] | None) -> None:
+    """Put the roots of a user's model / task modules on ``sys.path`` (a Ray worker's, a job's driver's) so
+    the spec's import paths resolve there as in the process that submitted them."""
+    for path in paths or ():
+        if path and path not in sys.path and Path(path).is_dir():
+            sys.path.append(path)
 
 
 def shard_rows(n: int, rank: int, world_size: int) -> np.ndarray:
@@ -110,57 +141,50 @@ def make_optimizer(spec: TrainingSpec, params: Any, lr: float | None = None) -> 
     raise ValueError(f"unknown optimizer {spec.optimizer!r}")
 
 
-def make_loss(spec: TrainingSpec, pos_weight: float, device: torch.device) -> nn.Module:
-    if spec.loss == "bce":
-        return nn.BCEWithLogitsLoss(pos_weight=torch.tensor(float(pos_weight), device=device))
-    raise ValueError(f"unknown loss {spec.loss!r}")
+def task_state_of(state: Mapping[str, Any] | float | None) -> dict[str, Any]:
+    """A task state; a bare number is the binary task's ``pos_weight`` (the engine's former argument)."""
+    if state is None:
+        return {}
+    if isinstance(state, Mapping):
+        return dict(state)
+    return {"pos_weight": float(state)}
 
 
-def ranking_metrics(y_true: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
-    """(ROC AUC, PR AUC = average precision); NaN when undefined (one class, non-finite scores).
-
-    scikit-learn computes them when it is installed; otherwise ``ranking_metrics_numpy`` (the same
-    definitions), so the loop also runs where only torch and numpy are (e.g. a bare GPU image)."""
-    if len(y_true) == 0 or len(np.unique(y_true)) < 2 or not np.all(np.isfinite(scores)):
-        return math.nan, math.nan
-    try:
-        from sklearn.metrics import average_precision_score, roc_auc_score
-    except Exception:  # not installed, or built against another numpy (a ValueError): same numbers without it
-        return ranking_metrics_numpy(y_true, scores)
-    return float(roc_auc_score(y_true, scores)), float(average_precision_score(y_true, scores))
-
-
-def ranking_metrics_numpy(y_true: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
-    """ROC AUC (trapezoids over the ROC curve) and average precision (sum over distinct thresholds of
-    ``(R_n - R_{n-1}) * P_n``) - scikit-learn's definitions, ties included - for two-class ``y_true``."""
-    y = np.asarray(y_true, dtype=np.float64)
-    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="mergesort")
-    s, y = np.asarray(scores, dtype=np.float64)[order], y[order]
-    last = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]  # last index of each distinct score
-    tps = np.cumsum(y)[last]
-    fps = (last + 1) - tps
-    pos, neg = tps[-1], fps[-1]
-    tpr, fpr = np.r_[0.0, tps / pos], np.r_[0.0, fps / neg]
-    roc = float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2.0))
-    precision, recall = tps / (tps + fps), tps / pos
-    ap = float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
-    return roc, ap
+def make_loss(
+    spec: TrainingSpec, state: Mapping[str, Any] | float, device: torch.device, task: Task | None = None
+) -> nn.Module:
+    """The task's loss for ``spec.loss`` (``state``: the task state, or the binary ``pos_weight``)."""
+    task = task or spec.task_plugin()
+    return task.make_loss(spec.loss, task_state_of(state), device)
 
 
 @torch.no_grad()
 def evaluate(
-    module: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: nn.Module
-) -> tuple[float, float, float]:
-    """(loss, ROC AUC, PR AUC) of ``module`` on ``x``/``y`` (module left in train mode afterwards)."""
+    module: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    loss_fn: nn.Module,
+    task: Task | None = None,
+    state: Mapping[str, Any] | None = None,
+    labels: np.ndarray | None = None,
+) -> dict[str, float]:
+    """``{"val_loss": ..., **task.epoch_metrics(...)}`` of ``module`` on ``x`` (module left in train mode).
+
+    ``y``: the loss's targets (a tensor on the device); ``labels``: the encoded labels the metrics compare
+    with (default: ``y``, as for the binary and multiclass tasks); ``task`` defaults to binary."""
+    if task is None:
+        from gd_provider.core.tasks import get_task
+
+        task = get_task("binary")
     module.eval()
     try:
-        logits = torch.cat([module(x[i : i + _EVAL_CHUNK]) for i in range(0, len(x), _EVAL_CHUNK)])
-        loss = float(loss_fn(logits.float(), y).item()) if len(x) else math.nan
-        probs = torch.sigmoid(logits.float()).cpu().numpy()
+        outputs = torch.cat([module(x[i : i + _EVAL_CHUNK]) for i in range(0, len(x), _EVAL_CHUNK)])
+        loss = float(loss_fn(outputs.float(), y).item()) if len(x) else math.nan
+        scores = task.validation_scores(outputs, dict(state or {}))
     finally:
         module.train()
-    roc, pr = ranking_metrics(y.cpu().numpy(), probs)
-    return loss, roc, pr
+    truth = y.cpu().numpy() if labels is None else labels
+    return {"val_loss": loss, **task.epoch_metrics(truth, scores)}
 
 
 def empty_steps() -> dict[str, list]:
@@ -175,7 +199,7 @@ def _finite_or_nan(values: np.ndarray, fn: Any) -> float:
 def best_epoch(history: list[dict[str, Any]], spec: TrainingSpec) -> dict[str, Any] | None:
     """The epoch with the best ``spec.early_stopping_metric`` (earliest on ties); ``None`` if none is finite."""
     metric = spec.early_stopping_metric
-    sign = -1.0 if VALIDATION_METRICS[metric] else 1.0
+    sign = -1.0 if spec.validation_metrics[metric] else 1.0
     finite = [h for h in history if isinstance(h.get(metric), float) and math.isfinite(h[metric])]
     if not finite:
         return None
@@ -189,7 +213,7 @@ def stop_early(history: list[dict[str, Any]], spec: TrainingSpec) -> bool:
     if not patience or not history:
         return False
     metric = spec.early_stopping_metric
-    bigger_is_better = VALIDATION_METRICS[metric]
+    bigger_is_better = spec.validation_metrics[metric]
     best, best_epoch_no = None, None
     for entry in history:
         value = entry.get(metric, math.nan)
@@ -472,7 +496,9 @@ class EpochRunner:
 class TrainingSession:
     """Epochs of guarded training; holds the run's history and per-step telemetry.
 
-    ``model`` may be a DDP wrapper; ``core`` is the unwrapped module (evaluation, state dict).
+    ``model`` may be a DDP wrapper; ``core`` is the unwrapped module (evaluation, state dict). ``ys``/``yv``
+    are the loss's targets; ``yv_labels`` the validation rows' encoded labels for the task's metrics (default:
+    ``yv``); ``task`` (default: the spec's) and ``task_state`` (its fitted state) score the validation rows.
     """
 
     spec: TrainingSpec
@@ -496,12 +522,19 @@ class TrainingSession:
     # Every rank's guard loss window (index = rank) at the end of the last epoch: pass the checkpoint's to
     # resume; updated after each epoch (``train_loop_per_worker`` keeps it in ``run_state.json``).
     guard_loss_windows: list[list[float]] | None = None
+    task: Task | None = None
+    task_state: dict[str, Any] = field(default_factory=dict)
+    yv_labels: np.ndarray | None = None
     # Optimizer steps done so far (the lr schedule's position). Counted separately from the telemetry: the
     # bare loop (``telemetry=False``) records no steps but must follow the same schedule.
     _steps_done: int = field(default=0, init=False, repr=False)
 
     def __post_init__(self) -> None:
         spec = self.spec
+        if self.task is None:
+            self.task = spec.task_plugin()
+        if self.yv_labels is None:
+            self.yv_labels = self.yv.cpu().numpy()
         recorded = self.history[-1].get("global_step", 0) if self.history else 0
         self._steps_done = max(len(self.steps["step"]), int(recorded or 0))
         guard = None
@@ -608,7 +641,7 @@ class TrainingSession:
 
     def _epoch_metrics(self, epoch: int, outcome: EpochOutcome, n_rows: int) -> dict[str, Any]:
         t0 = time.perf_counter()
-        val_loss, val_roc, val_pr = evaluate(self.core, self.xv, self.yv, self.loss_fn)
+        val = evaluate(self.core, self.xv, self.yv, self.loss_fn, self.task, self.task_state, self.yv_labels)
         losses, norms = outcome.losses, outcome.norms
         bs = self.runner.batch_rows
         if len(losses):
@@ -622,9 +655,7 @@ class TrainingSession:
         return {
             "epoch": epoch,
             "train_loss": train_loss,
-            "val_loss": val_loss,
-            "val_roc_auc": val_roc,
-            "val_pr_auc": val_pr,
+            **val,  # val_loss first, then the task's val_* metrics
             "lr": float(outcome.lrs[-1]) if len(outcome.lrs) else math.nan,
             "steps": outcome.steps,
             "global_step": self.global_step,
@@ -647,6 +678,7 @@ class PlainFit:
     trip: GuardTrip | None
     model: nn.Module
     seconds: float
+    task_state: dict[str, Any] = field(default_factory=dict)
 
 
 def fit_plain(
@@ -656,47 +688,66 @@ def fit_plain(
     x_val: np.ndarray,
     y_val: np.ndarray,
     *,
-    pos_weight: float,
+    task_state: Mapping[str, Any] | None = None,
+    pos_weight: float | None = None,
     lr: float | None = None,
     epochs: int | None = None,
     guarded: bool = True,
     telemetry: bool = True,
-    model_factory: ModelFactory | None = None,
     device: str | torch.device = "cpu",
 ) -> PlainFit:
     """The same engine as the Ray workers, in this process (single rank, no checkpoints, no Ray).
 
-    ``guarded=False, telemetry=False`` is the bare loop (benchmark baseline). ``lr``/``epochs`` override
-    the spec's (sensitivity runs). Seeds exactly like rank 0 of a one-worker Ray run.
+    ``y_train``/``y_val`` are *encoded labels* (``task.encode_labels``: 0/1, a class index, a value): the
+    task turns them into the loss's targets with ``task_state`` - by default ``task.fit_state(y_train)``, as
+    ``run_training`` fits it on the training split; ``pos_weight=`` is short for the binary task's
+    ``task_state={"pos_weight": ...}``. The model is the spec's (``spec.model``: a built-in or a user's
+    factory by import path). ``guarded=False, telemetry=False`` is the bare loop (benchmark baseline).
+    ``lr``/``epochs`` override the spec's (sensitivity runs). Seeds exactly like rank 0 of a one-worker Ray
+    run. ``PlainFit.task_state`` is the state it trained with.
     """
     t0 = time.perf_counter()
     dev = torch.device(device)
+    task = spec.task_plugin()
+    y_train = np.asarray(y_train, dtype=np.float32)
+    y_val = np.asarray(y_val, dtype=np.float32)
+    if task_state is not None and pos_weight is not None:
+        raise ValueError("give task_state or pos_weight, not both")
+    state = task_state_of(pos_weight) if pos_weight is not None else (
+        dict(task_state) if task_state is not None else task.fit_state(y_train))
     was_deterministic = torch.are_deterministic_algorithms_enabled()
     configure_determinism(spec.deterministic, dev)
     try:
         seed_everything(spec.seed)
         input_dim = int(x_train.shape[1])
-        model = (model_factory or build_model)(spec, input_dim).to(dev)
+        model = build_module(spec, input_dim, task).to(dev)
         optimizer = make_optimizer(spec, model.parameters(), lr)
         session = TrainingSession(
             spec=spec,
             model=model,
             core=model,
             optimizer=optimizer,
-            loss_fn=make_loss(spec, pos_weight, dev),
-            xs=torch.from_numpy(np.ascontiguousarray(x_train, dtype=np.float32)).to(dev),
-            ys=torch.from_numpy(np.ascontiguousarray(y_train, dtype=np.float32)).to(dev),
-            xv=torch.from_numpy(np.ascontiguousarray(x_val, dtype=np.float32)).to(dev),
-            yv=torch.from_numpy(np.ascontiguousarray(y_val, dtype=np.float32)).to(dev),
+            loss_fn=task.make_loss(spec.loss, state, dev),
+            xs=_tensor(x_train, dev),
+            ys=_tensor(task.targets(y_train, state), dev),
+            xv=_tensor(x_val, dev),
+            yv=_tensor(task.targets(y_val, state), dev),
             device=dev,
             guarded=guarded,
             telemetry=telemetry,
             lr=lr,
+            task=task,
+            task_state=state,
+            yv_labels=y_val,
         )
         trip = session.run(epochs)
     finally:
         torch.use_deterministic_algorithms(was_deterministic)
-    return PlainFit(session.history, session.steps, trip, model, time.perf_counter() - t0)
+    return PlainFit(session.history, session.steps, trip, model, time.perf_counter() - t0, state)
+
+
+def _tensor(values: np.ndarray, device: torch.device) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)).to(device)
 
 
 # ---------------------------------------------------------------------------------------------- Ray worker
@@ -816,9 +867,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         import sklearn.metrics  # noqa: F401
 
     entered = time.time()
+    add_python_paths(config.get("python_paths"))  # a user's model factory / task class, by import path
     spec = TrainingSpec.from_dict(config["spec"])
+    task = spec.task_plugin()
     data_dir = Path(config["data_dir"])
-    pos_weight = float(config["pos_weight"])
+    # the task's state fitted by the driver (older configs: the binary task's pos_weight)
+    state = task_state_of(config["task_state"] if "task_state" in config else config.get("pos_weight"))
 
     ctx = ray.train.get_context()
     rank, world_size = ctx.get_world_rank(), ctx.get_world_size()
@@ -861,6 +915,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     x_train, y_train = load_arrays(data_dir / TRAIN_ARRAYS)
     x_val, y_val = load_arrays(data_dir / VAL_ARRAYS)
+    val_labels = load_labels(data_dir / VAL_ARRAYS)
     rows = shard_rows(len(x_train), rank, world_size)
     if len(rows) == 0:
         raise ValueError(f"{len(x_train)} training rows cannot be split over {world_size} workers")
@@ -871,8 +926,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     del x_train, y_train
 
     # Same initial weights on every rank (DDP also broadcasts rank 0's), independent of world size.
-    factory: ModelFactory = config.get("model_factory") or build_model
-    model = factory(spec, int(config["input_dim"]))
+    model = build_module(spec, int(config["input_dim"]), task)
     if model_state is not None:
         model.load_state_dict(model_state)
     model = ray.train.torch.prepare_model(model)
@@ -886,7 +940,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         model=model,
         core=core,
         optimizer=optimizer,
-        loss_fn=make_loss(spec, pos_weight, device),
+        loss_fn=task.make_loss(spec.loss, state, device),
         xs=xs,
         ys=ys,
         xv=xv,
@@ -896,6 +950,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         history=history,
         steps=steps,
         guard_loss_windows=run_state.get("guard_loss_windows"),
+        task=task,
+        task_state=state,
+        yv_labels=val_labels,
     )
     fault = config.get("fault_injection")
     timeline = run_state.setdefault("timeline", {})

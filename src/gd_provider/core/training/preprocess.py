@@ -14,8 +14,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from gd_provider.core.training.spec import DEFAULT_KEY_COLUMNS
-
 UNKNOWN = "__unknown__"
 _FORMAT_VERSION = 1
 
@@ -25,10 +23,8 @@ class PreprocessError(ValueError):
 
 
 # ---------------------------------------------------------------------------------------------- splitting
-def sort_for_split(
-    df: pd.DataFrame, timestamp_column: str, key_columns: Sequence[str] = DEFAULT_KEY_COLUMNS
-) -> pd.DataFrame:
-    """Rows in a canonical order: by timestamp, ties broken by the key columns that are present.
+def sort_for_split(df: pd.DataFrame, timestamp_column: str, key_columns: Sequence[str] = ()) -> pd.DataFrame:
+    """Rows in a canonical order: by timestamp, ties broken by the key columns (which must be in ``df``).
 
     Stable (mergesort), so rows that tie on everything keep their input order.
     """
@@ -36,8 +32,42 @@ def sort_for_split(
         raise PreprocessError(
             f"timestamp column {timestamp_column!r} is not in the data (columns: {list(df.columns)})"
         )
-    keys = [timestamp_column] + [c for c in key_columns if c in df.columns and c != timestamp_column]
+    missing = [c for c in key_columns if c not in df.columns]
+    if missing:
+        raise PreprocessError(
+            f"key column(s) {missing} (training.key_columns) not in the data (columns: {list(df.columns)})"
+        )
+    keys = [timestamp_column] + [c for c in key_columns if c != timestamp_column]
     return df.sort_values(keys, kind="mergesort").reset_index(drop=True)
+
+
+def check_tie_order(ordered: pd.DataFrame, timestamp_column: str, key_columns: Sequence[str] = ()) -> None:
+    """Without key columns, rows sharing a timestamp have no canonical order: the order within each part
+    (and so the holdout's digest and the order rows are trained in) would follow how the dataset happened
+    to be read. Raise ``PreprocessError`` asking for key columns unless no timestamp repeats, or the rows
+    sharing each timestamp are identical in every column (then their order cannot matter).
+
+    ``ordered``: sorted by :func:`sort_for_split`. With key columns, their order is the user's word."""
+    if key_columns:
+        return
+    ts = ordered[timestamp_column]
+    tied_mask = ts.duplicated(keep=False).to_numpy()
+    if not tied_mask.any():
+        return
+    tied = ordered[tied_mask]
+    try:
+        identical = bool(tied.drop_duplicates()[timestamp_column].is_unique)
+    except TypeError:  # unhashable cell values (lists): cannot tell, so not identical
+        identical = False
+    if identical:
+        return
+    example = ts[tied_mask].iat[0]
+    raise PreprocessError(
+        f"{int(tied_mask.sum())} of {len(ts)} rows share their timestamp with other rows that differ from them "
+        f"(e.g. {timestamp_column} = {example}) and no key columns are given, so their order - and with it the "
+        "holdout's digest and the order rows are trained in - would depend on how the dataset was read; give "
+        "training.key_columns (columns that order rows sharing a timestamp, e.g. an id)"
+    )
 
 
 # Bumped when split_by_time assigns rows differently: part of a training run's fingerprint, so a run
@@ -59,7 +89,7 @@ def split_by_time(
     validation_fraction: float,
     holdout_fraction: float,
     *,
-    key_columns: Sequence[str] = DEFAULT_KEY_COLUMNS,
+    key_columns: Sequence[str] = (),
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Split into (train, val, holdout) by time: train is the oldest rows, holdout the latest.
 
@@ -68,8 +98,9 @@ def split_by_time(
     whole group), or, when that would leave the earlier part empty, past its last row. So every training
     row is strictly older than every validation row, and every validation row strictly older than every
     holdout row - with daily timestamps, no day is both trained on and held out. Deterministic for the
-    same rows in any input order (stable sort by timestamp, then by the key columns present, e.g.
-    ``transaction_id``). Each part has a fresh 0..n-1 index.
+    same rows in any input order (stable sort by timestamp, then by the key columns, e.g.
+    ``transaction_id``): a key column missing from ``df`` is an error, and so are rows sharing a timestamp
+    without key columns to order them (see :func:`check_tie_order`). Each part has a fresh 0..n-1 index.
     """
     if not 0 < validation_fraction < 1 or not 0 <= holdout_fraction < 1:
         raise PreprocessError(
@@ -92,6 +123,7 @@ def split_by_time(
             raise
         end_val = later
         end_train = _at_time_change(ts, min(n_train, end_val), lo=0, hi=end_val, what="validation split")
+    check_tie_order(ordered, timestamp_column, key_columns)
     train = ordered.iloc[:end_train].reset_index(drop=True)
     val = ordered.iloc[end_train:end_val].reset_index(drop=True)
     holdout = ordered.iloc[end_val:].reset_index(drop=True)
@@ -119,7 +151,7 @@ def _at_time_change(ts: pd.Series, boundary: int, *, lo: int, hi: int | None = N
     )
 
 
-def frame_digest(df: pd.DataFrame, key_columns: Sequence[str] = DEFAULT_KEY_COLUMNS) -> tuple[str, str]:
+def frame_digest(df: pd.DataFrame, key_columns: Sequence[str] = ()) -> tuple[str, str]:
     """sha256 identifying a set of rows, and what it was computed from.
 
     Uses the key columns present (e.g. transaction ids) when there are any, else every column's values.

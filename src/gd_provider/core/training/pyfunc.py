@@ -1,8 +1,13 @@
 """Scoring a trained model directory, and logging a training run (params, curves, model) to MLflow.
 
-``FraudScorer`` needs only torch/pandas; ``GdTorchPyfunc`` wraps it as an MLflow pyfunc so
-``mlflow.pyfunc.load_model(uri).predict(df)`` returns fraud probabilities. Loading the pyfunc requires
-``gd_provider`` to be importable (the class is pickled by reference).
+``ModelScorer`` needs only torch/pandas: it rebuilds the spec's task (``task.json``: name or import path,
+options, fitted state) and model (``core.models.build(spec.model, input_dim, task.output_width, kwargs)``)
+and loads the weights. ``predict_scores(df)`` is the task's ``scores`` of the raw outputs: a 1-D
+probability (binary), an ``(N, K)`` probability matrix (multiclass), a 1-D value on the label's scale
+(regression); ``decisions(df, threshold)`` what a consumer acts on. ``GdTorchPyfunc`` wraps it as an MLflow
+pyfunc so ``mlflow.pyfunc.load_model(uri).predict(df)`` returns those scores. Loading the pyfunc requires
+``gd_provider`` to be importable (the class is pickled by reference), and so must a user's model factory
+and task class be (named by import path in the spec).
 """
 
 from __future__ import annotations
@@ -20,25 +25,33 @@ import numpy as np
 import pandas as pd
 import torch
 
+from gd_provider.core import models
+from gd_provider.core.tasks import Task, TaskError, get_task
 from gd_provider.core.training.loop import MODEL_FILE
-from gd_provider.core.training.model import build_model
 from gd_provider.core.training.preprocess import Preprocessor
 from gd_provider.core.training.runner import (
     INPUT_EXAMPLE_FILE,
     PREPROCESSOR_FILE,
     SPEC_FILE,
+    TASK_FILE,
     TrainingResult,
     _json_safe,
 )
-from gd_provider.core.training.spec import TrainingSpec
+from gd_provider.core.training.spec import SpecError, TrainingSpec
 
 _CHUNK = 65536
 MAX_STEP_POINTS = 20000  # per-step metric points logged per key; longer runs are strided (last step kept)
 _PIP_PACKAGES = ("torch", "numpy", "pandas", "pyarrow", "mlflow")
 
 
-class FraudScorer:
-    """A trained model directory (``model.pt`` + ``preprocessor.json`` + ``spec.json``) ready to score."""
+class ModelLoadError(ValueError):
+    """A model directory cannot be loaded (a user's factory or task cannot be imported, a bad file)."""
+
+
+class ModelScorer:
+    """A trained model directory (``model.pt`` + ``preprocessor.json`` + ``spec.json`` + ``task.json``) ready
+    to score. A directory written before ``task.json`` existed is a binary model (its task's state is not
+    needed to score it)."""
 
     def __init__(self, model_dir: str | Path):
         path = Path(model_dir)
@@ -46,9 +59,25 @@ class FraudScorer:
             if not (path / name).is_file():
                 raise FileNotFoundError(f"model directory {path} lacks {name}")
         self.model_dir = path
-        self.spec = TrainingSpec.from_dict(json.loads((path / SPEC_FILE).read_text()))
+        data = json.loads((path / SPEC_FILE).read_text())
+        try:
+            self.spec = TrainingSpec.from_dict(data)
+        except SpecError as exc:  # e.g. the user's factory module cannot be imported where the model is loaded
+            raise ModelLoadError(f"cannot load model directory {path}: {exc}") from exc
         self.preprocessor = Preprocessor.from_dict(json.loads((path / PREPROCESSOR_FILE).read_text()))
-        self.model = build_model(self.spec, self.preprocessor.output_dim)
+        task_file = path / TASK_FILE
+        record = json.loads(task_file.read_text()) if task_file.is_file() else {
+            **self.spec.task_plugin().to_dict(), "state": {}}
+        try:
+            self.task: Task = get_task(record["task"], record.get("options") or {})
+        except TaskError as exc:
+            raise ModelLoadError(f"cannot load model directory {path}: {exc}") from exc
+        self.task_state: dict[str, Any] = dict(record.get("state") or {})
+        try:
+            self.model = models.build(self.spec.model, self.preprocessor.output_dim, self.task.output_width,
+                                      self.spec.model_kwargs_for_factory())
+        except ValueError as exc:
+            raise ModelLoadError(f"cannot load model directory {path}: {exc}") from exc
         self.model.load_state_dict(torch.load(path / MODEL_FILE, map_location="cpu", weights_only=True))
         self.model.eval()
 
@@ -61,23 +90,39 @@ class FraudScorer:
         return pd.read_parquet(path) if path.is_file() else None
 
     @torch.no_grad()
-    def predict_logits(self, df: pd.DataFrame) -> np.ndarray:
+    def predict_outputs(self, df: pd.DataFrame) -> np.ndarray:
+        """The model's raw outputs, float64: ``(N,)`` for width 1, else ``(N, width)``."""
+        width = self.task.output_width
         x = torch.from_numpy(self.preprocessor.transform(df))
         if len(x) == 0:
-            return np.zeros(0, dtype=np.float64)
-        return torch.cat([self.model(x[i : i + _CHUNK]) for i in range(0, len(x), _CHUNK)]).double().numpy()
+            return np.zeros((0,) if width == 1 else (0, width), dtype=np.float64)
+        out = torch.cat([self.model(x[i : i + _CHUNK]) for i in range(0, len(x), _CHUNK)]).double().numpy()
+        return out.reshape(len(out)) if width == 1 else out.reshape(len(out), -1)
 
-    def predict_proba(self, df: pd.DataFrame) -> np.ndarray:
-        """P(label = 1) per row, float64 in [0, 1], 1-D."""
-        logits = self.predict_logits(df)
-        return 1.0 / (1.0 + np.exp(-np.clip(logits, -700.0, 700.0)))
+    def predict_scores(self, df: pd.DataFrame) -> np.ndarray:
+        """The task's scores per row (what the MLflow model's ``predict`` returns)."""
+        outputs = self.predict_outputs(df)
+        if len(outputs) == 0:  # no rows: the outputs' empty shape ((0,) or (0, K)), as scores of nothing
+            return outputs
+        return self.task.scores(outputs, self.task_state)
+
+    def decisions(self, df: pd.DataFrame, threshold: float | None = None) -> np.ndarray:
+        """What a consumer acts on: 0/1 at ``threshold`` (binary), a class index, a value."""
+        return self.task.decisions(self.predict_scores(df), threshold)
+
+    # the binary model's former names
+    predict_logits = predict_outputs
+    predict_proba = predict_scores
+
+
+FraudScorer = ModelScorer  # the former name (a binary model directory scores as before)
 
 
 class GdTorchPyfunc(mlflow.pyfunc.PythonModel):
-    """MLflow pyfunc around ``FraudScorer``; artifacts: ``{"model_dir": <trained model directory>}``."""
+    """MLflow pyfunc around ``ModelScorer``; artifacts: ``{"model_dir": <trained model directory>}``."""
 
     def load_context(self, context: Any) -> None:
-        self._scorer = FraudScorer(context.artifacts["model_dir"])
+        self._scorer = ModelScorer(context.artifacts["model_dir"])
 
     # ``pd.DataFrame`` is a hint MLflow 3 accepts without deriving a schema from it (the logged signature
     # rules); no hint at all, or ``Any``, makes MLflow warn at import/log time.
@@ -85,7 +130,7 @@ class GdTorchPyfunc(mlflow.pyfunc.PythonModel):
         self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
     ) -> np.ndarray:
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
-        return self._scorer.predict_proba(frame)
+        return self._scorer.predict_scores(frame)
 
 
 # ---------------------------------------------------------------------------------------------- logging
@@ -123,8 +168,30 @@ def spec_params(spec: TrainingSpec) -> dict[str, str]:
     return out
 
 
+def curve_metric(result: TrainingResult) -> tuple[str | None, bool]:
+    """The per-epoch metric the curves plot next to the losses, and whether its axis is 0..1: the task's
+    ``default_validation_metric`` (binary ``val_roc_auc``, multiclass ``val_accuracy``, regression
+    ``val_r2``), else its first non-loss validation metric. The axis is 0..1 for a higher-is-better
+    metric whose values all lie in [0, 1] (AUC, accuracy, F1; an R² below 0 autoscales)."""
+    try:
+        task = TrainingSpec.from_dict(result.spec).task_plugin() if result.spec else get_task("binary")
+    except (SpecError, TaskError):
+        return None, False
+    directions = dict(task.validation_metrics)
+    metric = task.default_validation_metric
+    if metric == "val_loss" or metric not in directions:
+        metric = next((m for m in directions if m != "val_loss"), None)
+    if metric is None:
+        return None, False
+    values = [h.get(metric) for h in result.history]
+    finite = [float(v) for v in values if isinstance(v, int | float) and math.isfinite(v)]
+    bounded = bool(directions.get(metric)) and bool(finite) and all(0.0 <= v <= 1.0 for v in finite)
+    return metric, bounded
+
+
 def curves_figure(result: TrainingResult) -> Any:
-    """Matplotlib figure: per-step loss and gradient norm, and per-epoch train/val loss + val AUC."""
+    """Matplotlib figure: per-step loss and gradient norm, and per-epoch train/val loss + the task's main
+    validation metric (``curve_metric``)."""
     from matplotlib.figure import Figure  # no pyplot: no GUI backend, nothing global, thread-safe
 
     fig = Figure(figsize=(12, 3.6), dpi=100)
@@ -149,11 +216,16 @@ def curves_figure(result: TrainingResult) -> Any:
     epochs = [h["epoch"] for h in result.history]
     ax_epoch.plot(epochs, [h["train_loss"] for h in result.history], marker="o", label="train loss")
     ax_epoch.plot(epochs, [h["val_loss"] for h in result.history], marker="o", label="val loss")
-    ax_auc = ax_epoch.twinx()
-    ax_auc.plot(
-        epochs, [h["val_roc_auc"] for h in result.history], marker="s", color="tab:green", label="val ROC AUC"
-    )
-    ax_auc.set_ylim(0.0, 1.0)
+    metric, bounded = curve_metric(result)
+    if metric is not None:
+        ax_metric = ax_epoch.twinx()
+        values = [h.get(metric) for h in result.history]
+        ax_metric.plot(epochs, [math.nan if v is None else v for v in values], marker="s", color="tab:green",
+                       label=metric)
+        ax_metric.set_ylabel(metric)
+        if bounded:
+            ax_metric.set_ylim(0.0, 1.0)
+        ax_metric.legend(loc="upper right", fontsize=8)
     ax_epoch.set(title="per epoch", xlabel="epoch")
     ax_epoch.legend(loc="center right", fontsize=8)
     fig.tight_layout()
@@ -211,6 +283,13 @@ def log_training_run(
     A ``completed`` run is logged with its model. A ``diverged`` run (the guards stopped it) is logged for
     the post-mortem - params, the telemetry up to the stop, curves, guard details, tags
     ``gd.health.status=diverged`` and ``gd.health.guard_*`` - but WITHOUT a model (``model_uri`` is None).
+
+    The run is tagged with what was predicted and by which code (``gd.task``, ``gd.task_options``,
+    ``gd.model.factory``, ``gd.model.kwargs``, ``gd.model.code_version``; see
+    :func:`gd_provider.core.lineage.task_model_tags`) and gets params ``task``, ``task.options``,
+    ``task.state``, ``model.factory``, ``model.kwargs``. The returned dict (the training manifest's core)
+    carries ``task`` (the model directory's ``task.json``) and ``model`` (``{"factory", "kwargs",
+    "code_version"}``) for the lineage of the registered version.
     """
     from mlflow.entities import Metric, Param, RunTag
     from mlflow.models import infer_signature
@@ -227,18 +306,22 @@ def log_training_run(
     if with_model:
         if not result.model_dir:
             raise ValueError("a completed training run without a model directory cannot be logged")
-        scorer = FraudScorer(result.model_dir)
+        scorer = ModelScorer(result.model_dir)
         example = scorer.input_example()
         if example is None:
             raise FileNotFoundError(f"model directory {result.model_dir} lacks {INPUT_EXAMPLE_FILE}")
         # The signature keeps the training data's dtypes: MLflow refuses int64 -> double (unless all 0/1), so
         # declaring numeric features as double would reject the very frames the model was trained on.
         example = example[list(spec.features)]
-        probs = scorer.predict_proba(example)
+        scores = scorer.predict_scores(example)
+
+    from gd_provider.core.lineage import task_model_tags
 
     client = MlflowClient()
     health = {"status": result.status, **result.health}
+    record = {"spec": result.spec or spec.to_dict(), "task": result.task, "model": result.model}
     all_tags = {
+        **task_model_tags(record),
         "gd.run_kind": "training",
         "gd.train.run_name": result.run_name,
         "gd.dataset.sha256": str(dataset_manifest.get("sha256", "")),
@@ -263,6 +346,12 @@ def log_training_run(
                 "split.holdout_rows": str(result.holdout.get("rows")),
                 "split.pos_weight": _param_value(result.split.get("pos_weight")),
                 "model.input_dim": str(result.split.get("input_dim")),
+                "model.output_dim": str(result.split.get("output_dim")),
+                "model.factory": str(result.model.get("factory") or spec.model),
+                "model.kwargs": json.dumps(_json_safe(spec.model_kwargs_for_factory()), sort_keys=True),
+                "task": str(result.task.get("task") or spec.task),
+                "task.options": json.dumps(result.task.get("options", spec.task_options), sort_keys=True, default=str),
+                "task.state": json.dumps(result.task.get("state", {}), sort_keys=True, default=str),
                 "train.world_size": str(spec.num_workers),
             }
         )
@@ -289,6 +378,8 @@ def log_training_run(
         mlflow.log_dict(safe["history"], "training/history.json")
         mlflow.log_dict(safe["steps"], "training/steps.json")
         mlflow.log_dict({"holdout": result.holdout, "split": result.split}, "training/split.json")
+        if result.task:
+            mlflow.log_dict(safe["task"], "training/task.json")
         mlflow.log_dict(
             {"status": result.status, "error": result.error, "guard": safe["guard"], "run_state": safe["run_state"]},
             "training/guard.json",
@@ -302,7 +393,7 @@ def log_training_run(
                 name="model",
                 python_model=GdTorchPyfunc(),
                 artifacts={"model_dir": str(result.model_dir)},
-                signature=infer_signature(example, probs),
+                signature=infer_signature(example, scores),
                 input_example=example,
                 pip_requirements=_pip_requirements(),
             )
@@ -319,5 +410,7 @@ def log_training_run(
             for k, v in result.metrics.items()
         },
         "health": _json_safe(health),
+        "task": _json_safe(result.task),
+        "model": _json_safe(result.model),
     }
 

@@ -1,9 +1,15 @@
 """Driver side of a training run: validate, split, preprocess once, train on Ray, collect the model.
 
-``run_training`` checks everything it can *before* starting Ray (spec, columns, labels, numeric features,
-a non-empty two-class holdout, device), so a bad input fails in seconds with a ``TrainingInputError`` (or
-``SpecError``) naming the problem instead of after a cluster start. When
+``run_training`` checks everything it can *before* starting Ray (spec, columns, key columns, labels - by the
+spec's task -, numeric features, a holdout the gate can score, device), so a bad input fails in seconds
+with a ``TrainingInputError`` (or ``SpecError``) naming the problem instead of after a cluster start. When
 ``spec.sensitivity.enabled``, the learning-rate sensitivity check runs in this process before Ray starts.
+
+What depends on what is predicted goes through the spec's task plug-in (:mod:`gd_provider.core.tasks`):
+label checks and encoding, the state fitted on the training labels (``task.fit_state``: e.g. the binary
+``pos_weight``, a regression target's mean/std), the loss's targets, the per-epoch metrics. The model
+directory holds ``task.json`` (``{"task", "options", "state"}``) next to the weights, preprocessor and spec,
+so :class:`gd_provider.core.training.pyfunc.ModelScorer` rebuilds the same task and model.
 
 Outcomes (``TrainingResult.status``): ``completed`` (a model directory), ``diverged`` (the guards stopped
 the run: telemetry up to the stop, ``guard`` says why, no model) or ``failed`` (an exception in Ray).
@@ -25,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from gd_provider.core.data import DatasetManifest, read_dataset
+from gd_provider.core.tasks import BUILTIN_TASKS, LabelError, Task, task_class
 from gd_provider.core.training.health import health_summary
 from gd_provider.core.training.loop import (
     HISTORY_FILE,
@@ -33,11 +40,11 @@ from gd_provider.core.training.loop import (
     STEPS_FILE,
     TRAIN_ARRAYS,
     VAL_ARRAYS,
-    ModelFactory,
     best_epoch,
     checkpoint_for_epoch,
     latest_checkpoint_on_disk,
     load_arrays,
+    load_labels,
     read_progress,
     train_loop_per_worker,
 )
@@ -52,6 +59,7 @@ from gd_provider.core.training.spec import SpecError, TrainingSpec
 
 PREPROCESSOR_FILE = "preprocessor.json"
 SPEC_FILE = "spec.json"
+TASK_FILE = "task.json"
 INPUT_EXAMPLE_FILE = "input_example.parquet"
 INPUTS_DIR = "gd_inputs"
 MODEL_DIR = "gd_model"
@@ -95,6 +103,8 @@ class TrainingResult:
     guard: dict[str, Any] = field(default_factory=dict)  # the trip that stopped a diverged run
     sensitivity: dict[str, Any] = field(default_factory=dict)
     run_state: dict[str, Any] = field(default_factory=dict)  # resumes, per-rank stop steps, timeline
+    task: dict[str, Any] = field(default_factory=dict)  # task.json: {"task", "options", "state"}
+    model: dict[str, Any] = field(default_factory=dict)  # {"factory", "kwargs", "code_version"[, ...]}
 
     @property
     def ok(self) -> bool:
@@ -128,9 +138,11 @@ def _manifest(dataset: DatasetManifest | dict[str, Any]) -> DatasetManifest:
 
 
 def check_columns(columns: Any, spec: TrainingSpec, where: str) -> None:
-    """Raise ``TrainingInputError`` naming every spec column (features, label, timestamp) not in ``columns``."""
+    """Raise ``TrainingInputError`` naming every spec column (features, label, timestamp, key columns) not in
+    ``columns``."""
     have = set(columns)
-    missing = [c for c in spec.required_columns if c not in have]
+    wanted = [*spec.required_columns, *(c for c in spec.key_columns if c not in spec.required_columns)]
+    missing = [c for c in wanted if c not in have]
     if missing:
         roles = []
         for c in missing:
@@ -142,6 +154,8 @@ def check_columns(columns: Any, spec: TrainingSpec, where: str) -> None:
                 else "categorical feature"
                 if c in spec.categorical_features
                 else "numeric feature"
+                if c in spec.numeric_features
+                else "key column, training.key_columns"
             )
             roles.append(f"{c!r} ({role})")
         raise TrainingInputError(f"{where} lacks column(s) required by the training spec: {', '.join(roles)}")
@@ -151,25 +165,14 @@ def _examples(values: pd.Series, limit: int = 5) -> str:
     return ", ".join(repr(v) for v in pd.unique(values)[:limit])
 
 
-def _check_labels(df: pd.DataFrame, spec: TrainingSpec) -> None:
-    label = df[spec.label]
-    if label.isna().any():
-        raise TrainingInputError(
-            f"label column {spec.label!r} has {int(label.isna().sum())} missing value(s)"
-        )
+def _check_labels(df: pd.DataFrame, spec: TrainingSpec, task: Task | None = None) -> None:
+    """The task's label checks (``LabelError`` becomes ``TrainingInputError``, same message), and no
+    missing timestamps."""
+    task = task or spec.task_plugin()
     try:
-        as_float = label.astype("float64")
-    except (ValueError, TypeError):
-        bad = label[pd.to_numeric(label, errors="coerce").isna()]
-        raise TrainingInputError(
-            f"label column {spec.label!r} must be 0/1 (numbers or booleans), found non-numeric values "
-            f"({label.dtype}) such as {_examples(bad)}"
-        ) from None
-    values = set(pd.unique(as_float))
-    if not values <= {0.0, 1.0}:
-        raise TrainingInputError(
-            f"label column {spec.label!r} must be 0/1, found values {sorted(values)[:10]}"
-        )
+        task.check_labels(df[spec.label], spec.label)
+    except LabelError as exc:
+        raise TrainingInputError(str(exc)) from None
     if df[spec.timestamp_column].isna().any():
         raise TrainingInputError(f"timestamp column {spec.timestamp_column!r} has missing values")
 
@@ -213,19 +216,28 @@ def split_for_spec(df: pd.DataFrame, spec: TrainingSpec) -> tuple[pd.DataFrame, 
 
 
 def holdout_info(holdout: pd.DataFrame, spec: TrainingSpec) -> dict[str, Any]:
+    """What training records about its holdout (the gate requires the same ``rows`` and ``sha256``):
+    ``labels`` is the task's ``label_summary``; a binary task also has ``positives``."""
     digest, basis = frame_digest(holdout, spec.key_columns)
-    positives = (
-        int(holdout[spec.label].astype("float64").sum()) if spec.label in holdout.columns and len(holdout) else 0
-    )
-    return {
+    task = spec.task_plugin()
+    labels: dict[str, Any] = {"rows": len(holdout)}
+    if spec.label in holdout.columns and len(holdout):
+        try:
+            labels = task.label_summary(task.encode_labels(holdout[spec.label]))
+        except (LabelError, ValueError, TypeError):  # labels the task cannot encode: the gate refuses them
+            labels = {"rows": len(holdout)}
+    info: dict[str, Any] = {
         "rows": len(holdout),
-        "positives": positives,
         "time_range": _time_range(holdout, spec.timestamp_column),
         "sha256": digest,
         "sha256_basis": basis,
         "validation_fraction": spec.validation_fraction,
         "holdout_fraction": spec.holdout_fraction,
+        "labels": labels,
     }
+    if spec.task == "binary":
+        info["positives"] = int(labels.get("positives", 0))
+    return info
 
 
 def _pick_epoch(history: list[dict[str, Any]], spec: TrainingSpec) -> dict[str, Any]:
@@ -235,6 +247,16 @@ def _pick_epoch(history: list[dict[str, Any]], spec: TrainingSpec) -> dict[str, 
         if chosen is not None:
             return chosen
     return history[-1]
+
+
+def chosen_metrics(chosen: dict[str, Any], spec: TrainingSpec, task: Task | None = None) -> dict[str, Any]:
+    """``result.metrics``: the chosen epoch's number, its task's ``val_*`` metrics, val and train loss."""
+    task = task or spec.task_plugin()
+    out: dict[str, Any] = {"epoch": chosen["epoch"]}
+    out.update({k: chosen.get(k, math.nan) for k in task.validation_metrics if k != "val_loss"})
+    out["val_loss"] = chosen["val_loss"]
+    out["train_loss"] = chosen["train_loss"]
+    return out
 
 
 def _final_checkpoint_dir(fit: Any, run_dir: Path) -> Path | None:
@@ -309,12 +331,14 @@ def release_memory() -> None:
 
 
 # ---------------------------------------------------------------------------------------------- Ray
-def init_local_ray(num_cpus: int | None = None, **kwargs: Any) -> None:
+def init_local_ray(num_cpus: int | None = None, *, python_paths: Any = (), **kwargs: Any) -> None:
     """Start a private local Ray instance whose workers can import ``gd_provider``.
 
     ``address="local"`` always starts a new instance (a stale session or ``RAY_ADDRESS`` is ignored). When
     ``gd_provider`` is not installed in site-packages (e.g. a source checkout), its parent directory is put on
-    the workers' ``PYTHONPATH``, since Ray Train unpickles the training loop by module name. Workers run at
+    the workers' ``PYTHONPATH``, since Ray Train unpickles the training loop by module name; so are
+    ``python_paths`` (the roots of a user's model / task modules, see ``user_python_paths``; the training
+    loop also puts them on each worker's ``sys.path``, for an instance started elsewhere). Workers run at
     the driver's niceness (Ray's default is +15) and Ray Train's preemption watcher is off (no preemptible
     nodes here); a value already in the environment (``RAY_worker_niceness``,
     ``RAY_TRAIN_ENABLE_PREEMPTION_WATCHER``) wins.
@@ -340,8 +364,11 @@ def init_local_ray(num_cpus: int | None = None, **kwargs: Any) -> None:
         os.environ[key] = LOCAL_RAY_ENV_DEFAULTS[key]
     installed = {str(Path(p).resolve()) for p in site.getsitepackages() + [site.getusersitepackages()]}
     paths = [p for p in (previous or "").split(os.pathsep) if p]
-    if pkg_root not in installed and pkg_root not in paths:
-        os.environ["PYTHONPATH"] = os.pathsep.join([pkg_root, *paths])
+    added = [pkg_root] if pkg_root not in installed else []
+    added += [str(p) for p in python_paths or () if str(p) not in installed]
+    added = [p for i, p in enumerate(added) if p not in paths and p not in added[:i]]
+    if added:
+        os.environ["PYTHONPATH"] = os.pathsep.join([*added, *paths])
     try:
         ray.init(
             address="local",
@@ -400,26 +427,65 @@ def _check_ray_resources(spec: TrainingSpec, use_gpu: bool = False) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- main
-def _check_holdout(holdout: pd.DataFrame, spec: TrainingSpec, *, total_rows: int) -> None:
-    """The evaluation gate scores challenger and champion on the holdout (ROC/PR AUC): refuse, before Ray
-    starts, a holdout that is empty or has a single label class instead of failing after training."""
+def _check_holdout(holdout: pd.DataFrame, spec: TrainingSpec, *, total_rows: int, task: Task | None = None) -> None:
+    """The evaluation gate scores challenger and champion on the holdout: refuse, before Ray starts, a
+    holdout it could not score (``task.holdout_problem``: empty; a single class for binary / multiclass; fewer
+    than two rows for regression) instead of failing after training."""
     if len(holdout) == 0:
         raise TrainingInputError(
             f"the holdout is empty: {total_rows} rows x holdout_fraction={spec.holdout_fraction:g} leave no "
             "rows for the evaluation gate to score the model on; use more rows or a larger holdout_fraction"
         )
-    classes = sorted(int(v) for v in pd.unique(holdout[spec.label].astype("float64")))
-    if len(classes) < 2:
-        raise TrainingInputError(
-            f"the holdout (the latest {len(holdout)} rows, holdout_fraction={spec.holdout_fraction:g}) has only "
-            f"label {classes[0]} in column {spec.label!r}: the evaluation gate needs both classes (ROC/PR AUC); "
-            "use more rows or a larger holdout_fraction"
-        )
+    task = task or spec.task_plugin()
+    problem = task.holdout_problem(task.encode_labels(holdout[spec.label]))
+    if problem is None:
+        return
+    if problem.startswith("the holdout "):  # "the holdout has only label 0: ..." -> name the rows and column
+        problem = problem[len("the holdout "):]
+    where = f"the holdout (the latest {len(holdout)} rows, holdout_fraction={spec.holdout_fraction:g})"
+    # binary: "has only label 0: the evaluation gate needs both classes (ROC/PR AUC)" + the column
+    head, sep, tail = problem.partition(":")
+    detail = f"{head} in column {spec.label!r}{sep}{tail}" if sep else f"{problem} (column {spec.label!r})"
+    raise TrainingInputError(f"{where} {detail}; use more rows or a larger holdout_fraction")
+
+
+def user_python_paths(spec: TrainingSpec) -> list[str]:
+    """The ``sys.path`` roots of the spec's user model factory and user task class (built-ins need none):
+    what a Ray worker, or a Ray job's driver, must be able to import them from."""
+    from gd_provider.core.models import BUILTIN_MODELS, python_root, resolve_factory
+
+    objects: list[Any] = []
+    if spec.model not in BUILTIN_MODELS:
+        objects.append(resolve_factory(spec.model))
+    if spec.task not in BUILTIN_TASKS:
+        objects.append(task_class(spec.task))
+    paths: list[str] = []
+    for obj in objects:
+        root = python_root(obj)
+        if root and root not in paths:
+            paths.append(root)
+    return paths
+
+
+def model_info(spec: TrainingSpec) -> dict[str, Any]:
+    """``{"factory", "kwargs", "code_version"}`` of the spec's model (``task_code_version`` too for a user's
+    task class): where the code that built and judged the model comes from (lineage)."""
+    from gd_provider.core.models import code_version, resolve_factory
+
+    info: dict[str, Any] = {
+        "factory": spec.model,
+        "kwargs": _json_safe(spec.model_kwargs_for_factory()),
+        "code_version": code_version(resolve_factory(spec.model)),
+    }
+    if spec.task not in BUILTIN_TASKS:
+        info["task_code_version"] = code_version(task_class(spec.task))
+    return info
 
 
 def _prepare_inputs(
-    df: pd.DataFrame, spec: TrainingSpec, manifest: DatasetManifest, run_dir: Path
+    df: pd.DataFrame, spec: TrainingSpec, manifest: DatasetManifest, run_dir: Path, task: Task | None = None
 ) -> tuple[Preprocessor, dict[str, Any], dict[str, Any], pd.DataFrame, dict[str, Any]]:
+    task = task or spec.task_plugin()
     try:
         train, val, holdout = split_for_spec(df, spec)
     except PreprocessError as exc:  # the data, not the code: retrying cannot help
@@ -429,19 +495,14 @@ def _prepare_inputs(
             f"too few rows to train: {len(df)} rows give train={len(train)} val={len(val)} "
             f"holdout={len(holdout)} (num_workers={spec.num_workers})"
         )
-    _check_holdout(holdout, spec, total_rows=len(df))
-    y_train = train[spec.label].astype("float32").to_numpy()
-    positives = float(y_train.sum())
-    negatives = float(len(y_train) - positives)
-    if spec.pos_weight == "auto":
-        if positives == 0 or negatives == 0:
-            raise TrainingInputError(
-                f"the training split has {int(positives)} positive and {int(negatives)} negative labels; "
-                "pos_weight='auto' needs both"
-            )
-        pos_weight = negatives / positives
-    else:
-        pos_weight = float(spec.pos_weight)
+    _check_holdout(holdout, spec, total_rows=len(df), task=task)
+    y_train = task.encode_labels(train[spec.label])
+    y_val = task.encode_labels(val[spec.label])
+    try:
+        state = task.fit_state(y_train)  # e.g. binary pos_weight='auto' needs both classes
+    except LabelError as exc:
+        raise TrainingInputError(str(exc)) from None
+    state = _json_safe(state)
 
     try:
         pre = Preprocessor.fit(train, spec.numeric_features, spec.categorical_features)
@@ -458,28 +519,35 @@ def _prepare_inputs(
             "give the training a new run name (in a DAG: a rerun override trains under a new name)"
         )
     inputs.mkdir(parents=True, exist_ok=True)
-    np.savez(inputs / TRAIN_ARRAYS, x=x_train, y=y_train)
-    np.savez(inputs / VAL_ARRAYS, x=x_val, y=val[spec.label].astype("float32").to_numpy())
+    # y: the loss's targets (e.g. a standardized regression target); y_label: the encoded labels (metrics)
+    np.savez(inputs / TRAIN_ARRAYS, x=x_train, y=task.targets(y_train, state), y_label=y_train)
+    np.savez(inputs / VAL_ARRAYS, x=x_val, y=task.targets(y_val, state), y_label=y_val)
     del x_train, x_val
     (inputs / PREPROCESSOR_FILE).write_text(json.dumps(pre.to_dict()))
     fp_path.write_text(json.dumps(fingerprint))
-    split = {
+    split: dict[str, Any] = {
         "train_rows": len(train),
         "val_rows": len(val),
         "holdout_rows": len(holdout),
         "train_time_range": _time_range(train, spec.timestamp_column),
         "val_time_range": _time_range(val, spec.timestamp_column),
-        "train_positives": int(positives),
-        "val_positives": int(val[spec.label].sum()),
-        "pos_weight": pos_weight,
+        "train_labels": _json_safe(task.label_summary(y_train)),
+        "val_labels": _json_safe(task.label_summary(y_val)),
+        "task_state": state,
         "input_dim": pre.output_dim,
+        "output_dim": task.output_width,
         "feature_names": pre.feature_names,
     }
-    config = {
+    if spec.task == "binary":  # the former keys, for readers of the binary split record
+        split["train_positives"] = int(split["train_labels"].get("positives", 0))
+        split["val_positives"] = int(split["val_labels"].get("positives", 0))
+        split["pos_weight"] = state["pos_weight"]
+    config: dict[str, Any] = {
         "spec": spec.to_dict(),
         "data_dir": str(inputs),
         "input_dim": pre.output_dim,
-        "pos_weight": pos_weight,
+        "task_state": state,
+        "python_paths": user_python_paths(spec),
     }
     features = val[list(spec.features)]
     complete = features[features.notna().all(axis=1)]
@@ -487,8 +555,19 @@ def _prepare_inputs(
     return pre, split, config, example, holdout_info(holdout, spec)
 
 
+def task_record(spec: TrainingSpec, state: dict[str, Any], task: Task | None = None) -> dict[str, Any]:
+    """The content of ``task.json``: ``{"task": <name or import path>, "options": ..., "state": ...}``."""
+    task = task or spec.task_plugin()
+    return _json_safe({**task.to_dict(), "state": dict(state)})
+
+
 def _write_model_dir(
-    model_dir: Path, checkpoint_dir: Path, pre: Preprocessor, spec: TrainingSpec, example: pd.DataFrame
+    model_dir: Path,
+    checkpoint_dir: Path,
+    pre: Preprocessor,
+    spec: TrainingSpec,
+    example: pd.DataFrame,
+    task_json: dict[str, Any] | None = None,
 ) -> None:
     if model_dir.exists():
         shutil.rmtree(model_dir)
@@ -496,6 +575,7 @@ def _write_model_dir(
     shutil.copy2(checkpoint_dir / MODEL_FILE, model_dir / MODEL_FILE)
     (model_dir / PREPROCESSOR_FILE).write_text(json.dumps(pre.to_dict(), indent=1))
     (model_dir / SPEC_FILE).write_text(json.dumps(spec.to_dict(), indent=1))
+    (model_dir / TASK_FILE).write_text(json.dumps(task_json or task_record(spec, {}), indent=1))
     example.to_parquet(model_dir / INPUT_EXAMPLE_FILE, index=False)
 
 
@@ -506,7 +586,6 @@ def run_training(
     storage_path: str,
     run_name: str,
     ray_address: str = "local",
-    model_factory: ModelFactory | None = None,
     fault_injection: dict[str, Any] | None = None,
 ) -> TrainingResult:
     """Train ``spec`` on ``dataset`` with Ray Train; the run lives in ``<storage_path>/<run_name>``.
@@ -518,8 +597,10 @@ def run_training(
     a run the guards stop returns ``status="diverged"`` (reason in ``error`` and ``guard``); a failure
     during training returns ``status="failed"`` and ``error``.
 
-    ``model_factory(spec, input_dim) -> nn.Module`` replaces ``build_model`` (experiments, tests; it must
-    be picklable, and the saved model directory can only be scored when the spec's own model matches).
+    The model is the spec's: a built-in (``mlp``, ``logistic``) or a user's factory ``package.module:factory``
+    (with ``model_kwargs``), and the task a built-in or a user's ``Task`` subclass by import path; the roots
+    of a user's modules go on the Ray workers' ``sys.path`` (``user_python_paths``), so a factory defined in
+    the user's own package or DAGs folder trains on the workers and scores from the saved model directory.
     ``fault_injection`` is a test hook (see ``loop._maybe_inject_failure``).
     """
     t0 = time.perf_counter()
@@ -534,14 +615,16 @@ def run_training(
         raise TrainingInputError(f"run_name must be a plain directory name, got {run_name!r}")
     check_columns(manifest.columns, spec, f"dataset {manifest.uri} (per its manifest)")
 
+    task = spec.task_plugin()
     df = read_dataset(manifest)
     check_columns(df.columns, spec, f"dataset {manifest.uri}")
-    _check_labels(df, spec)
+    _check_labels(df, spec, task)
     _check_numeric_features(df, spec)
 
     storage = Path(storage_path).expanduser().resolve()
     run_dir = storage / run_name
-    pre, split, config, example, holdout = _prepare_inputs(df, spec, manifest, run_dir)
+    pre, split, config, example, holdout = _prepare_inputs(df, spec, manifest, run_dir, task)
+    task_json = task_record(spec, config["task_state"], task)
     result = TrainingResult(
         status="failed",
         run_name=run_name,
@@ -550,6 +633,8 @@ def run_training(
         split=split,
         spec=spec.to_dict(),
         dataset={"uri": manifest.uri, "sha256": manifest.sha256, "rows": manifest.rows},
+        task=task_json,
+        model=model_info(spec),
     )
     del df
     t_prep = time.perf_counter()
@@ -559,16 +644,16 @@ def run_training(
         from gd_provider.core.training.sensitivity import run_sensitivity
 
         inputs = Path(config["data_dir"])
-        x_train, y_train = load_arrays(inputs / TRAIN_ARRAYS)
-        x_val, y_val = load_arrays(inputs / VAL_ARRAYS)
+        x_train, _ = load_arrays(inputs / TRAIN_ARRAYS)
+        x_val, _ = load_arrays(inputs / VAL_ARRAYS)
+        y_train, y_val = load_labels(inputs / TRAIN_ARRAYS), load_labels(inputs / VAL_ARRAYS)
         result.sensitivity = run_sensitivity(
             spec,
             x_train,
             y_train,
             x_val,
             y_val,
-            pos_weight=config["pos_weight"],
-            model_factory=model_factory,
+            task_state=config["task_state"],
             device=device or _driver_device(spec),
         )
         del x_train, y_train, x_val, y_val
@@ -581,8 +666,6 @@ def run_training(
     from ray.train.torch import TorchTrainer
 
     config["run_dir"] = str(run_dir)
-    if model_factory is not None:
-        config["model_factory"] = model_factory
     if fault_injection is not None:
         config["fault_injection"] = fault_injection
 
@@ -590,7 +673,7 @@ def run_training(
     try:
         if not ray.is_initialized():
             if ray_address == "local":
-                init_local_ray()
+                init_local_ray(python_paths=config["python_paths"])
             else:
                 # An existing cluster (a Ray job's driver: "auto" follows RAY_ADDRESS); disconnecting at the
                 # end leaves the cluster running.
@@ -671,17 +754,11 @@ def run_training(
             else:
                 checkpoint_dir = found
         model_dir = run_dir / MODEL_DIR
-        _write_model_dir(model_dir, checkpoint_dir, pre, spec, example)
+        _write_model_dir(model_dir, checkpoint_dir, pre, spec, example, task_json)
 
         result.status = "completed"
         result.model_dir = str(model_dir)
-        result.metrics = {
-            "epoch": chosen["epoch"],
-            "val_roc_auc": chosen["val_roc_auc"],
-            "val_pr_auc": chosen["val_pr_auc"],
-            "val_loss": chosen["val_loss"],
-            "train_loss": chosen["train_loss"],
-        }
+        result.metrics = chosen_metrics(chosen, spec, task)
         result.health = health_summary(
             steps, status="completed", spec=spec, restarts=restarts, sensitivity=result.sensitivity
         )

@@ -3,21 +3,23 @@
 A model whose quality swings with small learning-rate changes is fragile: retraining tomorrow on slightly
 different data may land somewhere else. The check trains the spec's model (same seed, same engine as the Ray
 workers, guards on) for ``sensitivity.epochs`` epochs on ``sensitivity.sample_rows`` training rows (a seeded
-sample), once per factor, and compares the final validation ``metric``: it fails when
-``max - min > max_spread`` or when any run diverges / ends with a non-finite metric. No Ray: plain torch in
-the calling process.
+sample), once per factor, and compares the final validation ``metric`` (one of the task's per-epoch
+metrics; unset, the task's ``default_validation_metric``): it fails when ``max - min > max_spread`` or when
+any run diverges / ends with a non-finite metric. The short runs use the task state fitted on the whole
+training split (as the real run does), not one refitted on the sample. No Ray: plain torch in the calling
+process.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from gd_provider.core.training.loop import ModelFactory, fit_plain
+from gd_provider.core.training.loop import fit_plain
 from gd_provider.core.training.spec import TrainingSpec
 
 
@@ -59,12 +61,18 @@ def run_sensitivity(
     x_val: np.ndarray,
     y_val: np.ndarray,
     *,
-    pos_weight: float,
-    model_factory: ModelFactory | None = None,
+    task_state: Mapping[str, Any] | None = None,
+    pos_weight: float | None = None,
     device: str = "cpu",
 ) -> dict[str, Any]:
-    """Run the check described by ``spec.sensitivity`` (whether or not it is ``enabled``) on ``device``."""
+    """Run the check described by ``spec.sensitivity`` (whether or not it is ``enabled``) on ``device``.
+
+    ``y_train``/``y_val``: encoded labels; ``task_state``: the task's state fitted on the whole training
+    split (default: fitted on ``y_train``; ``pos_weight=`` is short for the binary task's)."""
     cfg = spec.sensitivity
+    if task_state is None:
+        task_state = {"pos_weight": float(pos_weight)} if pos_weight is not None else (
+            spec.task_plugin().fit_state(np.asarray(y_train, dtype=np.float32)))
     t0 = time.perf_counter()
     train_idx = _sample(len(x_train), cfg.sample_rows, spec.seed)
     val_idx = _sample(len(x_val), cfg.sample_rows, spec.seed + 1)
@@ -80,9 +88,8 @@ def run_sensitivity(
             ys,
             xv,
             yv,
-            pos_weight=pos_weight,
+            task_state=task_state,
             lr=spec.lr * factor,
-            model_factory=model_factory,
             device=device,
         )
         if fit.trip is not None:
