@@ -42,6 +42,7 @@ def frame(n: int = N_ROWS, seed: int = 0) -> pd.DataFrame:
     df["amount"] = 3.0 * x[:, 0] - 2.0 * x[:, 1] + 1.5 * (df["shop"] == "b") + 100.0 + rng.normal(0, 1.0, n)
     df["band"] = np.array(CLASSES)[np.digitize(x[:, 0] - 0.5 * x[:, 1], [-0.6, 0.6])]
     df["sign"] = np.where(x[:, 0] + 0.5 * x[:, 2] > 0, "+", "-")
+    df["flag"] = (x[:, 0] + 0.8 * x[:, 3] + rng.normal(0, 0.7, n) > 1.3).astype(int)  # ~15 % positives
     return df
 
 
@@ -84,6 +85,7 @@ def specs(workdir):
                                model=f"{DAGS_MODULE}:wide_net", model_kwargs={"width": 20},
                                early_stopping_patience=3, early_stopping_metric="val_accuracy"),
         "user_task": spec_for("sign", task="tests.unit.user_models:SignTask", model="logistic", hidden_sizes=[]),
+        "operating_point": spec_for("flag", operating_point={"max_fpr": 0.05, "calibration": "platt"}),
     })
     yield SPECS
     sys.path.remove(str(dags))
@@ -196,3 +198,30 @@ def test_a_user_task_class_trains_on_ray_workers(results, manifest, tracking):
     tags = MlflowClient().get_run(out["mlflow_run_id"]).data.tags
     assert tags["gd.task"] == "tests.unit.user_models:SignTask"
     assert json.loads(tags["gd.task.code_version"])["module"] == "tests.unit.user_models"
+
+
+def test_a_binary_model_serves_at_the_operating_point_chosen_on_validation(results, manifest, tracking):
+    from mlflow.tracking import MlflowClient
+
+    from gd_provider.core.training.pyfunc import ModelScorer
+    from gd_provider.core.training.runner import split_for_spec
+
+    result, spec = results["operating_point"], SPECS["operating_point"]
+    assert result.status == "completed", result.error
+    point = result.task["state"]["operating_point"]
+    assert point["objective"] == {"max_fpr": 0.05, "calibration": "platt"} and 0 < point["threshold"] < 1
+    assert point["validation"]["fpr"] <= 0.05 and point["validation"]["recall"] > 0.3
+    assert point["validation"]["ece_after"] <= point["validation"]["ece_before"]
+    assert result.metrics["op_threshold"] == point["threshold"] and result.metrics["val_op_fpr"] <= 0.05
+    # the scorer applies the rule: calibrated scores, decisions at the saved threshold, as measured in training
+    scorer = ModelScorer(result.model_dir)
+    assert scorer.serving_threshold == point["threshold"]
+    _, val, _ = split_for_spec(pd.read_parquet(manifest.uri), spec)
+    decided = scorer.decisions(val)
+    negatives = val["flag"].to_numpy() == 0
+    assert decided[negatives].mean() == pytest.approx(point["validation"]["fpr"], abs=1e-9)
+    out, holdout, _ = _log_and_load(result, spec, manifest, tracking, "operating_point")  # pyfunc == scorer
+    client = MlflowClient()
+    run = client.get_run(out["mlflow_run_id"])
+    assert run.data.tags["gd.operating_point"].startswith("{") and "max_fpr" in run.data.tags["gd.operating_point"]
+    assert run.data.params["spec.operating_point.max_fpr"] == "0.05"

@@ -75,7 +75,15 @@ def task_model_tags(training: dict[str, Any]) -> dict[str, str]:
         tags[MODEL_CODE_VERSION] = model["code_version"]
     if model.get("task_code_version"):
         tags[TASK_CODE_VERSION] = model["task_code_version"]
+    point = (task.get("state") or {}).get("operating_point")
+    if point:  # the serving decision rule chosen in training (threshold, objective, calibration, validation)
+        tags[OPERATING_POINT] = {"threshold": point["threshold"], "objective": point["objective"],
+                                 "calibration": (point.get("calibrator") or {}).get("kind", "none"),
+                                 "validation": point.get("validation", {})}
     return {k: _clip(v) for k, v in tags.items()}
+
+
+OPERATING_POINT = "gd.operating_point"
 
 
 def _clip(value: Any) -> str:

@@ -143,7 +143,19 @@ class BinaryTask(Task):
 
     def scores(self, outputs: np.ndarray, state: Mapping[str, Any]) -> np.ndarray:
         logits = np.asarray(outputs, dtype=np.float64).reshape(len(outputs))
-        return 1.0 / (1.0 + np.exp(-np.clip(logits, -700.0, 700.0)))
+        proba = 1.0 / (1.0 + np.exp(-np.clip(logits, -700.0, 700.0)))
+        point = state.get("operating_point")
+        if point:  # calibrated as chosen in training (core.tasks.operating_point)
+            from gd_provider.core.tasks.operating_point import OperatingPoint
+
+            proba = OperatingPoint.from_dict(point).scores(proba)
+        return proba
+
+    @staticmethod
+    def serving_threshold(state: Mapping[str, Any]) -> float | None:
+        """The threshold of the model's operating point (None: it has none, the caller's default applies)."""
+        point = state.get("operating_point")
+        return float(point["threshold"]) if point else None
 
     def epoch_metrics(self, y: np.ndarray, scores: np.ndarray) -> dict[str, float]:
         roc, pr = ranking_metrics(y, scores)

@@ -106,9 +106,16 @@ class ModelScorer:
             return outputs
         return self.task.scores(outputs, self.task_state)
 
+    @property
+    def serving_threshold(self) -> float | None:
+        """The threshold of the model's operating point (binary models trained with one), else None."""
+        rule = getattr(self.task, "serving_threshold", None)
+        return rule(self.task_state) if rule is not None else None
+
     def decisions(self, df: pd.DataFrame, threshold: float | None = None) -> np.ndarray:
-        """What a consumer acts on: 0/1 at ``threshold`` (binary), a class index, a value."""
-        return self.task.decisions(self.predict_scores(df), threshold)
+        """What a consumer acts on: 0/1 at ``threshold`` (binary; default: the model's operating point, else
+        0.5), a class index, a value."""
+        return self.task.decisions(self.predict_scores(df), self.serving_threshold if threshold is None else threshold)
 
     # the binary model's former names
     predict_logits = predict_outputs

@@ -561,6 +561,28 @@ def task_record(spec: TrainingSpec, state: dict[str, Any], task: Task | None = N
     return _json_safe({**task.to_dict(), "state": dict(state)})
 
 
+def choose_operating_point_for(model_dir: Path, inputs: Path, spec: TrainingSpec) -> dict[str, Any]:
+    """The serving rule of a trained binary model: ``spec.operating_point``'s objective met on the validation
+    split (its preprocessed arrays), after the calibration it asks for; raises ``TrainingInputError`` when
+    the objective cannot be met there."""
+    import torch
+
+    from gd_provider.core.tasks.operating_point import OperatingPointError, choose_operating_point
+    from gd_provider.core.training.pyfunc import ModelScorer
+
+    scorer = ModelScorer(model_dir)
+    with np.load(inputs / VAL_ARRAYS) as arrays:
+        x_val, y_val = arrays["x"], arrays["y_label"]
+    with torch.no_grad():
+        outputs = torch.cat([scorer.model(torch.from_numpy(x_val[i:i + 65536]))
+                             for i in range(0, len(x_val), 65536)]).double().numpy()
+    raw = scorer.task.scores(outputs, scorer.task_state)
+    try:
+        return choose_operating_point(y_val, raw, spec.operating_point).to_dict()
+    except OperatingPointError as exc:
+        raise TrainingInputError(f"training.{exc}") from exc
+
+
 def _write_model_dir(
     model_dir: Path,
     checkpoint_dir: Path,
@@ -755,10 +777,19 @@ def run_training(
                 checkpoint_dir = found
         model_dir = run_dir / MODEL_DIR
         _write_model_dir(model_dir, checkpoint_dir, pre, spec, example, task_json)
+        point = None
+        if spec.operating_point is not None:
+            point = choose_operating_point_for(model_dir, Path(config["data_dir"]), spec)
+            task_json = {**task_json, "state": {**task_json["state"], "operating_point": point}}
+            (model_dir / TASK_FILE).write_text(json.dumps(task_json, indent=1))
+            result.task = task_json
 
         result.status = "completed"
         result.model_dir = str(model_dir)
         result.metrics = chosen_metrics(chosen, spec, task)
+        if point is not None:
+            result.metrics.update({f"val_op_{k}": v for k, v in point["validation"].items()},
+                                  op_threshold=point["threshold"])
         result.health = health_summary(
             steps, status="completed", spec=spec, restarts=restarts, sensitivity=result.sensitivity
         )

@@ -126,6 +126,9 @@ class TrainingSpec:
     timestamp_column: str
     task: str = "binary"
     task_options: dict[str, Any] = field(default_factory=dict, hash=False)
+    # binary: the serving decision rule, chosen on the validation split after training (see
+    # core.tasks.operating_point: max_fpr | min_precision | target_positive_rate | costs | threshold, calibration)
+    operating_point: dict[str, Any] | None = field(default=None, hash=False)
     model: str = "mlp"
     model_kwargs: dict[str, Any] = field(default_factory=dict, hash=False)
     hidden_sizes: tuple[int, ...] = (64, 32)
@@ -238,6 +241,7 @@ class TrainingSpec:
             out[name] = list(out[name])
         for name in _DICT_FIELDS:
             out[name] = dict(getattr(self, name))
+        out["operating_point"] = None if self.operating_point is None else dict(self.operating_point)
         out["guards"] = self.guards.to_dict()
         out["sensitivity"] = self.sensitivity.to_dict()
         return out
@@ -346,6 +350,18 @@ class TrainingSpec:
             _check_number("pos_weight", self.pos_weight, lo=0.0, lo_open=True)
         if self.task != "binary" and self.pos_weight != "auto":
             raise SpecError("pos_weight", f"applies to the binary task only (task is {self.task!r})")
+        if self.operating_point is not None:
+            from gd_provider.core.tasks.operating_point import OperatingPointError, check_objective
+
+            if self.task != "binary":
+                raise SpecError("operating_point", f"a decision threshold is chosen for the binary task only (task is "
+                                f"{self.task!r})")
+            if not isinstance(self.operating_point, dict):
+                raise SpecError("operating_point", f"expected a mapping, got {type(self.operating_point).__name__}")
+            try:
+                check_objective(self.operating_point)
+            except OperatingPointError as exc:
+                raise SpecError("operating_point", str(exc)) from None
         _check_number(
             "validation_fraction", self.validation_fraction, lo=0.0, hi=1.0, lo_open=True, hi_open=True
         )
