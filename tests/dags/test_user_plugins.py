@@ -24,8 +24,13 @@ FILES = ("gd_user_plugins.py", "gd_user_plugin_dag.py")
 
 @pytest.fixture(scope="module")
 def user_dag(demo_home):
-    """The user's module and DAG file linked into the DAGs folder (which Airflow puts on sys.path)."""
+    """The user's module and DAG file linked into the DAGs folder, which Airflow 3 puts on ``sys.path`` (the DAG
+    bundle's path, as the dag-processor and the task runner do)."""
+    import sys
+
     folder = Path(os.environ["AIRFLOW__CORE__DAGS_FOLDER"])
+    if str(folder) not in sys.path:
+        sys.path.append(str(folder))
     links = [folder / name for name in FILES]
     for link, name in zip(links, FILES, strict=True):
         link.unlink(missing_ok=True)

@@ -48,8 +48,8 @@ def task_class(name: str) -> type[Task]:
                         "subclass by import path 'package.module:Class'")
     try:
         cls = import_object(name, "task")
-    except ValueError as exc:
-        raise TaskError(name, "task", str(exc)) from None
+    except ValueError as exc:  # "task 'a.b:C': cannot import module ...": the task is named once, by TaskError
+        raise TaskError(name, "task", str(exc).split(": ", 1)[-1]) from None
     if not (isinstance(cls, type) and issubclass(cls, Task)):
         raise TaskError(name, "task", f"{cls!r} is not a subclass of gd_provider.core.tasks.Task")
     return cls
