@@ -286,10 +286,15 @@ class RetrainingConfig(_Strict):
 
     @field_validator("health")
     @classmethod
-    def _health(cls, value: dict[str, Any]) -> dict[str, Any]:
+    def _health(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
         from gd_provider.core.training.health import HealthThresholds
 
-        HealthThresholds.from_value(value or None)
+        thresholds = HealthThresholds.from_value(value or None)
+        training = info.data.get("training")  # absent when training itself is invalid (reported there)
+        if thresholds.require_sensitivity_pass and training is not None and not (
+                training.get("sensitivity") or {}).get("enabled"):
+            raise ValueError("require_sensitivity_pass is true but training.sensitivity.enabled is false: the "
+                             "required check would never run (enable it, or drop the requirement)")
         return value
 
 

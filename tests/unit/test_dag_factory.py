@@ -225,3 +225,17 @@ def test_a_misspelled_drift_method_is_a_config_error(tmp_path):
     path.write_text(yaml.safe_dump(_config(**{"drift.numeric_method": "wasserstien"})))
     with pytest.raises(ConfigError, match=r"bad.yaml: drift: .*'wasserstien' is not a drift method for numeric"):
         load_config(path)
+
+
+def test_a_required_check_that_would_never_run_is_a_config_error(tmp_path):
+    import yaml
+
+    from gd_provider.dag_factory import ConfigError, load_config
+
+    data = yaml.safe_load(FRAUD.read_text())
+    data["training"]["sensitivity"] = {"enabled": False}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match=r"health: require_sensitivity_pass is true but training.sensitivity.enabled "
+                                          "is false"):
+        load_config(path)

@@ -487,7 +487,15 @@ def test_health_summary_is_flat_and_complete():
 def test_assess_health_passes_a_healthy_run():
     health = health_summary(_steps(100, clipped=10), status="completed")
     ok, reasons = assess_health(health, None)
-    assert ok and all(r.startswith("PASS") for r in reasons)
+    assert ok and all(r.startswith(("PASS", "NOTE")) for r in reasons)
+    assert "NOTE learning-rate sensitivity check not run (training.sensitivity.enabled is false)" in reasons
+
+
+def test_a_required_sensitivity_check_that_did_not_run_fails_the_gate():
+    health = health_summary(_steps(100, clipped=10), status="completed")  # no sensitivity result: skipped
+    ok, reasons = assess_health(health, {"require_sensitivity_pass": True})
+    assert not ok and any(r.startswith("FAIL") and "required" in r and "did not run" in r for r in reasons)
+    assert assess_health(health, {"require_sensitivity_pass": False})[0]
 
 
 @pytest.mark.parametrize(
@@ -523,6 +531,9 @@ def test_assess_health_thresholds_can_relax_checks():
 @pytest.mark.parametrize("name", ["allow_diverged", "require_sensitivity_pass"])
 @pytest.mark.parametrize("value", ["false", "true", "", 0, 1, None])
 def test_boolean_health_thresholds_must_be_real_booleans(name, value):
+    if value is None and name == "require_sensitivity_pass":
+        assert HealthThresholds(require_sensitivity_pass=None).require_sensitivity_pass is None  # the default
+        return
     with pytest.raises(ValueError, match=name):
         HealthThresholds.from_value({name: value})
     with pytest.raises(ValueError, match=name):

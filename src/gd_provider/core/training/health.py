@@ -22,7 +22,9 @@ class HealthThresholds:
     allow_diverged: bool = False
     max_nonfinite_steps: int | None = 0
     max_clipped_share: float | None = 0.5
-    require_sensitivity_pass: bool = True
+    # True: the sensitivity check must have run and passed (a run without it FAILs: a required check that did
+    # not run is never a pass); None (default): a failed check fails the gate, one switched off is noted
+    require_sensitivity_pass: bool | None = None
     max_restarts: int | None = None
 
     @classmethod
@@ -44,6 +46,8 @@ class HealthThresholds:
         # "false" is truthy, and a gate must never pass a diverged run because of how a flag was spelled.
         for name in ("allow_diverged", "require_sensitivity_pass"):
             v = getattr(self, name)
+            if v is None and name == "require_sensitivity_pass":
+                continue
             if not isinstance(v, bool):
                 raise ValueError(f"health threshold {name} must be true or false, got {v!r} ({type(v).__name__})")
         share = self.max_clipped_share
@@ -175,7 +179,13 @@ def assess_health(
             f"spread {health.get('sensitivity_spread')} > {health.get('sensitivity_max_spread')} "
             f"on {health.get('sensitivity_metric')} [{health.get('sensitivity_values')}]"
         )
-        check(not t.require_sensitivity_pass, f"learning-rate sensitivity check failed: {detail}")
+        check(t.require_sensitivity_pass is False, f"learning-rate sensitivity check failed: {detail}")
+    elif sens != "passed":
+        if t.require_sensitivity_pass:
+            check(False, "the learning-rate sensitivity check is required (require_sensitivity_pass: true) but did "
+                         "not run (training.sensitivity.enabled is false)")
+        else:
+            reasons.append("NOTE learning-rate sensitivity check not run (training.sensitivity.enabled is false)")
     elif sens == "passed":
         check(
             True,
