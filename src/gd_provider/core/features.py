@@ -1,6 +1,8 @@
 """Feast for training and serving (generic: no demo names, no Airflow).
 
-* ``read_label_source`` reads the label/entity rows of a time window from a parquet file or a directory
+* ``resolve_label_source`` says where a label source is (a relative path under the project home, an
+  absolute path or a ``file://`` URI anywhere; other URI schemes are refused, saying why);
+  ``read_label_source`` reads the label/entity rows of a time window from a parquet file or a directory
   of parquet files; ``entity_frame_from_sql`` (DuckDB) and ``entity_frame_from_callable`` are the other
   entity sources, ``check_entity_window`` refuses their rows outside the window, and
   ``label_source_window_stats`` says how many rows of a label source fell outside it.
@@ -13,10 +15,12 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlparse
 
 import pandas as pd
 import pyarrow as pa
@@ -28,7 +32,6 @@ from gd_provider.core.data import (
     DatasetError,
     DatasetManifest,
     check_partition_rows,
-    uri_to_path,
     write_dataset,
 )
 
@@ -66,6 +69,66 @@ def _bound(value: datetime, field_type: pa.DataType) -> pa.Scalar:
     return pa.scalar(utc, type=field_type)
 
 
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
+def _label_path(source: str | os.PathLike[str]) -> Path:
+    """A label source as a local path: a path (``~`` expanded) or a ``file:`` URI; other schemes raise."""
+    raw = os.fspath(source)
+    match = _SCHEME.match(raw)
+    scheme = "file" if raw.lower().startswith("file:") else (match.group(1).lower() if match else "")
+    if scheme == "file":
+        parsed = urlparse(raw)
+        if parsed.netloc not in ("", "localhost"):
+            raise FeatureRetrievalError(
+                f"label source {raw!r}: a file:// URI with a host ({parsed.netloc!r}) is not readable here; "
+                "give file:///absolute/path (three slashes) or the path itself"
+            )
+        return Path(unquote(parsed.path))
+    if scheme:
+        raise FeatureRetrievalError(
+            f"label source {raw!r}: {scheme}:// URIs are not supported: a label source is a parquet file or a "
+            "folder of parquet files on a filesystem the Airflow worker mounts, given as a path (relative to "
+            "the project home, or absolute) or a file:// URI. Mount or sync that storage to a path, or read "
+            "the rows with entity_sql (DuckDB, e.g. read_parquet('<uri>/*.parquet') with its httpfs "
+            "extension) or entity_callable instead of label_source"
+        )
+    return Path(raw).expanduser()
+
+
+def resolve_label_source(source: str | os.PathLike[str], home: str | os.PathLike[str]) -> Path:
+    """Where the label source ``source`` is, as an absolute local path that exists.
+
+    * A relative path is relative to ``home`` (the project home), so configs stay portable between
+      setups; it must stay inside it (``..`` out of it is refused: give an absolute path instead).
+    * An absolute path (``/data/sales``, ``~/sales``) or a ``file://`` URI (``file:///data/sales``,
+      percent-escapes decoded) is read wherever it is: a label source is only read, never written.
+    * Other URI schemes (``s3://``, ``gs://``, ``https://``, ...) are refused with what to do instead.
+
+    Raises :class:`FeatureRetrievalError` naming ``source`` and, for a relative one, the home it was
+    resolved against, when it is refused or does not exist.
+    """
+    raw = os.fspath(source)
+    if not raw.strip():
+        raise FeatureRetrievalError("label source is empty: give a path or a file:// URI")
+    path = _label_path(raw)
+    if path.is_absolute():
+        resolved, how = path.resolve(), ""
+    else:
+        base = Path(home).expanduser().resolve()
+        resolved = (base / path).resolve()
+        how = f" (relative: resolved against the project home {base})"
+        if resolved != base and base not in resolved.parents:
+            raise FeatureRetrievalError(
+                f"label source {raw!r} resolves to {resolved}, outside the project home {base}: a relative "
+                "label source stays inside the project home; give an absolute path (or a file:// URI) to "
+                "read labels elsewhere"
+            )
+    if not resolved.exists():
+        raise FeatureRetrievalError(f"label source {raw!r}{how}: {resolved} does not exist")
+    return resolved
+
+
 def read_label_source(
     path: str | os.PathLike[str],
     start: datetime | None,
@@ -77,9 +140,10 @@ def read_label_source(
     ``None`` leaves that side open; naive datetimes (and naive timestamp columns) are taken as UTC. Files
     are read in sorted path order, so the result order is deterministic. Files whose columns differ are
     combined with the union of their columns (missing values become null); incompatible types raise.
-    The timestamp column is returned tz-aware (UTC).
+    The timestamp column is returned tz-aware (UTC). ``path`` may be a ``file://`` URI; a relative path is
+    relative to the working directory here (the operator resolves it first: :func:`resolve_label_source`).
     """
-    src = uri_to_path(os.fspath(path))
+    src = _label_path(path)
     if not src.exists():
         raise FeatureRetrievalError(f"label source {os.fspath(path)} does not exist")
     if start is not None and end is not None and _as_utc(start) >= _as_utc(end):
@@ -663,7 +727,7 @@ def label_source_window_stats(
 ) -> dict[str, int]:
     """How many rows of the label source fall before, inside and after ``[start, end)`` (reads only the
     timestamp column). ``read_label_source`` keeps only the inside; this says what it left out."""
-    src = uri_to_path(os.fspath(path))
+    src = _label_path(path)
     counts = {
         "rows_total": 0,
         "rows_before_window": 0,

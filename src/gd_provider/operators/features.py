@@ -9,10 +9,9 @@ from typing import Any
 from airflow.sdk import Asset, AssetAlias, BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
 
+from gd_provider import settings
 from gd_provider.operators._common import (
-    StoragePathError,
     data_window_end,
-    resolve_home_path,
     run_interval,
     task_dir,
 )
@@ -62,9 +61,11 @@ class FeastHistoricalFeaturesOperator(BaseOperator):
 
     The entity/label rows come from exactly one of:
 
-    * ``label_source``: a parquet file or a folder of parquet files under the project home (relative
-      paths are relative to it; paths outside it are refused). Rows outside the window are left out; how
-      many were before and after it is logged and returned as ``entity_source_stats``.
+    * ``label_source``: a parquet file or a folder of parquet files: a path relative to the project home
+      (it must stay inside it), an absolute path or a ``file://`` URI anywhere the worker can read (other
+      URI schemes such as ``s3://`` are refused, saying what to do instead: mount the storage, or use
+      ``entity_sql``). Rows outside the window are left out; how many were before and after it is logged
+      and returned as ``entity_source_stats``.
     * ``entity_sql``: one SQL query run in an in-memory DuckDB (templated; ``$start`` / ``$end`` are bound
       to the window bounds when used), e.g. ``SELECT * FROM read_parquet('/data/tx/*.parquet') WHERE
       event_timestamp >= $start AND event_timestamp < $end``.
@@ -165,14 +166,12 @@ class FeastHistoricalFeaturesOperator(BaseOperator):
             entity_frame_from_sql,
             label_source_window_stats,
             read_label_source,
+            resolve_label_source,
         )
 
         ts = self.timestamp_column
         if self.label_source is not None:
-            try:
-                source = resolve_home_path(self.label_source)
-            except StoragePathError as exc:
-                raise FeatureRetrievalError(f"label_source: {exc}") from exc
+            source = resolve_label_source(str(self.label_source), settings.project_home())
             entity_df = read_label_source(str(source), start, end, timestamp_column=ts)
             stats = label_source_window_stats(str(source), start, end, ts)
             self.log.info(
@@ -234,6 +233,8 @@ class FeastHistoricalFeaturesOperator(BaseOperator):
         )
         result = manifest.to_dict()
         result["entity_source_stats"] = stats
+        if self.feature_service:  # lineage (gd.feature_service) reads it from this manifest
+            result["feature_service"] = self.feature_service
         run_id = str(self.mlflow_run_id).strip() if self.mlflow_run_id is not None else ""
         if run_id:
             result["mlflow_input"] = self._log_mlflow_input(run_id, manifest)
