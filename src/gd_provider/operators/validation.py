@@ -318,7 +318,8 @@ class DataValidationOperator(BaseOperator, BranchMixIn):
         result = {"success": report.success, "evaluated": report.evaluated, "failed": report.failed,
                   "report": paths, "champion_checks": champion, "notes": notes, **tracked}
         lines = [line.strip() for line in report.summary().splitlines() if line.strip()]
-        reasons = [*notes, *(f"{line}: FAIL" for line in lines[1:])] if not report.success else [*notes, lines[0]]
+        failures = [f"{line[2:]}: FAIL" for line in lines[1:] if line.startswith("- ")]  # one per failed check
+        reasons = [*notes, lines[0], *failures]
         push_gate(context, GateResult(
             "validation", bool(report.success), reasons,
             {"evaluated": report.evaluated, "failed": report.failed, "rows": report.rows or 0},
