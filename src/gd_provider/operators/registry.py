@@ -97,10 +97,11 @@ def decision_threshold_of(model: Any, training: dict[str, Any] | None = None) ->
         candidates.append(getattr(scorer, "state", None) or getattr(scorer, "task_state", None))
     except Exception:  # not one of our models
         pass
+    from gd_provider.core.tasks import BinaryTask
+
     for state in candidates:
-        point = (state or {}).get("operating_point") if isinstance(state, dict) else None
-        if point and point.get("threshold") is not None:
-            return float(point["threshold"])
+        if isinstance(state, dict) and (threshold := BinaryTask.serving_threshold(state)) is not None:
+            return threshold
     return None
 
 
