@@ -124,6 +124,10 @@ class ValidationConfig(_Strict):
     profile_columns: list[str] | None = None
     profile_exclude: list[str] = []
     on_failure: Literal["fail", "skip"] = "fail"
+    dropped_rows: Literal["fail", "warn"] = Field(
+        "fail", description="label/feature rows stamped after the retrieval, or labels without a timestamp: fail the "
+        "validation gate, or warn (reported, passing)",
+    )
 
     @field_validator("expectations")
     @classmethod
@@ -473,6 +477,7 @@ def data_stage(cfg: RetrainingConfig, group_id: str = "data", *,
             label_column=f.label_column,
             tolerances=v.tolerances.model_dump(exclude_unset=True) if v.champion_checks else None,
             profile_columns=v.profile_columns, profile_exclude=v.profile_exclude, on_failure=v.on_failure,
+            dropped_rows=v.dropped_rows,
             mlflow_conn_id=cfg.mlflow_conn_id, experiment_name=cfg.model_name, as_of="{{ params.as_of }}",
             on_failure_callback=alerts, **task,
         )

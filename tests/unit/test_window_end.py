@@ -215,7 +215,7 @@ def test_sensor_and_retrieval_ask_for_the_same_end(monkeypatch):
         seen["sensor"] = end
         raise Stop
 
-    def fake_entities(self, start, end):
+    def fake_entities(self, start, end, now=None):
         seen["retrieval"] = (start, end)
         raise Stop
 

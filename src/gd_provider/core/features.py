@@ -723,10 +723,19 @@ def check_entity_window(
 
 
 def label_source_window_stats(
-    path: str | os.PathLike[str], start: datetime | None, end: datetime | None, timestamp_column: str
+    path: str | os.PathLike[str],
+    start: datetime | None,
+    end: datetime | None,
+    timestamp_column: str,
+    now: datetime | None = None,
 ) -> dict[str, int]:
     """How many rows of the label source fall before, inside and after ``[start, end)`` (reads only the
-    timestamp column). ``read_label_source`` keeps only the inside; this says what it left out."""
+    timestamp column). ``read_label_source`` keeps only the inside; this says what it left out.
+
+    With ``now`` (the moment of retrieval), ``rows_in_future`` counts the rows stamped after it: labels
+    that cannot exist yet (a producer's clock or time zone is wrong), which validation judges. Rows after
+    the window end but not after ``now`` are later data (e.g. a rerun of an older night) and only counted.
+    """
     src = _label_path(path)
     counts = {
         "rows_total": 0,
@@ -734,6 +743,7 @@ def label_source_window_stats(
         "rows_in_window": 0,
         "rows_after_window": 0,
         "rows_null_timestamp": 0,
+        "rows_in_future": 0,
     }
     for f in _parquet_files(src):
         try:
@@ -750,6 +760,8 @@ def label_source_window_stats(
             )
         if start is not None:
             counts["rows_before_window"] += int(pc.sum(pc.less(col, _bound(start, ts_type))).as_py() or 0)
+        if now is not None:
+            counts["rows_in_future"] += int(pc.sum(pc.greater(col, _bound(now, ts_type))).as_py() or 0)
     counts["rows_in_window"] = (
         counts["rows_total"]
         - counts["rows_before_window"]
@@ -757,3 +769,76 @@ def label_source_window_stats(
         - counts["rows_null_timestamp"]
     )
     return counts
+
+
+def rows_in_future(df: pd.DataFrame, timestamp_column: str, now: datetime) -> int:
+    """How many rows of ``df`` are stamped after ``now`` (the moment of retrieval)."""
+    ts = pd.to_datetime(df[timestamp_column], utc=True, errors="coerce")
+    return int((ts > pd.Timestamp(_as_utc(now))).sum())
+
+
+def _timestamp_max(f: Path, column: str) -> Any:
+    """The largest ``column`` value of a parquet file from its row-group statistics (None: unknown)."""
+    meta = pq.ParquetFile(f).metadata
+    names = [meta.schema.column(i).name for i in range(meta.num_columns)]
+    if column not in names:
+        return None
+    idx = names.index(column)
+    best = None
+    for g in range(meta.num_row_groups):
+        stats = meta.row_group(g).column(idx).statistics
+        if stats is None or not stats.has_min_max:
+            return None
+        best = stats.max if best is None else max(best, stats.max)
+    return best
+
+
+def feature_source_stats(
+    store: Any, now: datetime, *, feature_service: str | None = None, features: list[str] | None = None
+) -> dict[str, dict[str, Any]]:
+    """Per feature view of ``feature_service`` / ``features``: how many rows of its batch source are
+    stamped after ``now`` (the moment of retrieval). A point-in-time join never picks them (no entity row
+    is that late), so without this count they would vanish without a word; validation judges them.
+
+    ``{view: {"source", "rows_total", "rows_in_future", "latest"}}``; a source that is not a local
+    parquet file or folder gets ``{"source", "counted": False, "why"}`` instead (never a silent zero).
+    Reads only the timestamp column, and only from files whose statistics say they reach past ``now``.
+    """
+    fs = _open_store(store)
+    refs, _, views = _resolve_features(fs, feature_service, features)
+    bound = pd.Timestamp(_as_utc(now))
+    out: dict[str, dict[str, Any]] = {}
+    for name in sorted({_view_name(r.split(":", 1)[0]) for r in refs}):
+        source = views[name].batch_source
+        path = getattr(source, "path", None)
+        column = getattr(source, "timestamp_field", None)
+        if not path or not column or "://" in str(path):
+            out[name] = {"source": str(path or type(source).__name__), "counted": False,
+                         "why": "not a local parquet file source: its future rows are not counted"}
+            continue
+        local = Path(path)
+        if not local.is_absolute():
+            local = Path(fs.repo_path) / local
+        files = _parquet_files(local) if local.exists() else []
+        if not files:
+            out[name] = {"source": str(local), "counted": False, "why": "no parquet files found"}
+            continue
+        total, future, latest = 0, 0, None
+        for f in files:
+            meta = pq.ParquetFile(f).metadata
+            total += meta.num_rows
+            top = _timestamp_max(f, column)
+            top_ts = pd.Timestamp(top) if top is not None else None
+            if top_ts is not None and top_ts.tzinfo is None:
+                top_ts = top_ts.tz_localize("UTC")
+            if top_ts is not None and top_ts <= bound:
+                latest = top_ts if latest is None else max(latest, top_ts)
+                continue
+            col = pd.to_datetime(pq.read_table(f, columns=[column]).column(column).to_pandas(), utc=True)
+            future += int((col > bound).sum())
+            if len(col):
+                latest = col.max() if latest is None else max(latest, col.max())
+        out[name] = {"source": str(local), "rows_total": total, "rows_in_future": future,
+                     "latest": latest.isoformat() if latest is not None else None, "counted": True}
+    return out
+

@@ -353,6 +353,82 @@ class ValidationReport:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def add_findings(self, findings: Sequence[Mapping[str, Any]]) -> None:
+        """Add checks judged outside Great Expectations (e.g. :func:`window_findings`) to the report."""
+        for finding in findings:
+            entry = {"expectation": finding["expectation"], "column": finding.get("column"),
+                     "check": finding.get("check"), "success": bool(finding["success"]),
+                     "kwargs": dict(finding.get("kwargs") or {}), "observed": finding["observed"], "error": None}
+            self.results.append(entry)
+            self.evaluated += 1
+            if not entry["success"]:
+                self.failures.append({k: v for k, v in entry.items() if k != "success"})
+        self.success = not self.failures
+        stats = self.result_json.setdefault("statistics", {})
+        stats.update(evaluated_expectations=self.evaluated, unsuccessful_expectations=len(self.failures),
+                     successful_expectations=self.evaluated - len(self.failures))
+        self.result_json["success"] = self.success
+        self.result_json.setdefault("gd_findings", []).extend(_jsonable(dict(f)) for f in findings)
+
+
+WINDOW_POLICIES = ("fail", "warn")
+
+
+def window_findings(manifest: Mapping[str, Any], *, dropped_rows: str = "fail") -> tuple[list[dict], list[str]]:
+    """Judge the rows a retrieval left out of the dataset without a trace (from its manifest).
+
+    * label/entity rows stamped after the moment of retrieval (``entity_source_stats.rows_in_future``);
+    * label rows without a timestamp (``rows_null_timestamp``; a label source only);
+    * feature rows stamped after it, per view (``feature_source_stats``): a point-in-time join never
+      picks them, so the dataset looks clean while a producer's clock or time zone is wrong.
+
+    ``dropped_rows``: ``"fail"`` (default) makes each a failing check, ``"warn"`` a passing one whose
+    observation says what was found. Label rows after the window end but not in the future are later
+    data (a rerun of an older night) and only counted, in the notes. Returns ``(findings, notes)``; a
+    manifest without retrieval statistics (a dataset not written by the retrieval operator) gives no
+    findings and a note saying these checks did not run.
+    """
+    if dropped_rows not in WINDOW_POLICIES:
+        raise ValidationConfigError(f"dropped_rows must be one of {list(WINDOW_POLICIES)}, got {dropped_rows!r}")
+    entity = manifest.get("entity_source_stats")
+    features = manifest.get("feature_source_stats")
+    at = manifest.get("retrieved_at")
+    if not isinstance(entity, Mapping) or not isinstance(features, Mapping) or not at:
+        return [], ["window checks NOT RUN: the dataset manifest has no retrieval statistics (entity_source_stats, "
+                    "feature_source_stats, retrieved_at), so rows left out by the window were not counted"]
+    findings: list[dict] = []
+    notes: list[str] = []
+    window = manifest.get("data_interval") or [None, None]
+
+    def judge(check: str, column: str | None, count: int, what: str, why: str, expectation: str) -> None:
+        ok = count == 0 or dropped_rows == "warn"
+        observed = (f"0 {what} {why}" if count == 0 else
+                    f"{count} {what} {why}: left out of the dataset{'; policy warn' if ok else ''}")
+        findings.append({"expectation": expectation, "column": column, "check": check, "success": ok,
+                         "kwargs": {"retrieved_at": at, "policy": dropped_rows}, "observed": observed})
+
+    future = f"stamped after the retrieval at {at} (in the future: a clock or time zone is wrong)"
+    ts_column = manifest.get("timestamp_column")
+    judge("window:labels_in_future", ts_column, int(entity.get("rows_in_future", 0) or 0), "label/entity rows",
+          future, "gd_no_rows_in_future")
+    if "rows_null_timestamp" in entity:
+        judge("window:labels_without_timestamp", ts_column, int(entity.get("rows_null_timestamp", 0) or 0),
+              "label rows", "without a timestamp", "gd_no_rows_without_timestamp")
+    for view, st in sorted(features.items()):
+        if not st.get("counted", True):
+            notes.append(f"window check of feature view {view!r} NOT RUN: {st.get('why')} ({st.get('source')})")
+            continue
+        judge(f"window:features_in_future:{view}", view, int(st.get("rows_in_future", 0) or 0),
+              f"rows of feature view {view!r}", future, "gd_no_rows_in_future")
+    after = int(entity.get("rows_after_window", 0) or 0) - int(entity.get("rows_in_future", 0) or 0)
+    if after > 0:
+        notes.append(f"{after} label rows after the window end {window[1]} were left out (later data, not in the "
+                     "future)")
+    before = int(entity.get("rows_before_window", 0) or 0)
+    if before:
+        notes.append(f"{before} label rows before the window start {window[0]} were left out")
+    return findings, notes
+
 
 def _label(entry: Mapping[str, Any]) -> str:
     text = entry["expectation"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from airflow.sdk import Asset, AssetAlias, BaseOperator
@@ -158,7 +158,7 @@ class FeastHistoricalFeaturesOperator(BaseOperator):
         self.mlflow_run_id = mlflow_run_id
         self.mlflow_conn_id = mlflow_conn_id
 
-    def _entity_frame(self, start: Any, end: Any) -> tuple[Any, dict[str, Any]]:
+    def _entity_frame(self, start: Any, end: Any, now: Any = None) -> tuple[Any, dict[str, Any]]:
         from gd_provider.core.features import (
             FeatureRetrievalError,
             check_entity_window,
@@ -167,34 +167,38 @@ class FeastHistoricalFeaturesOperator(BaseOperator):
             label_source_window_stats,
             read_label_source,
             resolve_label_source,
+            rows_in_future,
         )
 
         ts = self.timestamp_column
+        now = now or datetime.now(UTC)
         if self.label_source is not None:
             source = resolve_label_source(str(self.label_source), settings.project_home())
             entity_df = read_label_source(str(source), start, end, timestamp_column=ts)
-            stats = label_source_window_stats(str(source), start, end, ts)
+            stats = label_source_window_stats(str(source), start, end, ts, now=now)
             self.log.info(
-                "Label source %s: %d rows in [%s, %s); left out %d before, %d after the window, %d without "
-                "a timestamp",
+                "Label source %s: %d rows in [%s, %s); left out %d before, %d after the window (%d of them "
+                "stamped after now, %s), %d without a timestamp",
                 source,
                 len(entity_df),
                 start,
                 end,
                 stats["rows_before_window"],
                 stats["rows_after_window"],
+                stats["rows_in_future"],
+                now.isoformat(),
                 stats["rows_null_timestamp"],
             )
             where = f"label source {source}"
         elif self.entity_sql is not None:
             entity_df = entity_frame_from_sql(self.entity_sql, start, end, timestamp_column=ts)
             check_entity_window(entity_df, start, end, ts, "entity_sql")
-            stats = {"rows_total": len(entity_df)}
+            stats = {"rows_total": len(entity_df), "rows_in_future": rows_in_future(entity_df, ts, now)}
             where = "entity_sql"
         else:
             entity_df = entity_frame_from_callable(self.entity_callable, start, end, timestamp_column=ts)
             check_entity_window(entity_df, start, end, ts, "entity_callable")
-            stats = {"rows_total": len(entity_df)}
+            stats = {"rows_total": len(entity_df), "rows_in_future": rows_in_future(entity_df, ts, now)}
             where = "entity_callable"
         if entity_df.empty:
             raise FeatureRetrievalError(
@@ -203,15 +207,22 @@ class FeastHistoricalFeaturesOperator(BaseOperator):
         return entity_df, stats
 
     def execute(self, context: Any) -> dict[str, Any]:
-        from gd_provider.core.features import FeatureRetrievalError, retrieve_training_set
+        from gd_provider.core.features import (
+            FeatureRetrievalError,
+            feature_source_stats,
+            retrieve_training_set,
+        )
         from gd_provider.hooks.feast import FeastHook
 
         # the same end as the freshness sensor and validation: as_of, else the run's schedule slot
         end = data_window_end(context, as_of=self.as_of, log=self.log).end
         start = end - self.lookback
+        now = datetime.now(UTC)
         store = FeastHook(self.feast_conn_id).get_conn()
         try:
-            entity_df, stats = self._entity_frame(start, end)
+            entity_df, stats = self._entity_frame(start, end, now=now)
+            feature_stats = feature_source_stats(store, now, feature_service=self.feature_service,
+                                                 features=self.features)
             manifest = retrieve_training_set(
                 store,
                 entity_df,
@@ -233,6 +244,13 @@ class FeastHistoricalFeaturesOperator(BaseOperator):
         )
         result = manifest.to_dict()
         result["entity_source_stats"] = stats
+        # rows the window or the point-in-time join left out without a trace: validation judges them
+        result["retrieved_at"] = now.isoformat()
+        result["feature_source_stats"] = feature_stats
+        future = {v: st["rows_in_future"] for v, st in feature_stats.items() if st.get("rows_in_future")}
+        if future or stats.get("rows_in_future"):
+            self.log.warning("Rows stamped after the moment of retrieval (%s): %d entity/label rows; feature "
+                             "views %s", now.isoformat(), stats.get("rows_in_future", 0), future or "none")
         if self.feature_service:  # lineage (gd.feature_service) reads it from this manifest
             result["feature_service"] = self.feature_service
         run_id = str(self.mlflow_run_id).strip() if self.mlflow_run_id is not None else ""

@@ -88,6 +88,12 @@ class DataValidationOperator(BaseOperator, BranchMixIn):
 
     Time-dependent expectations (e.g. no event after the window end) use the data window end of
     ``_common.data_window_end`` - ``as_of`` (templated) when given, as for the sensor and retrieval.
+
+    Rows the retrieval left out without a trace are judged from its manifest
+    (:func:`gd_provider.core.quality.window_findings`): label/entity rows and feature rows stamped after
+    the moment of retrieval, label rows without a timestamp. ``dropped_rows``: ``"fail"`` (default) or
+    ``"warn"`` (reported, passing). Label rows after the window end that are not in the future (later
+    data) are counted in the notes.
     """
 
     template_fields: Sequence[str] = ("dataset", "as_of")
@@ -118,9 +124,13 @@ class DataValidationOperator(BaseOperator, BranchMixIn):
         as_of: str | None = None,
         task: str | None = None,
         task_options: dict[str, Any] | None = None,
+        dropped_rows: str = "fail",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if dropped_rows not in ("fail", "warn"):
+            raise ValueError(f"{self.task_id}: dropped_rows must be 'fail' or 'warn', got {dropped_rows!r}")
+        self.dropped_rows = dropped_rows
         # cheap argument checks only: a bad DAG fails when it is parsed, and nothing is imported or read here
         if on_failure not in ON_FAILURE:
             raise ValueError(f"{self.task_id}: on_failure must be one of {list(ON_FAILURE)}, got {on_failure!r}")
@@ -286,7 +296,12 @@ class DataValidationOperator(BaseOperator, BranchMixIn):
 
     def execute(self, context: Any) -> Any:
         from gd_provider.core.data import DatasetError, read_dataset
-        from gd_provider.core.quality import ValidationConfigError, validate_dataframe, write_report
+        from gd_provider.core.quality import (
+            ValidationConfigError,
+            validate_dataframe,
+            window_findings,
+            write_report,
+        )
 
         _, end = interval(context, as_of=self.as_of, log=self.log)
         try:
@@ -310,7 +325,10 @@ class DataValidationOperator(BaseOperator, BranchMixIn):
             report = validate_dataframe(df, expectations, suite_name=self.suite_name)
         except ValidationConfigError as exc:
             raise AirflowFailException(f"the validation suite is invalid: {exc}") from exc
-        report.notes = notes
+        findings, window_notes = window_findings(manifest, dropped_rows=self.dropped_rows)
+        report.add_findings(findings)
+        report.notes = [*notes, *window_notes]
+        notes = report.notes
         paths = write_report(report, str(task_dir(context, self.task_id)))
         self.log.info("Validation report: %s", paths)
         tracked = self._log_to_mlflow(context, report, paths) if self.log_to_mlflow else {}
