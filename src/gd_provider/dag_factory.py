@@ -278,6 +278,24 @@ class RetrainingConfig(_Strict):
         return value
 
     @model_validator(mode="after")
+    def _rule_metrics(self) -> RetrainingConfig:
+        """A gate metric measured at a declared rule (regression's within_tolerance) needs that rule."""
+        task = training_task(self)
+        needs = getattr(task, "rule_metrics", ())
+        if not needs or self.training.get("operating_point"):
+            return self
+        slices = self.gate.get("slices") or {}
+        for where, bounds in [*((w, self.gate.get(w) or {}) for w in
+                                ("value_thresholds", "max_abs_regression", "max_rel_regression")),
+                              *((f"slices.{w}", slices.get(w) or {}) for w in
+                                ("max_abs_regression", "worst_slice_floor", "max_gap"))]:
+            named = sorted(set(bounds) & set(needs))
+            if named:
+                raise ValueError(f"gate.{where}: {', '.join(named)} is measured at the {task.name} task's operating "
+                                 f"point: declare training.operating_point ({task.rule_help})")
+        return self
+
+    @model_validator(mode="after")
     def _label_tolerances(self) -> RetrainingConfig:
         from gd_provider.core.profile import tolerance_problems
 

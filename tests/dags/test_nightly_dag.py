@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import pytest
 
@@ -33,11 +35,11 @@ def _evaluate_xcom(run_id: str) -> dict:
 
 def _policy_by_hand(gate: dict) -> bool:
     """dags/configs/fraud_detector.yaml's gate: at least 1000 holdout rows; roc_auc >= 0.75, pr_auc >= 0.15 and at
-    most 0.01 / 0.02 worse than the champion; at each model's operating point, FPR at most 10 % higher (relative)
-    and at most 3 % of the holdout's decisions flipped."""
+    most 0.01 / 0.02 worse than the champion; at each model's operating point, FPR at most 0.03 and at most 10 %
+    higher (relative) and at most 3 % of the holdout's decisions flipped."""
     challenger, champion = gate["challenger_metrics"], gate["champion_metrics"]
     return (gate["holdout_rows"] >= 1000
-            and challenger["roc_auc"] >= 0.75 and challenger["pr_auc"] >= 0.15
+            and challenger["roc_auc"] >= 0.75 and challenger["pr_auc"] >= 0.15 and challenger["fpr"] <= 0.03
             and champion["roc_auc"] - challenger["roc_auc"] <= 0.01 + 1e-12
             and champion["pr_auc"] - challenger["pr_auc"] <= 0.02 + 1e-12
             and (challenger["fpr"] - champion["fpr"]) / champion["fpr"] <= 0.1 + 1e-12
@@ -82,6 +84,16 @@ def test_three_nights(dag, demo_home, mlflow_client):
     assert float(tags["gd.metric.roc_auc"]) > 0.75
     assert tags["gd.seed"] == "42" and tags["gd.package_version"] == "0.1.0"
     assert tags["gd.training_run_id"] == v1.run_id
+    # the champion serves within its false-positive budget: max_fpr 0.02 chosen on the validation split, and
+    # the gate measured it at that threshold on the holdout (bounded at 0.03 by the shipped config)
+    point = json.loads(tags["gd.operating_point"])
+    assert point["objective"] == {"max_fpr": 0.02, "calibration": "platt"}
+    assert point["validation"]["fpr"] <= 0.02 and point["validation"]["ece_after"] < point["validation"]["ece_before"]
+    gate1 = _evaluate_xcom(run1["run_id"])
+    assert gate1["operating_points"]["challenger"]["threshold"] == point["threshold"]
+    assert gate1["challenger_metrics"]["fpr"] <= 0.03, gate1["challenger_metrics"]
+    assert gate1["intervals"]["challenger"]["fpr"]["low"] <= 0.02  # consistent with the budget
+    assert gate1["challenger_metrics"]["positive_rate"] < 0.1  # not the old 20-26 % flagged at 0.5
     # one result shape for every gate, collected by the run report
     gates = _report(demo_home, run1["run_id"])["gates"]
     assert {g["gate"] for g in gates.values()} == {"validation", "drift", "health", "evaluation", "smoke_test"}

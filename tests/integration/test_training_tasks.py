@@ -79,11 +79,15 @@ def specs(workdir):
     (dags / f"{DAGS_MODULE}.py").write_text(DAGS_MODULE_SOURCE)
     sys.path.insert(0, str(dags))
     SPECS.update({
+        # a declared business tolerance: within 1.0 of the amount
         "regression": spec_for("amount", task="regression", model="tests.unit.user_models:tiny_net",
-                               model_kwargs={"hidden": 12, "activation": "tanh"}),
+                               model_kwargs={"hidden": 12, "activation": "tanh"},
+                               operating_point={"tolerance": {"abs": 1.0}}),
+        # "high" is predicted only at a probability that gave 97 % precision on the validation split
         "multiclass": spec_for("band", task="multiclass", task_options={"classes": CLASSES},
                                model=f"{DAGS_MODULE}:wide_net", model_kwargs={"width": 20},
-                               early_stopping_patience=3, early_stopping_metric="val_accuracy"),
+                               early_stopping_patience=3, early_stopping_metric="val_accuracy",
+                               operating_point={"min_precision": {"high": 0.97}}),
         "user_task": spec_for("sign", task="tests.unit.user_models:SignTask", model="logistic", hidden_sizes=[]),
         "operating_point": spec_for("flag", operating_point={"max_fpr": 0.05, "calibration": "platt"}),
     })
@@ -147,7 +151,11 @@ def test_regression_with_a_user_factory(results, manifest, tracking):
 
     result, spec = results["regression"], SPECS["regression"]
     assert result.status == "completed", result.error
-    assert set(result.metrics) == {"epoch", "val_rmse", "val_mae", "val_r2", "val_loss", "train_loss"}
+    assert set(result.metrics) == {"epoch", "val_rmse", "val_mae", "val_r2", "val_loss", "train_loss",
+                                   "val_op_within_tolerance"}
+    point = result.task["state"]["operating_point"]
+    assert point["tolerance"] == {"abs": 1.0, "rel": 0.0}
+    assert 0.5 < point["validation"]["within_tolerance"] == result.metrics["val_op_within_tolerance"] <= 1
     assert result.metrics["val_r2"] > 0.8, result.metrics
     assert Path(result.model_dir).name == MODEL_DIR
     task_json = json.loads((Path(result.model_dir) / TASK_FILE).read_text())
@@ -183,6 +191,28 @@ def test_multiclass_scores_are_class_probabilities(results, manifest, tracking):
     assert proba.shape == (len(holdout), 3) and np.allclose(proba.sum(axis=1), 1.0)
     truth = holdout["band"].map({c: i for i, c in enumerate(CLASSES)}).to_numpy()
     assert float(np.mean(proba.argmax(axis=1) == truth)) > 0.7
+    # the per-class threshold chosen on validation, saved with the model and applied by its scorer
+    from mlflow.tracking import MlflowClient
+
+    from gd_provider.core.training.pyfunc import ModelScorer
+    from gd_provider.core.training.runner import split_for_spec
+
+    point = result.task["state"]["operating_point"]
+    assert set(point["class_thresholds"]) == {"high"} and 0 < point["class_thresholds"]["high"] < 1
+    assert point["validation"]["precision_high"] >= 0.97 and result.metrics["val_op_precision_high"] >= 0.97
+    scorer = ModelScorer(result.model_dir)
+    assert scorer.serving_rule["class_thresholds"] == point["class_thresholds"]
+    _, val, _ = split_for_spec(pd.read_parquet(manifest.uri), spec)
+    decided = scorer.decisions(val)
+    val_truth = val["band"].map({c: i for i, c in enumerate(CLASSES)}).to_numpy()
+    high = decided == CLASSES.index("high")
+    assert high.any() and float(np.mean(val_truth[high] == CLASSES.index("high"))) >= 0.97
+    # the rule: "high" only at or above its threshold; a row whose argmax is "high" below it goes elsewhere
+    p_high = scorer.predict_scores(val)[:, CLASSES.index("high")]
+    cut = point["class_thresholds"]["high"]
+    assert (p_high[high] >= cut).all() and not (decided[p_high < cut] == CLASSES.index("high")).any()
+    out = MlflowClient().search_runs([tracking], "tags.`mlflow.runName` = 'multiclass'")[0]
+    assert json.loads(out.data.tags["gd.operating_point"])["class_thresholds"] == point["class_thresholds"]
 
 
 def test_a_user_task_class_trains_on_ray_workers(results, manifest, tracking):

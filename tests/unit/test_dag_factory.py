@@ -239,3 +239,23 @@ def test_a_required_check_that_would_never_run_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match=r"health: require_sensitivity_pass is true but training.sensitivity.enabled "
                                           "is false"):
         load_config(path)
+
+
+def test_a_metric_measured_at_an_operating_point_needs_one_declared(tmp_path):
+    """regression's within_tolerance / flip_rate exist only at a declared tolerance: refused when parsed."""
+    cfg = yaml.safe_load((ROOT / "example_dags" / "configs" / "demand_regression.yaml").read_text())
+    cfg["gate"]["value_thresholds"]["within_tolerance"] = 0.6
+    path = tmp_path / "demand.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ConfigError, match=r"gate.value_thresholds: within_tolerance is measured at the regression "
+                                          r"task's operating point: declare training.operating_point \(tolerance"):
+        load_config(path)
+    cfg["training"]["operating_point"] = {"tolerance": {"abs": 3.0, "rel": 0.1}}
+    path.write_text(yaml.safe_dump(cfg))
+    assert load_config(path).training["operating_point"] == {"tolerance": {"abs": 3.0, "rel": 0.1}}
+    # per-class thresholds for the multiclass example, refused naming the class when it is not one
+    multi = yaml.safe_load((ROOT / "example_dags" / "configs" / "demand_level_multiclass.yaml").read_text())
+    multi["training"]["operating_point"] = {"min_precision": {"hgih": 0.8}}
+    path.write_text(yaml.safe_dump(multi))
+    with pytest.raises(ConfigError, match=r"operating_point.min_precision: 'hgih' is not one of the classes"):
+        load_config(path)

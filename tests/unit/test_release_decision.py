@@ -152,8 +152,12 @@ def test_slice_and_interval_policies_are_checked_when_parsed():
                               "slices": {"columns": ["c"], "max_gap": {"auc": 0.1}}}, task=BINARY)
     with pytest.raises(GateConfigError, match="interval.judge"):
         GatePolicy.from_dict({"value_thresholds": {"roc_auc": 0.5}, "interval": {"judge": "best"}}, task=BINARY)
-    with pytest.raises(GateConfigError, match="interval: decided at the operating point, for the binary task only"):
-        GatePolicy.from_dict({"value_thresholds": {"r2": 0.5}, "interval": {"judge": "point"}},
+    # every task gets intervals and slices; a slice bound names one of the task's own metrics
+    GatePolicy.from_dict({"value_thresholds": {"r2": 0.5}, "interval": {"judge": "point"},
+                          "slices": {"columns": ["c"], "worst_slice_floor": {"r2": 0.1}}}, task=get_task("regression"))
+    with pytest.raises(GateConfigError, match=r"slices.max_gap: metric 'fpr' is not a slice metric; slice metrics "
+                                              r"are \['abs_error_p50'"):
+        GatePolicy.from_dict({"value_thresholds": {"r2": 0.5}, "slices": {"columns": ["c"], "max_gap": {"fpr": 0.1}}},
                              task=get_task("regression"))
 
 

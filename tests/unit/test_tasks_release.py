@@ -95,7 +95,8 @@ def test_multiclass_gate_on_accuracy_macro_f1_and_a_class_recall():
          "max_rel_regression: metric 'pr_auc' is not a regression metric"),
         (MULTICLASS, {"max_abs_regression": {"recall_unknown": 0.1}},
          r"max_abs_regression: metric 'recall_unknown' is not a multiclass metric; multiclass metrics are "
-         r"\['accuracy', 'log_loss', 'macro_f1', 'recall_late', 'recall_lost', 'recall_ok'\]"),
+         r"\['accuracy', 'flip_rate', 'log_loss', 'macro_f1', 'precision_late', 'precision_lost', 'precision_ok', "
+         r"'recall_late', 'recall_lost', 'recall_ok'\]"),
         (MULTICLASS, {"value_thresholds": {"accuracy": 0.5}, "decision_threshold": 0.3},
          "decision_threshold: applies to the binary task only, not to the multiclass task"),
         (REGRESSION, {"value_thresholds": {"rmse": "low"}}, "value_thresholds: rmse must be a finite number"),

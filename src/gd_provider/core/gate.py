@@ -120,9 +120,9 @@ class GatePolicy:
     # rows of the rarest label class (binary: positives and negatives; multiclass: each declared class)
     min_holdout_rows: int = 0
     min_class_rows: int = 0
-    # paired bootstrap intervals and how bounds are judged on them (core.gates.release.IntervalPolicy; binary)
+    # paired bootstrap intervals and how bounds are judged on them (core.gates.release.IntervalPolicy)
     interval: dict[str, Any] = field(default_factory=dict)
-    # per-slice decision checks (core.gates.release.SlicePolicy; binary)
+    # per-slice checks (core.gates.release.SlicePolicy)
     slices: dict[str, Any] = field(default_factory=dict)
 
     def validate(self, task: Task | Mapping[str, bool] | None = None) -> None:
@@ -159,17 +159,20 @@ class GatePolicy:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise GateConfigError(f"{name}: must be a non-negative integer, got {value!r}")
-        from gd_provider.core.gates.release import IntervalPolicy, ReleasePolicyError, SlicePolicy
+        from gd_provider.core.gates.release import (
+            DECISION_DIRECTIONS,
+            IntervalPolicy,
+            ReleasePolicyError,
+            SlicePolicy,
+        )
 
-        for name, kind in (("interval", IntervalPolicy), ("slices", SlicePolicy)):
-            value = getattr(self, name)
-            if value and not binary:
-                raise GateConfigError(f"{name}: decided at the operating point, for the binary task only (not the "
-                                      f"{task_name} task)")
-            try:
-                kind.from_dict(value)
-            except (ReleasePolicyError, TypeError) as exc:
-                raise GateConfigError(str(exc)) from None
+        # slice bounds: the binary task's decision metrics, another task's gate metrics (and flip rate)
+        slice_metrics = DECISION_DIRECTIONS if binary else metrics
+        try:
+            IntervalPolicy.from_dict(self.interval)
+            SlicePolicy.from_dict(self.slices, directions=slice_metrics)
+        except (ReleasePolicyError, TypeError) as exc:
+            raise GateConfigError(str(exc)) from None
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], task: Task | Mapping[str, bool] | None = None) -> GatePolicy:

@@ -76,10 +76,12 @@ def task_model_tags(training: dict[str, Any]) -> dict[str, str]:
     if model.get("task_code_version"):
         tags[TASK_CODE_VERSION] = model["task_code_version"]
     point = (task.get("state") or {}).get("operating_point")
-    if point:  # the serving decision rule chosen in training (threshold, objective, calibration, validation)
-        tags[OPERATING_POINT] = {"threshold": point["threshold"], "objective": point["objective"],
-                                 "calibration": (point.get("calibrator") or {}).get("kind", "none"),
-                                 "validation": point.get("validation", {})}
+    if point:  # the serving decision rule chosen in training (threshold(s) or tolerance, objective, validation)
+        tags[OPERATING_POINT] = {
+            **{k: point[k] for k in ("threshold", "class_thresholds", "fallback_class", "tolerance") if k in point},
+            "objective": point.get("objective"), "validation": point.get("validation", {}),
+            **({"calibration": (point.get("calibrator") or {}).get("kind", "none")} if "threshold" in point else {}),
+        }
     return {k: _clip(v) for k, v in tags.items()}
 
 

@@ -86,10 +86,11 @@ def task_of_model(model: Any) -> Any:
     return None
 
 
-def decision_threshold_of(model: Any, training: dict[str, Any] | None = None) -> float | None:
-    """The decision threshold a model serves with (its operating point, chosen in training and saved with
-    it): from the training manifest's task state, else from the loaded pyfunc's scorer; None when the model
-    has none (then the gate policy's ``decision_threshold`` applies)."""
+def decision_rule_of(model: Any, training: dict[str, Any] | None = None, task: Any = None) -> Any:
+    """The decision rule a model serves with (its operating point, chosen in training and saved with it; binary:
+    a threshold, multiclass: per-class thresholds, regression: a tolerance), as ``task`` decides with it: from
+    the training manifest's task state, else from the loaded pyfunc's scorer; None when the model has none
+    (then the gate policy's ``decision_threshold`` / the task's default applies)."""
     candidates: list[Any] = [((training or {}).get("task") or {}).get("state")]
     try:
         inner = model.unwrap_python_model()
@@ -97,12 +98,22 @@ def decision_threshold_of(model: Any, training: dict[str, Any] | None = None) ->
         candidates.append(getattr(scorer, "state", None) or getattr(scorer, "task_state", None))
     except Exception:  # not one of our models
         pass
-    from gd_provider.core.tasks import BinaryTask
+    if task is None:
+        task = task_of_model(model)
+    if task is None:
+        from gd_provider.core.tasks import BinaryTask
 
+        task = BinaryTask()
     for state in candidates:
-        if isinstance(state, dict) and (threshold := BinaryTask.serving_threshold(state)) is not None:
-            return threshold
+        if isinstance(state, dict) and (rule := task.serving_rule(state)) is not None:
+            return rule
     return None
+
+
+def decision_threshold_of(model: Any, training: dict[str, Any] | None = None) -> float | None:
+    """The threshold of a binary model's operating point (None: it has none); see :func:`decision_rule_of`."""
+    rule = decision_rule_of(model, training)
+    return float(rule) if isinstance(rule, int | float) else None
 
 
 def model_input(model: Any, frame: Any) -> Any:
@@ -219,12 +230,12 @@ class ModelEvaluationGateOperator(BaseOperator):
         if champion_version is not None:
             champion_model = load_pyfunc(f"models:/{self.model_name}/{champion_version}")
             champion_scores = self._scores(task, f"champion v{champion_version}", champion_model, holdout)
-            champion_threshold = decision_threshold_of(champion_model)
+            champion_threshold = decision_rule_of(champion_model, task=task)
         try:
             # each model decides with its own operating point (saved with it; else the policy's threshold)
             decision = decide_release(
                 task, policy, y, challenger_scores, champion_scores,
-                challenger_threshold=decision_threshold_of(challenger_model, self.training),
+                challenger_threshold=decision_rule_of(challenger_model, self.training, task=task),
                 champion_threshold=champion_threshold, champion_version=champion_version, holdout=holdout)
         except (ValueError, ReleasePolicyError) as exc:  # non-finite scores, a wrong shape, a slice column
             raise AirflowFailException(f"evaluation gate cannot decide ({task.name} task): {exc}") from exc
@@ -537,7 +548,7 @@ class ModelSmokeTestOperator(BaseOperator):
         model = load_pyfunc(f"models:/{self.model_name}@{self.alias}")
         task = self._task(model)
         self._check_options(task, AirflowFailException)
-        own = decision_threshold_of(model, self.training)  # the model's operating point, when it has one
+        own = decision_rule_of(model, self.training, task=task)  # the model's operating point, when it has one
         threshold = self.decision_threshold if own is None else own
         options = self.smoke_options
         expected_rate = ((self.gate or {}).get("challenger_metrics") or {}).get("positive_rate") \

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from gd_provider.core.gates.uncertainty import Interval, PairedBootstrap, paired_bootstrap
+from gd_provider.core.gates.uncertainty import Interval, PairedBootstrap, paired_bootstrap, task_bootstrap
 
 DECISION_DIRECTIONS = {"fpr": False, "precision": True, "recall": True, "f1": True, "positive_rate": False,
                        "flip_rate": False}
@@ -73,7 +73,10 @@ class SlicePolicy:
     max_gap: dict[str, float] = field(default_factory=dict)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any] | None) -> SlicePolicy | None:
+    def from_dict(cls, data: Mapping[str, Any] | None,
+                  directions: Mapping[str, bool] = DECISION_DIRECTIONS) -> SlicePolicy | None:
+        """``directions``: the metrics a slice bound may name (binary: the decision metrics; another task: its
+        gate metrics)."""
         if not data:
             return None
         unknown = sorted(set(data) - set(cls.__dataclass_fields__))
@@ -90,9 +93,9 @@ class SlicePolicy:
             if not isinstance(bounds, Mapping):
                 raise ReleasePolicyError(f"slices.{where}: expected {{metric: number}}, got {bounds!r}")
             for metric, bound in bounds.items():
-                if metric not in DECISION_DIRECTIONS or (metric == "flip_rate" and where == "max_abs_regression"):
+                if metric not in directions or (metric == "flip_rate" and where == "max_abs_regression"):
                     raise ReleasePolicyError(f"slices.{where}: metric {metric!r} is not a slice metric; slice "
-                                             f"metrics are {sorted(DECISION_DIRECTIONS)}")
+                                             f"metrics are {sorted(directions)}")
                 if not _number(bound) or bound < 0 and where != "worst_slice_floor":
                     raise ReleasePolicyError(f"slices.{where}.{metric}: must be a non-negative number, got {bound!r}")
         if not (policy.max_abs_regression or policy.worst_slice_floor or policy.max_gap):
@@ -138,9 +141,10 @@ def compare(y: np.ndarray, champion_decisions: np.ndarray | None, challenger_dec
 
 
 def judge_slices(boot: PairedBootstrap, policy: SlicePolicy, *, judge: str, has_champion: bool,
-                 champion_version: str | None = None) -> tuple[bool, list[str], dict[str, Any]]:
+                 champion_version: str | None = None,
+                 directions: Mapping[str, bool] = DECISION_DIRECTIONS) -> tuple[bool, list[str], dict[str, Any]]:
     """``(ok, reasons, report)``: the slice checks; ``report`` lists the judged, unjudged (too small) and
-    failed slices with their metrics."""
+    failed slices with their metrics. ``directions``: ``{metric: higher_is_better}`` of the slice metrics."""
     judged = [s for s in boot.slices if boot.slice_rows[s] >= policy.min_rows]
     small = {s: boot.slice_rows[s] for s in boot.slices if s not in judged}
     reasons: list[str] = []
@@ -152,13 +156,13 @@ def judge_slices(boot: PairedBootstrap, policy: SlicePolicy, *, judge: str, has_
 
     def value(name: str, who: str, metric: str) -> float:
         iv = boot.slices[name][who][metric]
-        higher = DECISION_DIRECTIONS[metric]
+        higher = directions[metric]
         return worse_end(iv, higher, iv.value) if use_worst else iv.value
 
     for metric, tol in policy.max_abs_regression.items():
         if not has_champion:
             continue
-        higher = DECISION_DIRECTIONS[metric]
+        higher = directions[metric]
         for s in judged:
             change = boot.slices[s]["change"][metric]
             delta = (worse_end(change, higher, change.value) if use_worst else change.value)
@@ -168,7 +172,7 @@ def judge_slices(boot: PairedBootstrap, policy: SlicePolicy, *, judge: str, has_
                     f"{metric} {boot.slices[s]['challenger'][metric].value:.4f} vs champion v{champion_version} "
                     f"{boot.slices[s]['champion'][metric].value:.4f} (worsening {worse:.4f} > {tol:.4f})")
     for metric, floor in policy.worst_slice_floor.items():
-        higher = DECISION_DIRECTIONS[metric]
+        higher = directions[metric]
         values = {s: value(s, "challenger", metric) for s in judged}
         values = {s: v for s, v in values.items() if math.isfinite(v)}
         if values:
@@ -233,16 +237,32 @@ def decide_release(
     are judged too. A holdout under ``min_holdout_rows`` / ``min_class_rows`` is not decided on: the
     challenger is not blessed and the reasons say why."""
     from gd_provider.core.gate import decide
+    from gd_provider.core.tasks import BinaryTask
 
-    default = policy.decision_threshold
-    th_h = default if challenger_threshold is None else float(challenger_threshold)
-    th_c = default if champion_threshold is None else float(champion_threshold)
-    binary = task.name == "binary" or bool(policy.interval or policy.slices)
+    binary = isinstance(task, BinaryTask)
+    if binary:
+        default = policy.decision_threshold
+        th_h = default if challenger_threshold is None else float(challenger_threshold)
+        th_c = default if champion_threshold is None else float(champion_threshold)
+    else:  # another task's rule (per-class thresholds, a tolerance) or None: its default
+        th_h, th_c = challenger_threshold, task.comparison_rule(champion_threshold, challenger_threshold)
     challenger = task.gate_metrics(y, challenger_scores, th_h)
     champion = None if champion_scores is None else task.gate_metrics(y, champion_scores, th_c)
     interval = IntervalPolicy.from_dict(policy.interval)
-    slicing = SlicePolicy.from_dict(policy.slices)
+    directions = DECISION_DIRECTIONS if binary else dict(task.metrics)
+    slicing = SlicePolicy.from_dict(policy.slices, directions=directions)
     boot = None
+    if not binary:
+        if champion_scores is not None and "flip_rate" in task.metrics:
+            flips = task.flip_rate(champion_scores, challenger_scores, th_c, th_h)
+            if math.isfinite(flips):
+                challenger["flip_rate"] = flips
+        if interval is not None or slicing is not None:
+            ids, names = slice_ids(holdout, slicing.columns) if slicing is not None else (None, None)
+            policy_iv = interval or IntervalPolicy(resamples=200)
+            boot = task_bootstrap(task, y, champion_scores, challenger_scores, champion_rule=th_c,
+                                  challenger_rule=th_h, slices=ids, slice_names=names,
+                                  resamples=policy_iv.resamples, confidence=policy_iv.confidence, seed=policy_iv.seed)
     if binary:
         dh = task.decisions(challenger_scores, th_h)
         dc = None if champion_scores is None else task.decisions(champion_scores, th_c)
@@ -263,13 +283,17 @@ def decide_release(
         decision.reasons = [f"the gate refuses to decide: {p}" for p in problems] + decision.reasons
     if slicing is not None and boot is not None:
         ok, reasons, report = judge_slices(boot, slicing, judge=interval.judge if interval else "point",
-                                           has_champion=champion_scores is not None, champion_version=champion_version)
+                                           has_champion=champion_scores is not None, champion_version=champion_version,
+                                           directions=directions)
         decision.blessed = decision.blessed and ok
         decision.reasons += reasons
         decision.slices = report
     if binary:
         decision.operating_points = {"challenger": {"threshold": th_h},
                                      "champion": None if champion_scores is None else {"threshold": th_c}}
+    elif th_h is not None or th_c is not None:
+        decision.operating_points = {"challenger": _rule_summary(th_h),
+                                     "champion": None if champion_scores is None else _rule_summary(th_c)}
     if overall is not None:
         decision.intervals = {"confidence": boot.confidence, "resamples": boot.resamples, "judge": interval.judge,
                               **{group: {m: iv.to_dict() for m, iv in values.items()} for group, values in overall.items()}}
@@ -289,3 +313,11 @@ def strict_json(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+def _rule_summary(rule: Any) -> Any:
+    """A decision rule without its validation numbers, for the gate's result (None: the task's default)."""
+    if not isinstance(rule, Mapping):
+        return rule
+    return {k: v for k, v in rule.items() if k not in ("validation", "objective")} or None
+

@@ -154,10 +154,40 @@ class Task(ABC):
     def epoch_metrics(self, y: np.ndarray, scores: np.ndarray) -> dict[str, float]:
         """The per-epoch validation metrics other than ``val_loss`` (keys of ``validation_metrics``)."""
 
+    # ------------------------------------------------------------------ the operating point
+    # (``training.operating_point``): the serving decision rule, chosen on the validation split for a declared
+    # objective, saved in the task state as ``operating_point`` and handed to decisions() / gate_metrics() as
+    # their ``threshold`` argument (the rule: a threshold for binary, a mapping for other tasks)
+    def check_operating_point(self, objective: Mapping[str, Any]) -> dict[str, Any]:
+        """``objective`` normalized; raise :class:`TaskError` naming what is wrong. Default: the task has none."""
+        raise TaskError(self.name, "operating_point", f"the {self.name} task has no operating point to choose")
+
+    def choose_operating_point(self, y: np.ndarray, scores: np.ndarray, objective: Mapping[str, Any]) -> dict[str, Any]:
+        """The rule (JSON-safe, with its ``validation`` metrics) meeting ``objective`` on the validation split's
+        encoded labels ``y`` and scores; raise :class:`TaskError` when it cannot be met."""
+        raise TaskError(self.name, "operating_point", f"the {self.name} task has no operating point to choose")
+
+    def serving_rule(self, state: Mapping[str, Any]) -> Any:
+        """What the model decides with (from its saved state), as :meth:`decisions` takes it; None: the default."""
+        return state.get("operating_point") or None
+
+    def comparison_rule(self, champion_rule: Any, challenger_rule: Any) -> Any:
+        """The rule the champion is measured with next to the challenger: its own (default). A task whose rule
+        only measures (regression's tolerance) uses the challenger's when the champion has none."""
+        return champion_rule
+
+    def flip_rate(self, champion_scores: np.ndarray, challenger_scores: np.ndarray, champion_rule: Any = None,
+                  challenger_rule: Any = None) -> float:
+        """The share of rows whose decision changes from the champion's to the challenger's (each with its rule)."""
+        before = self.decisions(champion_scores, champion_rule)
+        after = self.decisions(challenger_scores, challenger_rule)
+        return float(np.mean(before != after)) if len(after) else math.nan
+
     # ------------------------------------------------------------------ decisions and metrics
     @abstractmethod
     def decisions(self, scores: np.ndarray, threshold: float | None = None) -> np.ndarray:
-        """What a consumer acts on: 0/1 (binary at ``threshold``), a class index, a value."""
+        """What a consumer acts on: 0/1 (binary at ``threshold``), a class index, a value. ``threshold``:
+        the model's rule (:meth:`serving_rule`); None: the task's default."""
 
     @abstractmethod
     def gate_metrics(self, y: np.ndarray, scores: np.ndarray, threshold: float | None = None) -> dict[str, float]:

@@ -157,6 +157,21 @@ class BinaryTask(Task):
         point = state.get("operating_point")
         return float(point["threshold"]) if point else None
 
+    def serving_rule(self, state: Mapping[str, Any]) -> float | None:
+        return self.serving_threshold(state)
+
+    # the operating point: a threshold for a false-positive-rate budget, a minimum precision, a target positive
+    # rate, a cost matrix or a fixed value, optionally after calibration (core.tasks.operating_point)
+    def check_operating_point(self, objective: Mapping[str, Any]) -> dict[str, Any]:
+        from gd_provider.core.tasks.operating_point import check_objective
+
+        return check_objective(dict(objective))
+
+    def choose_operating_point(self, y: np.ndarray, scores: np.ndarray, objective: Mapping[str, Any]) -> dict[str, Any]:
+        from gd_provider.core.tasks.operating_point import choose_operating_point
+
+        return choose_operating_point(y, scores, dict(objective)).to_dict()
+
     def epoch_metrics(self, y: np.ndarray, scores: np.ndarray) -> dict[str, float]:
         roc, pr = ranking_metrics(y, scores)
         return {"val_roc_auc": roc, "val_pr_auc": pr}

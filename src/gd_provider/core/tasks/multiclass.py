@@ -64,7 +64,10 @@ class MulticlassTask(Task):
         names = [class_metric_name("recall", c) for c in self.classes]
         if len(set(names)) != len(names):
             raise TaskError(self.name, "task_options.classes", f"classes {self.classes!r} give clashing metric names")
-        self.metrics = {"accuracy": True, "macro_f1": True, "log_loss": False, **dict.fromkeys(names, True)}
+        # per class: recall and precision at the model's rule; flip_rate: vs the champion's decisions
+        self.metrics = {"accuracy": True, "macro_f1": True, "log_loss": False, "flip_rate": False,
+                        **dict.fromkeys(names, True),
+                        **dict.fromkeys((class_metric_name("precision", c) for c in self.classes), True)}
 
     @property
     def output_width(self) -> int:
@@ -138,9 +141,108 @@ class MulticlassTask(Task):
         cm = confusion(y, pred, len(self.classes))
         return {"val_accuracy": float(np.trace(cm) / len(y)), "val_macro_f1": macro_f1(cm)}
 
+    # ------------------------------------------------------------------ the operating point
+    # argmax (the default), or per-class thresholds: a class with a threshold is predicted only when its
+    # probability reaches it (then the most probable such class wins); rows where no class qualifies get the
+    # most probable class without a threshold, else ``fallback_class``
+    OBJECTIVES: ClassVar[tuple[str, ...]] = ("argmax", "class_thresholds", "min_precision", "max_fpr")
+
+    def check_operating_point(self, objective: Mapping[str, Any]) -> dict[str, Any]:
+        where = "operating_point"
+        data = dict(objective or {})
+        fallback = data.pop("fallback_class", None)
+        unknown = sorted(set(data) - set(self.OBJECTIVES))
+        if unknown:
+            raise TaskError(self.name, where, f"unknown key(s) {unknown}; give one of {list(self.OBJECTIVES)} "
+                            "(and fallback_class)")
+        if len(data) > 1:
+            raise TaskError(self.name, where, f"give exactly one objective, got {sorted(data)}")
+        if not data or "argmax" in data:
+            if data.get("argmax", True) is not True:
+                raise TaskError(self.name, f"{where}.argmax", "must be true (or give per-class thresholds)")
+            if fallback is not None:
+                raise TaskError(self.name, f"{where}.fallback_class", "applies to per-class thresholds only")
+            return {"argmax": True}
+        (key, per_class), = data.items()
+        if not isinstance(per_class, Mapping) or not per_class:
+            raise TaskError(self.name, f"{where}.{key}", f"give {{class: number}} for some of {self.classes!r}, "
+                            f"got {per_class!r}")
+        lookup = {str(c): c for c in self.classes}
+        out: dict[str, float] = {}
+        for c, value in per_class.items():
+            if str(c) not in lookup:
+                raise TaskError(self.name, f"{where}.{key}", f"{c!r} is not one of the classes {self.classes!r}")
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1:
+                raise TaskError(self.name, f"{where}.{key}.{c}", f"must be a number in (0, 1), got {value!r}")
+            out[str(c)] = float(value)
+        if fallback is not None and str(fallback) not in lookup:
+            raise TaskError(self.name, f"{where}.fallback_class", f"{fallback!r} is not one of the classes "
+                            f"{self.classes!r}")
+        if len(out) == len(self.classes) and fallback is None:
+            raise TaskError(self.name, f"{where}.fallback_class", "every class has a threshold: name the class rows "
+                            "get when none reaches its threshold")
+        return {key: out, **({"fallback_class": str(fallback)} if fallback is not None else {})}
+
+    def choose_operating_point(self, y: np.ndarray, scores: np.ndarray, objective: Mapping[str, Any]) -> dict[str, Any]:
+        from gd_provider.core.tasks.operating_point import _curve
+
+        objective = self.check_operating_point(objective)
+        proba = np.asarray(scores, dtype=np.float64).reshape(len(scores), -1)
+        codes = np.asarray(y, dtype=np.int64)
+        if not np.all(np.isfinite(proba)):
+            raise TaskError(self.name, "operating_point", "non-finite validation scores: cannot choose a rule")
+        index = {str(c): i for i, c in enumerate(self.classes)}
+        thresholds: dict[str, float] = {}
+        key = next(iter(k for k in objective if k != "fallback_class"))
+        if key == "class_thresholds":
+            thresholds = dict(objective[key])
+        elif key in ("min_precision", "max_fpr"):
+            for c, value in objective[key].items():
+                is_c = (codes == index[c]).astype(np.float64)
+                if is_c.sum() == 0 or is_c.sum() == len(is_c):
+                    raise TaskError(self.name, f"operating_point.{key}.{c}", "the validation split needs rows of "
+                                    f"class {c!r} and of other classes to choose its threshold")
+                cut, tps, fps = _curve(is_c, proba[:, index[c]])
+                recall = tps / is_c.sum()
+                if key == "min_precision":
+                    ok = tps / np.maximum(tps + fps, 1) >= value - 1e-12
+                else:
+                    ok = fps / (len(is_c) - is_c.sum()) <= value + 1e-12
+                if not ok.any():
+                    raise TaskError(self.name, f"operating_point.{key}.{c}", f"no threshold on the validation split "
+                                    f"meets {key}={value} for class {c!r}")
+                thresholds[c] = float(cut[int(np.flatnonzero(ok)[np.argmax(recall[ok])])])
+        rule: dict[str, Any] = {"objective": objective}
+        if thresholds:
+            rule["class_thresholds"] = thresholds
+            rule["fallback_class"] = objective.get("fallback_class")
+        pred = self.decisions(proba, rule if thresholds else None)
+        cm = confusion(codes, pred, len(self.classes))
+        rec, prec, _ = per_class_recall_precision_f1(cm)
+        rule["validation"] = {"accuracy": float(np.trace(cm) / max(1, len(codes))), "macro_f1": macro_f1(cm),
+                              **{class_metric_name("recall", c): float(r) for c, r in zip(self.classes, rec, strict=True)},
+                              **{class_metric_name("precision", c): float(q)
+                                 for c, q in zip(self.classes, prec, strict=True)}}
+        return rule
+
     # ------------------------------------------------------------------ decisions
-    def decisions(self, scores: np.ndarray, threshold: float | None = None) -> np.ndarray:
-        return np.asarray(scores, dtype=float).reshape(len(scores), -1).argmax(axis=1)
+    def decisions(self, scores: np.ndarray, threshold: Any = None) -> np.ndarray:
+        proba = np.asarray(scores, dtype=float).reshape(len(scores), -1)
+        rule = threshold if isinstance(threshold, Mapping) else None
+        per_class = (rule or {}).get("class_thresholds")
+        if not per_class:
+            return proba.argmax(axis=1)
+        cuts = np.full(proba.shape[1], -np.inf)
+        index = {str(c): i for i, c in enumerate(self.classes)}
+        for c, t in per_class.items():
+            cuts[index[str(c)]] = float(t)
+        masked = np.where(proba >= cuts, proba, -np.inf)
+        pred = masked.argmax(axis=1)
+        none = ~np.isfinite(masked).any(axis=1)
+        if none.any():
+            fallback = rule.get("fallback_class")
+            pred[none] = index[str(fallback)] if fallback is not None else proba[none].argmax(axis=1)
+        return pred
 
     def gate_metrics(self, y: np.ndarray, scores: np.ndarray, threshold: float | None = None) -> dict[str, float]:
         proba = np.asarray(scores, dtype=float).reshape(len(scores), -1)
@@ -152,7 +254,7 @@ class MulticlassTask(Task):
             raise ValueError(f"{int((~np.isfinite(proba)).any(axis=1).sum())} score rows are NaN or infinite")
         if proba.shape[1] != len(self.classes):
             raise ValueError(f"the model scores {proba.shape[1]} classes but the task declares {len(self.classes)}")
-        cm = confusion(y, proba.argmax(axis=1), len(self.classes))
+        cm = confusion(y, self.decisions(proba, threshold), len(self.classes))  # at the model's own rule
         recall, precision, _ = per_class_recall_precision_f1(cm)
         out = {"accuracy": float(np.trace(cm) / len(y)), "macro_f1": macro_f1(cm),
                "log_loss": multiclass_log_loss(y, proba)}
@@ -195,7 +297,7 @@ class MulticlassTask(Task):
             problems.append("class probabilities are outside [0, 1] or do not sum to 1")
         change = options.get("max_class_share_change")
         if previous is not None and change is not None and len(proba):
-            share = self._shares(proba)
+            share = self._shares(proba, threshold)
             before = self._shares(np.asarray(previous, dtype=float).reshape(len(previous), -1))
             moved = {c: s - b for c, s, b in zip(self.classes, share, before, strict=True) if abs(s - b) > change}
             if moved:
@@ -203,12 +305,13 @@ class MulticlassTask(Task):
                                 f"than {change}: " + ", ".join(f"{c!r} {d:+.4f}" for c, d in moved.items()))
         return problems
 
-    def _shares(self, proba: np.ndarray) -> np.ndarray:
-        return np.bincount(proba.argmax(axis=1), minlength=len(self.classes)) / max(1, len(proba))
+    def _shares(self, proba: np.ndarray, rule: Any = None) -> np.ndarray:
+        return np.bincount(self.decisions(proba, rule), minlength=len(self.classes)) / max(1, len(proba))
 
     def smoke_summary(self, scores: np.ndarray, threshold: float | None = None) -> dict[str, Any]:
         proba = np.asarray(scores, dtype=float).reshape(len(scores), -1)
-        return {"class_shares": {str(c): float(s) for c, s in zip(self.classes, self._shares(proba), strict=True)}}
+        shares = self._shares(proba, threshold)
+        return {"class_shares": {str(c): float(s) for c, s in zip(self.classes, shares, strict=True)}}
 
     def drift_values(self, scores: np.ndarray) -> np.ndarray:
         idx = np.asarray(scores, dtype=float).reshape(len(scores), -1).argmax(axis=1)

@@ -39,6 +39,9 @@ class RegressionTask(Task):
     options: ClassVar[Mapping[str, Any]] = {"error_quantiles": [0.5, 0.9], "huber_delta": 1.0,
                                            "standardize_target": True}
     smoke_options = ("prediction_bounds", "max_mean_shift_std")
+    # gate metrics measured at a declared tolerance only (a config bounding them must declare one)
+    rule_metrics: ClassVar[tuple[str, ...]] = ("within_tolerance", "flip_rate")
+    rule_help: ClassVar[str] = "tolerance: {abs: <label units>, rel: <share of |label|>}"
     profile_tolerances = ("label_mean_shift_std",)
 
     def check_options(self) -> None:
@@ -54,7 +57,8 @@ class RegressionTask(Task):
             raise TaskError(self.name, "task_options.huber_delta", f"must be a positive number, got {delta!r}")
         if not isinstance(self.config["standardize_target"], bool):
             raise TaskError(self.name, "task_options.standardize_target", "must be true or false")
-        self.metrics = {"rmse": False, "mae": False, "r2": True,
+        # within_tolerance and flip_rate: with an operating point's tolerance (training.operating_point)
+        self.metrics = {"rmse": False, "mae": False, "r2": True, "within_tolerance": True, "flip_rate": False,
                         **{quantile_metric(q): False for q in self.config["error_quantiles"]}}
 
     # ------------------------------------------------------------------ labels
@@ -118,8 +122,49 @@ class RegressionTask(Task):
         m = regression_metrics(y, scores)
         return {"val_rmse": m["rmse"], "val_mae": m["mae"], "val_r2": m["r2"]}
 
+    # ------------------------------------------------------------------ the operating point
+    # none (the value is the decision), or a declared business tolerance: a prediction is good enough when
+    # |prediction - label| <= abs + rel * |label| (gate metric ``within_tolerance``), and a decision "flips"
+    # when the challenger's prediction moves from the champion's by more than abs + rel * |champion's|
+    def check_operating_point(self, objective: Mapping[str, Any]) -> dict[str, Any]:
+        data = dict(objective or {})
+        unknown = sorted(set(data) - {"tolerance"})
+        if unknown or not data:
+            raise TaskError(self.name, "operating_point", "give tolerance: {abs: <label units>, rel: <share of "
+                            f"|label|>}} (or no operating_point), got {objective!r}")
+        tol = data["tolerance"]
+        if not isinstance(tol, Mapping) or not tol or set(tol) - {"abs", "rel"}:
+            raise TaskError(self.name, "operating_point.tolerance", f"give {{abs: <number>, rel: <number>}} (either or "
+                            f"both), got {tol!r}")
+        for k, v in tol.items():
+            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < 0:
+                raise TaskError(self.name, f"operating_point.tolerance.{k}", f"must be a number >= 0, got {v!r}")
+        if not any(tol.values()):
+            raise TaskError(self.name, "operating_point.tolerance", "abs and rel are both 0: nothing is tolerated")
+        return {"tolerance": {"abs": float(tol.get("abs", 0.0)), "rel": float(tol.get("rel", 0.0))}}
+
+    def choose_operating_point(self, y: np.ndarray, scores: np.ndarray, objective: Mapping[str, Any]) -> dict[str, Any]:
+        objective = self.check_operating_point(objective)
+        rule = {"objective": objective, "tolerance": objective["tolerance"]}
+        pred = np.asarray(scores, dtype=float).reshape(len(scores))
+        rule["validation"] = {"within_tolerance": _within(np.asarray(y, dtype=float), pred, rule["tolerance"])}
+        return rule
+
+    def comparison_rule(self, champion_rule: Any, challenger_rule: Any) -> Any:
+        # a tolerance is the business's, not the model's: a champion trained without one is judged by it too
+        return champion_rule if _tolerance(champion_rule) else challenger_rule
+
+    def flip_rate(self, champion_scores: np.ndarray, challenger_scores: np.ndarray, champion_rule: Any = None,
+                  challenger_rule: Any = None) -> float:
+        tol = _tolerance(challenger_rule) or _tolerance(champion_rule)
+        if tol is None:
+            return math.nan
+        before = np.asarray(champion_scores, dtype=float).reshape(len(champion_scores))
+        after = np.asarray(challenger_scores, dtype=float).reshape(len(challenger_scores))
+        return float(np.mean(np.abs(after - before) > tol["abs"] + tol["rel"] * np.abs(before))) if len(after) else math.nan
+
     # ------------------------------------------------------------------ decisions
-    def decisions(self, scores: np.ndarray, threshold: float | None = None) -> np.ndarray:
+    def decisions(self, scores: np.ndarray, threshold: Any = None) -> np.ndarray:
         return np.asarray(scores, dtype=float)
 
     def gate_metrics(self, y: np.ndarray, scores: np.ndarray, threshold: float | None = None) -> dict[str, float]:
@@ -131,6 +176,9 @@ class RegressionTask(Task):
         if not np.all(np.isfinite(pred)):
             raise ValueError(f"{int((~np.isfinite(pred)).sum())} predictions are NaN or infinite")
         out = regression_metrics(y, pred, tuple(self.config["error_quantiles"]))
+        tol = _tolerance(threshold)
+        if tol is not None:  # the share of rows within the declared business tolerance
+            out["within_tolerance"] = _within(np.asarray(y, dtype=float), pred, tol)
         out["mean_prediction"] = float(pred.mean())
         out["mean_label"] = float(np.mean(y))
         return out
@@ -191,3 +239,15 @@ class RegressionTask(Task):
     def smoke_summary(self, scores: np.ndarray, threshold: float | None = None) -> dict[str, Any]:
         pred = np.asarray(scores, dtype=float).reshape(len(scores))
         return {"mean_prediction": float(pred.mean()) if len(pred) else None}
+
+
+def _tolerance(rule: Any) -> dict[str, float] | None:
+    tol = rule.get("tolerance") if isinstance(rule, Mapping) else None
+    return dict(tol) if tol else None
+
+
+def _within(y: np.ndarray, pred: np.ndarray, tol: Mapping[str, float]) -> float:
+    if not len(y):
+        return math.nan
+    return float(np.mean(np.abs(pred - y) <= tol["abs"] + tol["rel"] * np.abs(y)))
+

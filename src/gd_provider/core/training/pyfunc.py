@@ -107,15 +107,21 @@ class ModelScorer:
         return self.task.scores(outputs, self.task_state)
 
     @property
+    def serving_rule(self) -> Any:
+        """The model's operating point as its task decides with it (binary: the threshold; multiclass: the
+        per-class thresholds; regression: the tolerance), else None (the task's default)."""
+        return self.task.serving_rule(self.task_state)
+
+    @property
     def serving_threshold(self) -> float | None:
         """The threshold of the model's operating point (binary models trained with one), else None."""
-        rule = getattr(self.task, "serving_threshold", None)
-        return rule(self.task_state) if rule is not None else None
+        rule = self.serving_rule
+        return float(rule) if isinstance(rule, int | float) else None
 
-    def decisions(self, df: pd.DataFrame, threshold: float | None = None) -> np.ndarray:
+    def decisions(self, df: pd.DataFrame, threshold: Any = None) -> np.ndarray:
         """What a consumer acts on: 0/1 at ``threshold`` (binary; default: the model's operating point, else
-        0.5), a class index, a value."""
-        return self.task.decisions(self.predict_scores(df), self.serving_threshold if threshold is None else threshold)
+        0.5), a class index (at the model's per-class thresholds, else argmax), a value."""
+        return self.task.decisions(self.predict_scores(df), self.serving_rule if threshold is None else threshold)
 
     # the binary model's former names
     predict_logits = predict_outputs

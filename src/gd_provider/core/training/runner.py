@@ -562,12 +562,13 @@ def task_record(spec: TrainingSpec, state: dict[str, Any], task: Task | None = N
 
 
 def choose_operating_point_for(model_dir: Path, inputs: Path, spec: TrainingSpec) -> dict[str, Any]:
-    """The serving rule of a trained binary model: ``spec.operating_point``'s objective met on the validation
+    """The serving rule of a trained model (its task's): ``spec.operating_point``'s objective met on the validation
     split (its preprocessed arrays), after the calibration it asks for; raises ``TrainingInputError`` when
     the objective cannot be met there."""
     import torch
 
-    from gd_provider.core.tasks.operating_point import OperatingPointError, choose_operating_point
+    from gd_provider.core.tasks import TaskError
+    from gd_provider.core.tasks.operating_point import OperatingPointError
     from gd_provider.core.training.pyfunc import ModelScorer
 
     scorer = ModelScorer(model_dir)
@@ -578,9 +579,9 @@ def choose_operating_point_for(model_dir: Path, inputs: Path, spec: TrainingSpec
                              for i in range(0, len(x_val), 65536)]).double().numpy()
     raw = scorer.task.scores(outputs, scorer.task_state)
     try:
-        return choose_operating_point(y_val, raw, spec.operating_point).to_dict()
-    except OperatingPointError as exc:
-        raise TrainingInputError(f"training.{exc}") from exc
+        return scorer.task.choose_operating_point(y_val, raw, spec.operating_point)
+    except (OperatingPointError, TaskError) as exc:
+        raise TrainingInputError(f"training.{exc}" if isinstance(exc, OperatingPointError) else str(exc)) from exc
 
 
 def _write_model_dir(
@@ -788,8 +789,9 @@ def run_training(
         result.model_dir = str(model_dir)
         result.metrics = chosen_metrics(chosen, spec, task)
         if point is not None:
-            result.metrics.update({f"val_op_{k}": v for k, v in point["validation"].items()},
-                                  op_threshold=point["threshold"])
+            result.metrics.update({f"val_op_{k}": v for k, v in point["validation"].items()})
+            if "threshold" in point:
+                result.metrics["op_threshold"] = point["threshold"]
         result.health = health_summary(
             steps, status="completed", spec=spec, restarts=restarts, sensitivity=result.sensitivity
         )

@@ -351,16 +351,14 @@ class TrainingSpec:
         if self.task != "binary" and self.pos_weight != "auto":
             raise SpecError("pos_weight", f"applies to the binary task only (task is {self.task!r})")
         if self.operating_point is not None:
-            from gd_provider.core.tasks.operating_point import OperatingPointError, check_objective
+            from gd_provider.core.tasks import TaskError
+            from gd_provider.core.tasks.operating_point import OperatingPointError
 
-            if self.task != "binary":
-                raise SpecError("operating_point", f"a decision threshold is chosen for the binary task only (task is "
-                                f"{self.task!r})")
             if not isinstance(self.operating_point, dict):
                 raise SpecError("operating_point", f"expected a mapping, got {type(self.operating_point).__name__}")
-            try:
-                check_objective(self.operating_point)
-            except OperatingPointError as exc:
+            try:  # the task says which rules it can serve with (binary: a threshold; multiclass; regression)
+                self.task_plugin().check_operating_point(self.operating_point)
+            except (OperatingPointError, TaskError) as exc:
                 raise SpecError("operating_point", str(exc)) from None
         _check_number(
             "validation_fraction", self.validation_fraction, lo=0.0, hi=1.0, lo_open=True, hi_open=True
