@@ -113,14 +113,14 @@ def test_ray_job_client_sends_the_token_and_ignores_ray_address_env(gd_home, mon
     monkeypatch.setattr(ray.job_submission, "JobSubmissionClient", FakeClient)
     monkeypatch.setenv("RAY_ADDRESS", "http://somewhere-else:8265")
     _conn(monkeypatch, "ray_default", conn_type="ray", host="http://ray-head:8265", password="tok-123")
-    RayHook().job_client()
+    RayHook().get_conn()
     assert seen == {"address": "http://ray-head:8265", "headers": {"Authorization": "Bearer tok-123"}, "env": None}
     import os
 
     assert os.environ["RAY_ADDRESS"] == "http://somewhere-else:8265"
     _conn(monkeypatch, "ray_local", conn_type="ray", host="local")
     with pytest.raises(AirflowException, match="embedded default"):
-        RayHook("ray_local").job_client()
+        RayHook("ray_local").get_conn()
 
 
 def test_feast_hook_names_a_missing_repo(gd_home, monkeypatch):

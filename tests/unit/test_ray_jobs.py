@@ -1,5 +1,6 @@
 """Remote training through the Ray Jobs API, without a cluster: submission ids, adopt-or-resubmit, result
-collection, deferral, and RayJobTrigger against a fake Jobs API (aiohttp) on loopback."""
+collection, deferral (RayHook behind RayTrainOperator, with a fake JobSubmissionClient), and RayJobTrigger
+against a fake Jobs API (aiohttp) on loopback."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException, TaskD
 
 from gd_provider.core.training.entrypoint import write_json_atomic
 from gd_provider.demo.schema import training_spec as demo_training_spec
-from gd_provider.hooks.ray import parse_ray_connection
-from gd_provider.operators.training import RayTrainOperator, attempt_id, ray_submission_id
+from gd_provider.hooks import ray as ray_hooks
+from gd_provider.hooks.ray import attempt_id, new_log_lines, parse_ray_connection, ray_submission_id
+from gd_provider.operators.training import RayTrainOperator
 from gd_provider.triggers.ray import RayJobTrigger
 
 from ..support import fake_context
@@ -25,8 +27,17 @@ TOKEN = "tok-secret-123"
 
 def _conn(monkeypatch, url: str) -> None:
     monkeypatch.setenv(
-        "AIRFLOW_CONN_RAY_DEFAULT", json.dumps({"conn_type": "ray", "host": url, "password": TOKEN})
+        "AIRFLOW_CONN_RAY_DEFAULT",
+        json.dumps({"conn_type": "ray", "host": url, "password": TOKEN,
+                    "extra": {"runtime_env": {"env_vars": {"EXTRA": "1"}}}}),
     )
+
+
+def bind(monkeypatch, client, url: str = "http://ray-head:8265"):
+    """The Ray connection points at ``url``, and every RayHook's ``get_conn()`` is ``client``."""
+    _conn(monkeypatch, url)
+    monkeypatch.setattr(ray_hooks, "job_client_for", lambda config: client)
+    return client
 
 
 class FakeJobs:
@@ -121,13 +132,13 @@ def test_two_training_tasks_of_one_dag_run_never_share_checkpoints():
     assert names == {"train-test_dag_r1", "train_model_b-test_dag_r1", "train_2_-test_dag_r1"}
 
 
-def test_submit_then_adopt_running_then_resubmit_after_failure(gd_home, capsys):
-    op, client, cluster, ctx = _op(), FakeJobs(), _cluster(), fake_context()
+def test_submit_then_adopt_running_then_resubmit_after_failure(gd_home, capsys, monkeypatch):
+    op, client, ctx = _op(), bind(monkeypatch, FakeJobs()), fake_context()
     spec = op._resolve_spec()
     jobs_dir = op._jobs_dir(ctx)
     base = op._base_submission_id(ctx)
 
-    assert op._adopt_or_submit(ctx, client, spec, cluster, jobs_dir) == (base, "PENDING")
+    assert op._adopt_or_submit(ctx, spec, jobs_dir) == (base, "PENDING")
     (job,) = client.submitted
     assert job["entrypoint"].startswith("python -m gd_provider.core.training.entrypoint --request ")
     assert job["runtime_env"]["env_vars"]["MLFLOW_DISABLE_TELEMETRY"] == "true"
@@ -138,23 +149,23 @@ def test_submit_then_adopt_running_then_resubmit_after_failure(gd_home, capsys):
     assert request["run_name"] == "train-test_dag_manual__test" and request["spec"]["epochs"] == 2
 
     client.jobs[base] = "RUNNING"
-    assert op._adopt_or_submit(ctx, client, spec, cluster, jobs_dir) == (base, "RUNNING")
+    assert op._adopt_or_submit(ctx, spec, jobs_dir) == (base, "RUNNING")
     assert len(client.submitted) == 1
 
     client.jobs[base] = "FAILED"
     capsys.readouterr()
-    assert op._adopt_or_submit(ctx, client, spec, cluster, jobs_dir) == (f"{base}-r2", "PENDING")
+    assert op._adopt_or_submit(ctx, spec, jobs_dir) == (f"{base}-r2", "PENDING")
     out = capsys.readouterr().out  # the task log (structlog writes to stdout here)
     assert "ended FAILED" in out and f"resubmitting as {base}-r2" in out
     client.jobs[f"{base}-r2"] = "SUCCEEDED"
-    assert op._adopt_or_submit(ctx, client, spec, cluster, jobs_dir) == (f"{base}-r2", "SUCCEEDED")
+    assert op._adopt_or_submit(ctx, spec, jobs_dir) == (f"{base}-r2", "SUCCEEDED")
     client.jobs[f"{base}-r2"] = "STOPPED"
-    assert op._adopt_or_submit(ctx, client, spec, cluster, jobs_dir)[0] == f"{base}-r3"
+    assert op._adopt_or_submit(ctx, spec, jobs_dir)[0] == f"{base}-r3"
     assert [j["submission_id"] for j in client.submitted] == [base, f"{base}-r2", f"{base}-r3"]
 
 
-def test_collect_input_error_fails_without_retry_and_shows_the_log_tail(gd_home):
-    op, client, ctx = _op(), FakeJobs(), fake_context()
+def test_collect_input_error_fails_without_retry_and_shows_the_log_tail(gd_home, monkeypatch):
+    op, client, ctx = _op(), bind(monkeypatch, FakeJobs()), fake_context()
     jobs_dir = op._jobs_dir(ctx)
     sid = "gd-x"
     write_json_atomic(jobs_dir / f"{sid}.request.json", {"result_path": str(jobs_dir / "x.result.json")})
@@ -162,41 +173,39 @@ def test_collect_input_error_fails_without_retry_and_shows_the_log_tail(gd_home)
     client.jobs[sid] = "FAILED"
     client.logs[sid] = "".join(f"line {i}\n" for i in range(100))
     with pytest.raises(AirflowFailException, match=r"cannot train: DatasetError: dataset /x does not exist") as err:
-        op._collect(client, sid, "FAILED", jobs_dir)
+        op.hook.collect_result(sid, "FAILED", op._request_path(jobs_dir, sid))
     assert "line 99" in str(err.value) and "line 59" not in str(err.value)
 
 
-def test_collect_crashed_or_stopped_job_is_retryable_and_missing_result_is_explained(gd_home):
-    op, client, ctx = _op(), FakeJobs({"gd-y": "FAILED", "gd-z": "SUCCEEDED"}), fake_context()
+def test_collect_crashed_or_stopped_job_is_retryable_and_missing_result_is_explained(gd_home, monkeypatch):
+    op, ctx = _op(), fake_context()
+    client = bind(monkeypatch, FakeJobs({"gd-y": "FAILED", "gd-z": "SUCCEEDED"}))
     jobs_dir = op._jobs_dir(ctx)
     for sid in ("gd-y", "gd-z"):
         write_json_atomic(jobs_dir / f"{sid}.request.json", {"result_path": str(jobs_dir / f"{sid}.result.json")})
     client.logs["gd-y"] = "Traceback...\nMemoryError\n"
     with pytest.raises(AirflowException, match=r"(?s)gd-y ended FAILED.*retry resubmits.*MemoryError") as err:
-        op._collect(client, "gd-y", "FAILED", jobs_dir)
+        op.hook.collect_result("gd-y", "FAILED", op._request_path(jobs_dir, "gd-y"))
     assert not isinstance(err.value, AirflowFailException)
     with pytest.raises(AirflowFailException, match="same path"):
-        op._collect(client, "gd-z", "SUCCEEDED", jobs_dir)
+        op.hook.collect_result("gd-z", "SUCCEEDED", op._request_path(jobs_dir, "gd-z"))
 
 
-def test_on_kill_stops_the_job_and_job_timeout_stops_it_too():
-    op, client = _op(job_timeout=0.05), FakeJobs({"gd-k": "RUNNING"})
-    op.on_kill()  # nothing submitted yet: nothing to stop
-    op._job_client, op._submission_id = client, "gd-k"
+def test_on_kill_stops_the_job_and_job_timeout_stops_it_too(monkeypatch):
+    op, client = _op(job_timeout=0.05), bind(monkeypatch, FakeJobs({"gd-k": "RUNNING"}))
+    op.on_kill()  # nothing submitted yet: nothing to stop, and no hook built
+    assert "hook" not in op.__dict__
+    op._submission_id = "gd-k"
     op.on_kill()
     assert client.stopped == ["gd-k"] and client.jobs["gd-k"] == "STOPPED"
     client.jobs["gd-t"] = "RUNNING"
     with pytest.raises(AirflowException, match="job_timeout=0.05"):
-        op._wait(client, "gd-t")
+        op.hook.wait_for_job("gd-t", poll_interval=op.poll_interval, timeout=op.job_timeout)
     assert client.stopped[-1] == "gd-t"
 
 
 def test_deferrable_submits_then_defers_to_the_trigger_without_the_token(gd_home, monkeypatch):
-    from gd_provider.hooks import ray as ray_hooks
-
-    client = FakeJobs()
-    monkeypatch.setattr(ray_hooks, "job_client_for", lambda config: client)
-    _conn(monkeypatch, "http://ray-head:8265")
+    client = bind(monkeypatch, FakeJobs())
     ctx = fake_context()
     op = _op(deferrable=True, job_timeout=600)
     with pytest.raises(TaskDeferred) as deferred:
@@ -372,8 +381,6 @@ def test_an_adopted_finished_jobs_mlflow_run_is_reused_only_while_it_is_intact(g
 
 
 def test_job_log_tail_holds_back_a_partial_line_until_it_ends_and_restarts_after_rotation():
-    from gd_provider.triggers.ray import new_log_lines
-
     lines, offset = new_log_lines("epoch 1\nepoch 2\nepo", 0, final=False)
     assert (lines, offset) == (["epoch 1", "epoch 2"], 16)
     assert new_log_lines("epoch 1\nepoch 2\nepo", offset, final=False) == ([], 16)  # nothing new yet

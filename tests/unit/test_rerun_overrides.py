@@ -151,20 +151,20 @@ def test_a_remote_rerun_with_other_settings_does_not_adopt_the_earlier_job(earli
     """A cleared ``train`` rerun with a rerun override submits a new Ray job instead of adopting the job the
     earlier try submitted with the old settings (a running one is stopped); the same settings still adopt."""
     from tests.support import fake_context
-    from tests.unit.test_ray_jobs import FakeJobs, _cluster
+    from tests.unit.test_ray_jobs import FakeJobs, bind
 
-    client, cluster, ctx = FakeJobs(), _cluster(), fake_context(run_id=RUN)
+    client, ctx = bind(monkeypatch, FakeJobs()), fake_context(run_id=RUN)
     first, _ = _train_op(None, monkeypatch, spec_overrides={"lr": 50.0})
     base = first._base_submission_id(ctx)
     jobs_dir = first._jobs_dir(ctx)
     spec = first._resolve_spec(ctx)
-    assert first._adopt_or_submit(ctx, client, spec, cluster, jobs_dir) == (base, "PENDING")
+    assert first._adopt_or_submit(ctx, spec, jobs_dir) == (base, "PENDING")
     client.jobs[base] = earlier_status
     same, _ = _train_op(None, monkeypatch, spec_overrides={"lr": 50.0})
-    assert same._adopt_or_submit(ctx, client, same._resolve_spec(ctx), cluster, jobs_dir) == (base, earlier_status)
+    assert same._adopt_or_submit(ctx, same._resolve_spec(ctx), jobs_dir) == (base, earlier_status)
     rerun, _ = _train_op(GOOD, monkeypatch, spec_overrides={"lr": 50.0})
     new_spec = rerun._resolve_spec(ctx)
-    assert rerun._adopt_or_submit(ctx, client, new_spec, cluster, jobs_dir) == (f"{base}-r2", "PENDING")
+    assert rerun._adopt_or_submit(ctx, new_spec, jobs_dir) == (f"{base}-r2", "PENDING")
     assert client.stopped == ([base] if earlier_status == "RUNNING" else [])
     request = json.loads((jobs_dir / f"{base}-r2.request.json").read_text())
     assert request["spec"]["lr"] == 0.003
@@ -178,12 +178,13 @@ def test_a_deferred_resume_records_the_overrides_the_job_was_submitted_with(monk
     """``execute_complete`` runs in a fresh operator: it records the settings stored in the job's request,
     not the rerun Variable as it reads by then (edited or deleted while the job ran)."""
     from tests.support import fake_context
-    from tests.unit.test_ray_jobs import FakeJobs, _cluster
+    from tests.unit.test_ray_jobs import FakeJobs, _cluster, bind
 
-    client, cluster, ctx = FakeJobs(), _cluster(), fake_context(run_id=RUN)
+    bind(monkeypatch, FakeJobs())
+    cluster, ctx = _cluster(), fake_context(run_id=RUN)
     submitting, _ = _train_op(GOOD, monkeypatch, spec_overrides={"lr": 50.0})
     spec = submitting._resolve_spec(ctx)
-    sid, _ = submitting._adopt_or_submit(ctx, client, spec, cluster, submitting._jobs_dir(ctx))
+    sid, _ = submitting._adopt_or_submit(ctx, spec, submitting._jobs_dir(ctx))
     request = json.loads((submitting._jobs_dir(ctx) / f"{sid}.request.json").read_text())
     assert request["airflow_settings"]["rerun"]["reason"] == "diverged at lr=50"
 

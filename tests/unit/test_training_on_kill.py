@@ -6,10 +6,11 @@ from __future__ import annotations
 import pytest
 
 from gd_provider.demo.schema import training_spec as demo_training_spec
+from gd_provider.hooks import ray as ray_hooks
 from gd_provider.operators import training
 from gd_provider.operators.training import RayTrainOperator
 
-from .test_ray_jobs import FakeJobs
+from .test_ray_jobs import FakeJobs, bind
 
 
 class SlowStop(FakeJobs):
@@ -36,15 +37,15 @@ def _op() -> RayTrainOperator:
                             spec=demo_training_spec(epochs=1).to_dict())
 
 
-def test_on_kill_waits_until_the_job_has_stopped():
-    op, client = _op(), SlowStop({"gd-k": "RUNNING"}, running_polls=3)
-    op._job_client, op._submission_id = client, "gd-k"
+def test_on_kill_waits_until_the_job_has_stopped(monkeypatch):
+    op, client = _op(), bind(monkeypatch, SlowStop({"gd-k": "RUNNING"}, running_polls=3))
+    op._submission_id = "gd-k"
     op.on_kill()
     assert client.stopped == ["gd-k"] and client.jobs["gd-k"] == "STOPPED" and client.polls == 4
 
 
 class FakeClock:
-    """``training.time`` on a simulated clock: ``sleep`` advances it at once, so the bound on_kill keeps is
+    """The hook's ``time`` on a simulated clock: ``sleep`` advances it at once, so the bound on_kill keeps is
     checked exactly, whatever the load on the machine; a wait far past any sane bound fails the test."""
 
     def __init__(self, limit_s: float = 60.0) -> None:
@@ -61,9 +62,9 @@ class FakeClock:
 
 def test_on_kill_gives_up_waiting_before_airflow_kills_the_task(monkeypatch):
     clock = FakeClock()
-    monkeypatch.setattr(training, "time", clock)
-    op, client = _op(), SlowStop({"gd-k": "RUNNING"}, running_polls=10**6)
-    op._job_client, op._submission_id = client, "gd-k"
+    monkeypatch.setattr(ray_hooks, "time", clock)
+    op, client = _op(), bind(monkeypatch, SlowStop({"gd-k": "RUNNING"}, running_polls=10**6))
+    op._submission_id = "gd-k"
     op.on_kill()
     assert client.stopped == ["gd-k"] and client.jobs["gd-k"] == "RUNNING"
     waited = clock.now - 1000.0
@@ -77,22 +78,21 @@ def _remote_op() -> RayTrainOperator:
                             model_name="m", spec=demo_training_spec(epochs=1).to_dict(), poll_interval=0.01)
 
 
-def test_a_new_try_never_adopts_a_job_an_earlier_try_is_stopping(gd_home):
+def test_a_new_try_never_adopts_a_job_an_earlier_try_is_stopping(gd_home, monkeypatch):
     """Clear during training: the killed try wrote the stop marker, but the stop has not landed yet when the
     new try looks. The new try waits for the job to end and resubmits, instead of adopting a job that is
     about to stop under it."""
     from tests.support import fake_context
-    from tests.unit.test_ray_jobs import _cluster
 
     ctx = fake_context()
     killed = _remote_op()
     jobs_dir = killed._jobs_dir(ctx)
     killed._jobs_dir_path = jobs_dir
     base = killed._base_submission_id(ctx)
-    client = SlowStop({}, running_polls=10**6)
-    assert killed._adopt_or_submit(ctx, client, killed._resolve_spec(ctx), _cluster(), jobs_dir) == (base, "PENDING")
+    client = bind(monkeypatch, SlowStop({}, running_polls=10**6))
+    assert killed._adopt_or_submit(ctx, killed._resolve_spec(ctx), jobs_dir) == (base, "PENDING")
     client.jobs[base] = "RUNNING"
-    killed._job_client, killed._submission_id = client, base
+    killed._submission_id = base
     training.ON_KILL_WAIT_S, saved = 0.05, training.ON_KILL_WAIT_S
     try:
         killed.on_kill()  # SIGTERM: stop requested, still RUNNING when on_kill returns
@@ -103,7 +103,7 @@ def test_a_new_try_never_adopts_a_job_an_earlier_try_is_stopping(gd_home):
     client.running_polls = client.polls + 2  # the stop lands two polls later
     new_try = _remote_op()
     new_try._jobs_dir_path = jobs_dir
-    sid, status = new_try._adopt_or_submit(ctx, client, new_try._resolve_spec(ctx), _cluster(), jobs_dir)
+    sid, status = new_try._adopt_or_submit(ctx, new_try._resolve_spec(ctx), jobs_dir)
     assert (sid, status) == (f"{base}-r2", "PENDING") and client.jobs[base] == "STOPPED"
 
 
@@ -111,16 +111,15 @@ def test_a_job_that_will_not_stop_is_neither_adopted_nor_duplicated(gd_home, mon
     from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
     from tests.support import fake_context
-    from tests.unit.test_ray_jobs import _cluster
 
-    monkeypatch.setattr(training, "STOPPING_WAIT_S", 0.1)
+    monkeypatch.setattr(ray_hooks, "STOPPING_WAIT_S", 0.1)
     ctx = fake_context()
     op = _remote_op()
     jobs_dir = op._jobs_dir(ctx)
     base = op._base_submission_id(ctx)
-    client = SlowStop({base: "RUNNING"}, running_polls=10**6)
+    client = bind(monkeypatch, SlowStop({base: "RUNNING"}, running_polls=10**6))
     op._stop_marker(jobs_dir, base).write_text("stop requested\n")
     with pytest.raises(AirflowException, match="still RUNNING .* not adopting it") as err:
-        op._adopt_or_submit(ctx, client, op._resolve_spec(ctx), _cluster(), jobs_dir)
+        op._adopt_or_submit(ctx, op._resolve_spec(ctx), jobs_dir)
     assert not isinstance(err.value, AirflowFailException)  # retryable
     assert client.submitted == [] and client.stopped == [base]

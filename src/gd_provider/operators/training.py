@@ -8,14 +8,18 @@ import shlex
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseOperator
+from airflow.sdk import BaseOperator, conf
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from gd_provider.links import MlflowRunLink, RayJobLink, mlflow_run_url, push_link, ray_job_url
 from gd_provider.operators._common import run_dir, run_key, safe_name, task_key
+
+if TYPE_CHECKING:
+    from gd_provider.hooks.ray import JobSubmission, RayClusterConfig, RayHook
 
 ENTRYPOINT_MODULE = "gd_provider.core.training.entrypoint"
 JOBS_SUBDIR = "ray_jobs"
@@ -28,75 +32,33 @@ DEFAULT_JOB_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
     "PYTHONUNBUFFERED": "1",
 }
-MAX_ATTEMPTS = 50  # resubmissions of one task's job (-r2 ... -r50) before giving up
-LOG_TAIL_LINES = 40
-ON_KILL_WAIT_S = 4.0  # on_kill waits this long for a stopped job to leave RUNNING
-STOPPING_WAIT_S = 60.0  # a new try waits this long for a job an earlier try is stopping, before resubmitting
-_ACTIVE = ("PENDING", "RUNNING")
-
-
-def ray_submission_id(dag_id: str, run_id: str, task_id: str, map_index: int | None = -1) -> str:
-    """Deterministic Ray job submission id of one task instance, the same for every try: ``gd-<hash>``.
-
-    A retry finds the job an earlier try submitted under this id (and ``<id>-r2``, ``-r3``... for
-    resubmissions after a FAILED/STOPPED job) instead of starting a second one.
-    """
-    key = json.dumps([dag_id, run_id, task_id, -1 if map_index is None else int(map_index)])
-    return "gd-" + hashlib.sha256(key.encode()).hexdigest()[:24]
-
-
-def attempt_id(base: str, attempt: int) -> str:
-    return base if attempt <= 1 else f"{base}-r{attempt}"
-
-
-def _status_name(status: Any) -> str:
-    return str(getattr(status, "value", status))
-
-
-def _is_not_found(exc: Exception) -> bool:
-    text = str(exc)
-    return "status code 404" in text or "does not exist" in text
+ON_KILL_WAIT_S = 4.0  # on_kill waits this long for a stopped job to leave RUNNING (SIGKILL follows in 5 s)
 
 
 class RayTrainOperator(BaseOperator):
-    """Train ``spec`` (a TrainingSpec as dict) on the dataset manifest with Ray Train's TorchTrainer,
-    then log params, per-epoch and per-step telemetry, curves and the model to MLflow.
+    """Train a model with Ray Train's TorchTrainer on a dataset manifest and log it to MLflow; returns the
+    training manifest (``mlflow_run_id``, ``model_uri``, ``metrics``, ``health``, ``spec``...).
 
-    ``spec_overrides`` (templated; e.g. ``{{ params.training_overrides }}`` with native rendering) lets a
-    manual run change the learning rate or epochs; the spec is validated before Ray starts.
-    Returns the training manifest ``{mlflow_run_id, model_uri, metrics, health, spec, ...}``; ``health``
-    is what ``TrainingHealthGate`` judges.
+    Trains inside the task when the Ray connection is ``local``, else as a Ray job on the cluster, through
+    :class:`~gd_provider.hooks.ray.RayHook` (a retry adopts the job of an earlier try; the project home must
+    be on storage the cluster sees at the same path). A diverged run is logged (no model) and fails without
+    retry; so does an input error. See the README's "Pointing it at real services" section.
 
-    When the gradient-descent guards stop the run (``status="diverged"``), the MLflow run is still logged
-    with the telemetry up to the stop and tagged ``gd.health.status=diverged``, but no model is logged, and
-    the task fails with ``AirflowFailException`` (no retry) naming the reason - so nothing gets registered.
-
-    **Where it trains** follows the Ray connection (``ray_conn_id``): ``local`` (or no ``ray_default``
-    connection) trains inside the task; a Jobs API address submits the training as a Ray job running
-    ``python -m gd_provider.core.training.entrypoint`` on the cluster:
-
-    * the request (dataset manifest, spec, storage path, run name, result path) is written as JSON under
-      ``<home>/runs/<dag>/<run>/ray_jobs/`` and the result comes back as JSON next to it, so the project
-      home (datasets, runs) must be on storage that the cluster's nodes see at the same path;
-    * the submission id is deterministic (``ray_submission_id``: dag_id, run_id, task_id, map_index; not
-      the try number): a retry adopts the job of an earlier try - waits for it when PENDING/RUNNING, uses
-      its result when SUCCEEDED - and resubmits as ``<id>-r2``, ``-r3``... only after FAILED/STOPPED
-      (resuming from the run's latest checkpoint, as in-process training does);
-    * the cluster must be able to import ``gd_provider`` (installed in its image), or give a
-      ``runtime_env`` (``working_dir``/``py_modules``/``pip``) in the connection's extra or here; a user's
-      model factory / task class (``training.model`` / ``training.task`` import paths) is found through the
-      request's ``python_paths`` (its module roots here: the DAGs folder, a package) when those are on the
-      shared volume too, else it must be installed in the image or shipped with the ``runtime_env``;
-    * waiting: polls the job's status and copies its new log lines into the task log every
-      ``poll_interval`` seconds; ``on_kill`` stops the job; ``job_timeout`` (seconds, per try) stops it
-      and fails the try. With ``deferrable=True`` the wait happens in the triggerer (``RayJobTrigger``),
-      which stops the job if the deferred task is killed;
-    * the MLflow run is logged from the Airflow side exactly as for local training; an input error
-      reported by the job (bad spec, missing dataset or columns) fails without retry, with the tail of the
-      job's log; a job that crashed or was stopped fails the try (a retry resubmits it).
+    :param dataset: the dataset manifest (templated).
+    :param spec: the ``TrainingSpec`` (or its dict), checked when the DAG is parsed.
+    :param model_name: registered model name (and the default experiment name).
+    :param spec_overrides: spec fields a run changes, e.g. ``{{ params.training_overrides }}`` (templated).
+    :param rerun_variable: Variable holding a rerun override for one DAG run (``core.rerun``).
+    :param experiment_name: MLflow experiment (default ``model_name``).
+    :param ray_conn_id: Ray connection (templated): ``local`` or a cluster's Jobs API.
+    :param mlflow_conn_id: MLflow connection.
+    :param deferrable: wait for a Ray job in the triggerer (default ``[operators] default_deferrable``).
+    :param poll_interval: seconds between status polls of a Ray job.
+    :param job_timeout: seconds a try waits for its Ray job before stopping it and failing.
+    :param runtime_env: merged into the Ray job's runtime_env (after the connection's).
     """
 
-    template_fields: Sequence[str] = ("dataset", "spec_overrides")
+    template_fields: Sequence[str] = ("dataset", "spec_overrides", "ray_conn_id")
     ui_color = "#d9d2f0"
     operator_extra_links = (MlflowRunLink(), RayJobLink())
 
@@ -111,7 +73,7 @@ class RayTrainOperator(BaseOperator):
         experiment_name: str | None = None,
         ray_conn_id: str = "ray_default",
         mlflow_conn_id: str = "mlflow_default",
-        deferrable: bool = False,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         poll_interval: float = 10.0,
         job_timeout: float | None = None,
         runtime_env: dict[str, Any] | None = None,
@@ -137,11 +99,17 @@ class RayTrainOperator(BaseOperator):
         self.poll_interval = float(poll_interval)
         self.job_timeout = job_timeout
         self.runtime_env = runtime_env
-        self._job_client: Any = None
         self._submission_id: str | None = None
         self._jobs_dir_path: Path | None = None
         self._training_locally = False
         self._killed = False
+
+    @cached_property
+    def hook(self) -> RayHook:
+        """The Ray connection's hook, built on first use (after ``ray_conn_id`` is rendered)."""
+        from gd_provider.hooks.ray import RayHook
+
+        return RayHook(self.ray_conn_id)
 
     # ------------------------------------------------------------------------------------------- shared
     def _effective_overrides(self, context: Any = None) -> tuple[dict[str, Any], dict[str, Any] | None]:
@@ -287,11 +255,9 @@ class RayTrainOperator(BaseOperator):
             self.log.warning("Could not look for superseded MLflow runs of job %s: %s", submission_id, exc)
 
     def execute(self, context: Any) -> dict[str, Any]:
-        from gd_provider.hooks.ray import RayHook
-
         self._overrides = None  # read the rerun override afresh for this try
         spec = self._resolve_spec(context)
-        cluster = RayHook(self.ray_conn_id).cluster_config()
+        cluster = self.hook.cluster_config()
         mlflow_config, experiment_id = self._experiment()
         if cluster is None:
             result = self._train_locally(context, spec)
@@ -391,12 +357,15 @@ class RayTrainOperator(BaseOperator):
 
     # ------------------------------------------------------------------------------------------- remote
     def _base_submission_id(self, context: Any) -> str:
+        from gd_provider.hooks.ray import ray_submission_id
+
         dag_run = context["dag_run"]
         ti = context.get("ti") if hasattr(context, "get") else None
         return ray_submission_id(dag_run.dag_id, dag_run.run_id, self.task_id, getattr(ti, "map_index", -1))
 
     @staticmethod
     def _jobs_dir(context: Any) -> Path:
+        """Where the jobs' request, result, MLflow record and stop marker files live (the shared volume)."""
         return run_dir(context, JOBS_SUBDIR)
 
     @staticmethod
@@ -405,27 +374,19 @@ class RayTrainOperator(BaseOperator):
 
     @staticmethod
     def _stop_marker(jobs_dir: Path, submission_id: str) -> Path:
-        """Written before any stop request (on_kill, the trigger's on_kill, a job timeout): a later try never
-        adopts a job that some try is stopping, however late the stop lands on the cluster."""
-        return jobs_dir / f"{submission_id}.stop_requested"
+        from gd_provider.hooks.ray import stop_marker_path
 
-    def _wait_for_stopping_job(self, client: Any, submission_id: str, status: str) -> str:
-        """The status of a job that an earlier try asked to stop, once it has ended (bounded wait)."""
-        self.log.info("Ray job %s is %s but an earlier try asked to stop it: waiting for it to end, then "
-                      "resubmitting", submission_id, status)
-        deadline = time.monotonic() + STOPPING_WAIT_S
-        while status in _ACTIVE and time.monotonic() < deadline:
-            time.sleep(min(1.0, self.poll_interval))
-            status = _status_name(client.get_job_status(submission_id))
-        if status in _ACTIVE:
-            self._stop(client, submission_id)
-            raise AirflowException(
-                f"Ray job {submission_id} is still {status} {STOPPING_WAIT_S:.0f} s after an earlier try asked to "
-                "stop it: not adopting it; a retry resubmits once it has ended"
-            )
-        return status
+        return stop_marker_path(jobs_dir, submission_id)
 
-    def _runtime_env(self, cluster: Any) -> dict[str, Any]:
+    def _marker(self, submission_id: str) -> Path | None:
+        return None if self._jobs_dir_path is None else self._stop_marker(self._jobs_dir_path, submission_id)
+
+    @property
+    def _who(self) -> str:
+        return f"task {self.task_id}"
+
+    def _runtime_env(self, cluster: RayClusterConfig) -> dict[str, Any]:
+        """The job's runtime_env: ``DEFAULT_JOB_ENV`` env vars, then the connection's, then the operator's."""
         runtime_env: dict[str, Any] = {}
         env_vars = dict(DEFAULT_JOB_ENV)
         for layer in (cluster.runtime_env, self.runtime_env or {}):
@@ -434,14 +395,6 @@ class RayTrainOperator(BaseOperator):
             runtime_env.update(layer)
         runtime_env["env_vars"] = env_vars
         return runtime_env
-
-    def _job_info(self, client: Any, submission_id: str) -> Any:
-        try:
-            return client.get_job_info(submission_id)
-        except RuntimeError as exc:
-            if _is_not_found(exc):
-                return None
-            raise AirflowException(f"Ray Jobs API error for job {submission_id}: {exc}") from exc
 
     def _same_training(self, jobs_dir: Path, submission_id: str, spec: Any) -> bool:
         """Whether the job ``submission_id`` was submitted for this spec and dataset (its request file)."""
@@ -452,49 +405,26 @@ class RayTrainOperator(BaseOperator):
         same_spec = request.get("spec") == json.loads(json.dumps(spec.to_dict()))
         return same_spec and (request.get("dataset") or {}).get("sha256") == self._dataset_dict().get("sha256")
 
-    def _adopt_or_submit(
-        self, context: Any, client: Any, spec: Any, cluster: Any, jobs_dir: Path
-    ) -> tuple[str, str]:
+    def _adopt_or_submit(self, context: Any, spec: Any, jobs_dir: Path) -> tuple[str, str]:
         """(submission id, status) of this task's job: an earlier try's, or a new submission."""
+        return self.hook.submit_or_adopt(
+            self._base_submission_id(context),
+            lambda submission_id: self._job_submission(context, spec, jobs_dir, submission_id),
+            adoptable=lambda submission_id: self._same_training(jobs_dir, submission_id, spec),
+            markers_dir=jobs_dir,
+            poll_interval=self.poll_interval,
+            who=self._who,
+        )
+
+    def _job_submission(self, context: Any, spec: Any, jobs_dir: Path, submission_id: str) -> JobSubmission:
+        """Write the job's request file; the entrypoint, runtime_env and metadata to submit it with."""
         from gd_provider.core.training.entrypoint import build_request, write_json_atomic
         from gd_provider.core.training.runner import user_python_paths
+        from gd_provider.hooks.ray import JobSubmission
 
-        base = self._base_submission_id(context)
-        previous: tuple[str, Any] | None = None
-        attempt = 1
-        while attempt <= MAX_ATTEMPTS:
-            info = self._job_info(client, attempt_id(base, attempt))
-            if info is None:
-                break
-            previous = (attempt_id(base, attempt), info)
-            attempt += 1
-        if previous is not None:
-            prev_id, prev = previous
-            status = _status_name(prev.status)
-            if (status in _ACTIVE or status == "SUCCEEDED") and not self._same_training(jobs_dir, prev_id, spec):
-                # A cleared task rerun with other settings (a rerun override) must not adopt the old job.
-                self.log.warning("Ray job %s (%s) trained other settings or data than this try: not adopting it",
-                                 prev_id, status)
-                if status in _ACTIVE:
-                    self._stop(client, prev_id)
-                status = "SUPERSEDED"
-            if status in _ACTIVE and self._stop_marker(jobs_dir, prev_id).exists():
-                status = self._wait_for_stopping_job(client, prev_id, status)
-            if status in _ACTIVE:
-                self.log.info("Adopting Ray job %s (%s), submitted by an earlier try of this task", prev_id, status)
-                return prev_id, status
-            if status == "SUCCEEDED":
-                self.log.info("Ray job %s of an earlier try already SUCCEEDED: using its result", prev_id)
-                return prev_id, status
-            if attempt > MAX_ATTEMPTS:
-                raise AirflowFailException(f"Ray job {base} was already submitted {MAX_ATTEMPTS} times; giving up")
-            self.log.warning(
-                "Ray job %s of an earlier try ended %s (%s); resubmitting as %s",
-                prev_id, status, (prev.message or "").splitlines()[0] if prev.message else "no message",
-                attempt_id(base, attempt),
-            )
-        submission_id = attempt_id(base, attempt)
-        dag_run = context["dag_run"]
+        cluster = self.hook.cluster_config()
+        if cluster is None:
+            raise AirflowException(f"Ray connection {self.ray_conn_id!r} no longer points at a cluster")
         request_path = self._request_path(jobs_dir, submission_id)
         request = build_request(
             self._dataset_dict(),
@@ -510,65 +440,56 @@ class RayTrainOperator(BaseOperator):
         overrides, rerun = self._effective_overrides(context)
         request[REQUEST_SETTINGS_KEY] = {"spec_overrides": overrides, "rerun": rerun}
         write_json_atomic(request_path, request)
-        entrypoint = f"{cluster.python} -m {ENTRYPOINT_MODULE} --request {shlex.quote(str(request_path))}"
+        dag_run = context["dag_run"]
         ti = context.get("ti") if hasattr(context, "get") else None
-        metadata = {
-            "gd.dag_id": str(dag_run.dag_id),
-            "gd.run_id": str(dag_run.run_id),
-            "gd.task_id": str(self.task_id),
-            "gd.map_index": str(getattr(ti, "map_index", -1)),
-            "gd.try_number": str(getattr(ti, "try_number", "")),
-        }
-        try:
-            client.submit_job(
-                entrypoint=entrypoint,
-                submission_id=submission_id,
-                runtime_env=self._runtime_env(cluster),
-                metadata=metadata,
-            )
-        except RuntimeError as exc:
-            if "already exists" not in str(exc):
-                raise AirflowException(f"submitting Ray job {submission_id} failed: {exc}") from exc
-            self.log.info("Ray job %s was submitted concurrently by another try: adopting it", submission_id)
-            info = self._job_info(client, submission_id)
-            return submission_id, _status_name(info.status) if info is not None else "PENDING"
-        self.log.info("Submitted Ray job %s to %s: %s", submission_id, cluster.dashboard_url, entrypoint)
-        return submission_id, "PENDING"
+        return JobSubmission(
+            entrypoint=f"{cluster.python} -m {ENTRYPOINT_MODULE} --request {shlex.quote(str(request_path))}",
+            runtime_env=self._runtime_env(cluster),
+            metadata={
+                "gd.dag_id": str(dag_run.dag_id),
+                "gd.run_id": str(dag_run.run_id),
+                "gd.task_id": str(self.task_id),
+                "gd.map_index": str(getattr(ti, "map_index", -1)),
+                "gd.try_number": str(getattr(ti, "try_number", "")),
+            },
+        )
 
     def _train_remotely(
-        self, context: Any, spec: Any, cluster: Any, mlflow_config: Any, experiment_id: str
+        self, context: Any, spec: Any, cluster: RayClusterConfig, mlflow_config: Any, experiment_id: str
     ) -> dict[str, Any]:
-        from gd_provider.hooks.ray import job_client_for
+        from gd_provider.hooks.ray import ACTIVE_STATES
 
         t0 = time.monotonic()
-        client = job_client_for(cluster)
-        jobs_dir = self._jobs_dir(context)
-        self._jobs_dir_path = jobs_dir
-        submission_id, status = self._adopt_or_submit(context, client, spec, cluster, jobs_dir)
-        self._job_client, self._submission_id = client, submission_id
+        jobs_dir = self._jobs_dir_path = self._jobs_dir(context)
+        submission_id, status = self._adopt_or_submit(context, spec, jobs_dir)
+        self._submission_id = submission_id
         push_link(context, RayJobLink, ray_job_url(cluster.link_base, submission_id))
-        if status in _ACTIVE and self.deferrable:
-            from gd_provider.triggers.ray import RayJobTrigger
-
-            timeout_at = (
-                (datetime.now(UTC) + timedelta(seconds=float(self.job_timeout))).isoformat()
-                if self.job_timeout
-                else None
-            )
-            self.defer(
-                trigger=RayJobTrigger(
-                    submission_id=submission_id,
-                    ray_conn_id=self.ray_conn_id,
-                    poll_interval=self.poll_interval,
-                    timeout_at=timeout_at,
-                    stop_marker=str(self._stop_marker(jobs_dir, submission_id)),
-                ),
-                method_name="execute_complete",
-            )
-        status = self._wait(client, submission_id)
-        result, request = self._collect(client, submission_id, status, jobs_dir)
+        if status in ACTIVE_STATES and self.deferrable:
+            self._defer_to_trigger(submission_id, jobs_dir)
+        status = self.hook.wait_for_job(
+            submission_id, poll_interval=self.poll_interval, timeout=self.job_timeout,
+            stop_marker=self._marker(submission_id), who=self._who,
+        )
+        result, request = self.hook.collect_result(submission_id, status, self._request_path(jobs_dir, submission_id))
         self.log.info("Ray job %s: %s after %.1f s in this try", submission_id, status, time.monotonic() - t0)
         return self._finish_remote(context, spec, result, request, mlflow_config, experiment_id, cluster, submission_id)
+
+    def _defer_to_trigger(self, submission_id: str, jobs_dir: Path) -> None:
+        from gd_provider.triggers.ray import RayJobTrigger
+
+        timeout_at = None
+        if self.job_timeout:
+            timeout_at = (datetime.now(UTC) + timedelta(seconds=float(self.job_timeout))).isoformat()
+        self.defer(
+            trigger=RayJobTrigger(
+                submission_id=submission_id,
+                ray_conn_id=self.ray_conn_id,
+                poll_interval=self.poll_interval,
+                timeout_at=timeout_at,
+                stop_marker=str(self._stop_marker(jobs_dir, submission_id)),
+            ),
+            method_name="execute_complete",
+        )
 
     def _finish_remote(
         self, context, spec, result, request, mlflow_config, experiment_id, cluster, submission_id
@@ -577,7 +498,7 @@ class RayTrainOperator(BaseOperator):
 
         trained_spec = TrainingSpec.from_dict(request["spec"]) if request.get("spec") else spec
         settings = request.get(REQUEST_SETTINGS_KEY)
-        if isinstance(settings, dict):  # the overrides this job was submitted with (see _adopt_or_submit)
+        if isinstance(settings, dict):  # the overrides this job was submitted with (see _job_submission)
             self._overrides = (dict(settings.get("spec_overrides") or {}), settings.get("rerun"))
         return self._finish(
             context,
@@ -591,150 +512,35 @@ class RayTrainOperator(BaseOperator):
             logged_record=self._jobs_dir(context) / f"{submission_id}.mlflow.json",
         )
 
-    def _wait(self, client: Any, submission_id: str) -> str:
-        """Poll until the job ends, copying its new log lines into the task log; returns the status."""
-        deadline = time.monotonic() + float(self.job_timeout) if self.job_timeout else None
-        offset, errors = 0, 0
-        while True:
-            try:
-                status = _status_name(client.get_job_status(submission_id))
-                offset = self._tail_logs(client, submission_id, offset, final=status not in _ACTIVE)
-                errors = 0
-            except (OSError, RuntimeError) as exc:
-                if isinstance(exc, RuntimeError) and _is_not_found(exc):
-                    raise AirflowException(
-                        f"Ray job {submission_id} disappeared from the cluster (restarted?): {exc}"
-                    ) from exc
-                errors += 1
-                if errors >= 10:
-                    raise AirflowException(f"Ray Jobs API kept failing while waiting for {submission_id}: {exc}") from exc
-                self.log.warning("Polling Ray job %s failed (%d in a row): %s", submission_id, errors, exc)
-                time.sleep(self.poll_interval)
-                continue
-            if status not in _ACTIVE:
-                return status
-            if deadline is not None and time.monotonic() > deadline:
-                self._stop(client, submission_id)
-                raise AirflowException(
-                    f"Ray job {submission_id} still {status} after job_timeout={self.job_timeout} s: stopped it"
-                )
-            time.sleep(self.poll_interval)
-
-    def _tail_logs(self, client: Any, submission_id: str, offset: int, *, final: bool = False) -> int:
-        try:
-            logs = client.get_job_logs(submission_id) or ""
-        except Exception as exc:  # logs are a courtesy; the status decides
-            self.log.debug("Could not fetch logs of Ray job %s: %s", submission_id, exc)
-            return offset
-        from gd_provider.triggers.ray import new_log_lines
-
-        lines, offset = new_log_lines(logs, offset, final=final)
-        for line in lines:
-            self.log.info("[ray job %s] %s", submission_id, line)
-        return offset
-
-    def _log_tail(self, client: Any, submission_id: str, lines: int = LOG_TAIL_LINES) -> str:
-        try:
-            logs = client.get_job_logs(submission_id) or ""
-        except Exception as exc:
-            return f"(job logs unavailable: {exc})"
-        return "\n".join(logs.rstrip().splitlines()[-lines:])
-
-    def _stop(self, client: Any, submission_id: str) -> None:
-        if self._jobs_dir_path is not None:
-            from gd_provider.triggers.ray import write_stop_marker
-
-            try:
-                write_stop_marker(self._stop_marker(self._jobs_dir_path, submission_id), f"task {self.task_id}")
-            except OSError as exc:
-                self.log.warning("Could not write the stop marker of Ray job %s: %s", submission_id, exc)
-        try:
-            stopped = client.stop_job(submission_id)
-            self.log.info("Stop requested for Ray job %s (was running: %s)", submission_id, stopped)
-        except Exception as exc:
-            self.log.warning("Could not stop Ray job %s: %s", submission_id, exc)
-
-    def _collect(self, client: Any, submission_id: str, status: str, jobs_dir: Path) -> tuple[Any, dict[str, Any]]:
-        """The TrainingResult of a finished job and its request; raises for failed/stopped jobs."""
-        from gd_provider.core.training.runner import TrainingResult
-
-        request_path = self._request_path(jobs_dir, submission_id)
-        try:
-            request = json.loads(request_path.read_text())
-        except (OSError, ValueError) as exc:
-            raise AirflowFailException(
-                f"Ray job {submission_id} ended {status}, but its request {request_path} cannot be read: {exc}"
-            ) from exc
-        result_path = Path(request["result_path"])
-        envelope = json.loads(result_path.read_text()) if result_path.is_file() else None
-        if envelope is not None and envelope.get("kind") == "input_error":
-            raise AirflowFailException(
-                f"cannot train: {envelope.get('error')} (Ray job {submission_id} {status}). Last lines of its "
-                f"log:\n{self._log_tail(client, submission_id)}"
-            )
-        if status == "SUCCEEDED":
-            if envelope is None or envelope.get("kind") != "result":
-                raise AirflowFailException(
-                    f"Ray job {submission_id} SUCCEEDED but wrote no result at {result_path}: the Ray cluster and "
-                    "the Airflow workers must see the project home at the same path (shared volume)"
-                )
-            return TrainingResult.from_dict(envelope["result"]), request
-        info = self._job_info(client, submission_id)
-        message = (getattr(info, "message", None) or "").strip().splitlines()
-        error_type = _status_name(getattr(info, "error_type", None)) if getattr(info, "error_type", None) else None
-        raise AirflowException(
-            f"Ray job {submission_id} ended {status}"
-            + (f" ({error_type})" if error_type else "")
-            + (f": {message[0]}" if message else "")
-            + f". A retry resubmits it as a new job. Last lines of its log:\n{self._log_tail(client, submission_id)}"
-        )
-
     def execute_complete(self, context: Any, event: dict[str, Any]) -> dict[str, Any]:
         """Resume after ``RayJobTrigger``: read the job's result exactly as the synchronous wait does."""
-        from gd_provider.hooks.ray import RayHook, job_client_for
-
         submission_id = event.get("submission_id") or ""
-        cluster = RayHook(self.ray_conn_id).cluster_config()
+        cluster = self.hook.cluster_config()
         if cluster is None:
             raise AirflowException(f"Ray connection {self.ray_conn_id!r} no longer points at a cluster")
         self._submission_id = submission_id
         if event.get("status") == "error":
             raise AirflowException(f"waiting for Ray job {submission_id} failed: {event.get('message')}")
-        client = job_client_for(cluster)
-        self._job_client = client
-        self._jobs_dir_path = self._jobs_dir(context)
+        jobs_dir = self._jobs_dir_path = self._jobs_dir(context)
         if event.get("status") == "timeout":
-            self._stop(client, submission_id)
+            self.hook.stop_job(submission_id, stop_marker=self._marker(submission_id), who=self._who)
             raise AirflowException(f"{event.get('message')}; job_timeout={self.job_timeout} s: stopped it")
         status = str(event.get("job_status"))
-        result, request = self._collect(client, submission_id, status, self._jobs_dir(context))
+        result, request = self.hook.collect_result(submission_id, status, self._request_path(jobs_dir, submission_id))
         mlflow_config, experiment_id = self._experiment()
         return self._finish_remote(context, None, result, request, mlflow_config, experiment_id, cluster, submission_id)
 
     def on_kill(self) -> None:
-        """The task is being killed: stop its training (synchronous mode; the trigger handles deferral).
-
-        In-task training (embedded Ray): Airflow 3.3's SIGTERM handler only calls ``on_kill`` and lets the
-        task run on until SIGKILL, 5 s later, with the local Ray instance left to its reaper. Interrupting
-        the main thread here (the signal handler runs there) unwinds the training now - Ray's blocking calls
-        pass on only ``KeyboardInterrupt``/``SystemExit`` from a signal handler - so Ray Train is stopped and
-        the private Ray instance shut down before a next try can start writing the same run directory; the
-        task then fails retryably (a SIGTERM may be a worker shutting down, not a user's clear).
-
-        Ray stops a job asynchronously; waiting (briefly: Airflow sends SIGKILL 5 s after SIGTERM) until
-        it has left RUNNING lets the next try - a clear while training runs - find it STOPPED and resubmit,
-        instead of adopting a job that is about to stop."""
+        """Stop the training: in-task, interrupt it (Ray Train and the local Ray instance shut down, the try
+        fails retryably); remote, stop the Ray job through the hook and wait up to ``ON_KILL_WAIT_S`` for it
+        to leave RUNNING, so the next try finds it STOPPED and resubmits. A deferred task is stopped by the
+        trigger's ``on_kill``."""
         if self._training_locally:
+            # Airflow's SIGTERM handler only calls on_kill, in the main thread: Ray's blocking calls pass on
+            # only KeyboardInterrupt/SystemExit from a signal handler, so raising one unwinds the training now.
             self.log.warning("Task killed while training in-task: stopping Ray Train and the local Ray instance")
             self._killed = True
             raise KeyboardInterrupt("task killed: stop the in-task training")
-        if self._job_client is not None and self._submission_id:
-            self._stop(self._job_client, self._submission_id)
-            deadline = time.monotonic() + ON_KILL_WAIT_S
-            while time.monotonic() < deadline:
-                try:
-                    if _status_name(self._job_client.get_job_status(self._submission_id)) not in _ACTIVE:
-                        return
-                except Exception:  # the stop was requested; the status is a courtesy
-                    return
-                time.sleep(0.25)
+        if self._submission_id:
+            self.hook.stop_job(self._submission_id, stop_marker=self._marker(self._submission_id), who=self._who)
+            self.hook.wait_until_ended(self._submission_id, ON_KILL_WAIT_S)
