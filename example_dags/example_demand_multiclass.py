@@ -2,7 +2,7 @@
 
 The second domain of the demo, built from a config the way a data engineer brings a new model:
 ``configs/demand_level_multiclass.yaml`` (next to this file) through
-:func:`gd_provider.dag_factory.build_retraining_dag`. The label ``demand_level`` says whether a store-product's
+:func:`gd_provider.factory.build_retraining_dag`. The label ``demand_level`` says whether a store-product's
 units of a day were below 0.85x, within, or above 1.2x its 28-day average; the classes are declared in
 ``training.task_options.classes`` (the order of the model's outputs), so a value outside them stops the run at
 validation. Same features as the regression example (``gd_demand`` Feast views); the gate asks for
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gd_provider.dag_factory import build_retraining_dag
+from gd_provider.factory import build_retraining_dag
 
 CONFIG = Path(__file__).resolve().parent / "configs" / "demand_level_multiclass.yaml"
 

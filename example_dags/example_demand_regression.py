@@ -2,7 +2,7 @@
 
 The second domain of the demo, built from a config the way a data engineer brings a new model:
 ``configs/demand_regression.yaml`` (next to this file) through
-:func:`gd_provider.dag_factory.build_retraining_dag`: the same config a file in ``dags/configs/`` would be.
+:func:`gd_provider.factory.build_retraining_dag`: the same config a file in ``dags/configs/`` would be.
 The model predicts ``units_sold`` per store, product and day (task ``regression``, MSE on the standardized
 target) from the day's price, discount, promotion and calendar plus three Feast views of the project
 ``gd_demand`` (``product_stats``, ``store_stats``, ``store_product_stats``: a view keyed by both entities).
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gd_provider.dag_factory import build_retraining_dag
+from gd_provider.factory import build_retraining_dag
 
 CONFIG = Path(__file__).resolve().parent / "configs" / "demand_regression.yaml"
 

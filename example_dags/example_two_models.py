@@ -16,8 +16,8 @@ from datetime import UTC, datetime
 
 from airflow.sdk import DAG, chain
 
-from gd_provider.dag_factory import data_stage, load_config, release_stage, training_stage
 from gd_provider.demo import pipeline
+from gd_provider.factory import data_stage, load_config, release_stage, training_stage
 from gd_provider.operators.report import RunReportOperator
 
 DAG_ID = "gd_example_two_models"

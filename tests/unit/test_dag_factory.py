@@ -128,7 +128,7 @@ def test_cross_field_errors_are_caught_by_load_config(tmp_path, changes, fields)
 
 
 def test_any_build_error_is_a_config_error_naming_the_file(tmp_path, monkeypatch):
-    import gd_provider.dag_factory as factory
+    import gd_provider.factory.loader as factory  # where the DAG builder looks its stages up
 
     def boom(*args, **kwargs):
         raise RuntimeError("operator rejected an argument")
@@ -143,7 +143,7 @@ def test_any_build_error_is_a_config_error_naming_the_file(tmp_path, monkeypatch
 def _fails_to_build(dag_id: str, monkeypatch) -> None:
     """Make building ``dag_id`` raise a plain exception after some of its tasks exist (as an operator's
     own argument check would), whatever the config validation lets through."""
-    import gd_provider.dag_factory as factory
+    import gd_provider.factory.loader as factory  # where the DAG builder looks its stages up
 
     real = factory.release_stage
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from gd_provider.dag_factory import build_retraining_dag
+from gd_provider.factory import build_retraining_dag
 
 # the shipped config, found through this file's real location (it is linked into the DAGs folder)
 _CONFIG = Path(__file__).resolve().parents[3] / "dags" / "configs" / "fraud_detector.yaml"
