@@ -10,6 +10,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gd_provider.dag_factory import raise_config_errors
+from gd_provider.factory import raise_config_errors
 
 raise_config_errors(Path(__file__).resolve().parent / "configs")
