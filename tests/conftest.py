@@ -22,6 +22,28 @@ AIRFLOW_ENV = airflow_env.configure(
     sorted((ROOT / "dags").glob("*.py")) + sorted((ROOT / "example_dags").glob("*.py")),
     _SESSION_DIR / "home",
 )
+
+
+def _stop_on_sigterm() -> None:
+    """A session stopped by SIGTERM (``timeout``, a closed terminal, a CI cancel) ends like Ctrl-C: pytest runs
+    the fixtures' teardown, which stops the servers they started; ``tests/reaper.py`` kills whatever is left
+    (also after SIGKILL, or once Ray's own SIGTERM handler replaced this one)."""
+    import signal
+    import subprocess
+    import sys
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, interrupt)
+    if not os.environ.get("GD_TEST_REAPER"):
+        os.environ["GD_TEST_REAPER"] = str(os.getpid())  # one per session (not per xdist worker or subprocess)
+        subprocess.Popen([sys.executable, str(ROOT / "tests" / "reaper.py"), str(os.getpid())],
+                         stdin=subprocess.DEVNULL, start_new_session=True)
+
+
+_stop_on_sigterm()
 for name in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
     os.environ.pop(name, None)
 for name in list(os.environ):
@@ -108,11 +130,18 @@ def mlflow_server():
             time.sleep(0.5)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        # the whole tree (the server's uvicorn/gunicorn workers too), not only its leader
+        import signal
+
+        for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                proc.wait(timeout=wait)
+            except subprocess.TimeoutExpired:
+                continue
         log.close()
 
 
