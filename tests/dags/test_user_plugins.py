@@ -71,6 +71,13 @@ def test_user_task_and_model_through_the_nightly_dag(user_dag, demo_home, mlflow
     code = json.loads(tags["gd.model.code_version"])
     assert code["source_sha256"] and len(code["source_sha256"]) == 64
     assert {"roc_auc", "pr_auc", "brier"} <= set(_xcom(run1["run_id"], "evaluate")["challenger_metrics"])
+    # the user's gates ran where the config put them, and report like every gate
+    assert run1["tasks"]["gate_label_share"] == "success" and run1["tasks"]["gate_train_loss"] == "success"
+    share = _xcom(run1["run_id"], "gate_label_share")
+    assert share["gate"] == "label_share" and share["passed"] and 0.005 < share["metrics"]["share"] < 0.2
+    assert _xcom(run1["run_id"], "gate_train_loss")["metrics"]["train_loss"] > 0
+    assert user_dag.task_dict["gate_label_share"].upstream_task_ids == {"drift_check", "retrieve_training_set"}
+    assert user_dag.task_dict["gate_train_loss"].upstream_task_ids == {"health_gate", "train", "retrieve_training_set"}
 
     # the registered model is the user's network, loaded and scored through MLflow like any other
     model = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion")

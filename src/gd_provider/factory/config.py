@@ -149,6 +149,38 @@ class DriftConfig(_Strict):
         return self
 
 
+class GateConfig(_Strict):
+    """One more gate in the DAG (``gates:`` list): a built-in or your own ``Gate`` subclass, run by a
+    :class:`~gd_provider.operators.gate.GateOperator` after the data stage's drift check (``stage: data``: it
+    sees the dataset) or after the training health gate (``stage: training``: the dataset and the training
+    manifest); a failure stops the run before anything is registered."""
+
+    gate: str = Field(description="a built-in gate ('health') or a Gate subclass by import path 'pkg.mod:Class'")
+    options: dict[str, Any] = {}
+    stage: Literal["data", "training"] = "training"
+    task_id: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]+$")
+    on_failure: Literal["fail", "skip"] = "fail"
+
+    @model_validator(mode="after")
+    def _known(self) -> GateConfig:
+        from gd_provider.core.gates.base import GateError, make_gate
+
+        try:
+            make_gate(self.gate, self.options)
+        except GateError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+    @property
+    def resolved_task_id(self) -> str:
+        from gd_provider.core.gates.base import gate_class
+
+        if self.task_id:
+            return self.task_id
+        name = gate_class(self.gate).__name__
+        return "gate_" + re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower().removesuffix("_gate")
+
+
 class SmokeTestConfig(_Strict):
     """The post-promotion smoke test. The score checks are the task's: binary reads ``positive_rate_bounds``
     and ``max_positive_rate_change``, multiclass ``max_class_share_change``, regression ``prediction_bounds``
@@ -203,6 +235,7 @@ class RetrainingConfig(_Strict):
     health: dict[str, Any] = {}
     gate: dict[str, Any]
     smoke_test: SmokeTestConfig = SmokeTestConfig()
+    gates: list[GateConfig] = []
     alerting: AlertingConfig = AlertingConfig()
     ray_conn_id: str = "ray_default"
     mlflow_conn_id: str = "mlflow_default"
@@ -253,6 +286,16 @@ class RetrainingConfig(_Strict):
         if problems:
             raise ValueError("; ".join(problems))
         return value
+
+    @model_validator(mode="after")
+    def _gate_task_ids(self) -> RetrainingConfig:
+        seen: dict[str, int] = {}
+        for i, gate in enumerate(self.gates):
+            task_id = gate.resolved_task_id
+            if task_id in seen:
+                raise ValueError(f"gates[{i}]: task id {task_id!r} is taken by gates[{seen[task_id]}]: give task_id")
+            seen[task_id] = i
+        return self
 
     @model_validator(mode="after")
     def _rule_metrics(self) -> RetrainingConfig:

@@ -114,6 +114,7 @@ def data_stage(cfg: RetrainingConfig, group_id: str = "data", *,
         if fresh is not None:
             fresh >> retrieve
         retrieve >> validate >> drift
+        extra_gates(cfg, "data", after=drift, dataset=retrieve.output, alerts=alerts)
     add_params(retrieve, cfg, param_prefix, ("as_of", "drift_policy", "skip_drift_reason"))
     return group, retrieve.output
 
@@ -143,8 +144,26 @@ def training_stage(cfg: RetrainingConfig, dataset: Any, group_id: str = "trainin
         health = TrainingHealthGate(task_id="health_gate", training=train.output, thresholds=cfg.health or None,
                                     on_failure_callback=alerts)
         train >> health
+        extra_gates(cfg, "training", after=health, dataset=dataset, training=train.output, alerts=alerts)
     add_params(train, cfg, param_prefix, ("training_overrides",), rerun_variable=train.rerun_variable)
     return group, train.output
+
+
+def extra_gates(cfg: RetrainingConfig, stage: str, *, after: Any, dataset: Any, training: Any = None,
+                alerts: list[Any]) -> list[Any]:
+    """The config's ``gates`` of ``stage`` as GateOperators, chained after ``after`` in config order."""
+    from gd_provider.operators.gate import GateOperator
+
+    tasks = []
+    previous = after
+    for gate in (g for g in cfg.gates if g.stage == stage):
+        task = GateOperator(task_id=gate.resolved_task_id, gate=gate.gate, gate_options=gate.options or None,
+                            dataset=dataset, training=training, model_name=cfg.model_name, alias=cfg.alias,
+                            on_failure=gate.on_failure, on_failure_callback=alerts)
+        previous >> task
+        previous = task
+        tasks.append(task)
+    return tasks
 
 
 _DERIVE: Any = object()

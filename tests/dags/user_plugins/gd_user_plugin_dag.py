@@ -20,5 +20,10 @@ config["training"].pop("operating_point")  # a binary-task rule; this task decid
 config["training"]["sensitivity"]["max_spread"] = 0.15
 config["gate"] = {"value_thresholds": {"roc_auc": 0.7}, "max_abs_regression": {"pr_auc": 0.05, "brier": 0.01}}
 config["smoke_test"] = {"canary_rows": 300, "max_p95_latency_ms": 250.0}
+# the user's own gates, by import path: one on the dataset (after the drift check), one on the training run
+config["gates"] = [
+    {"gate": "gd_user_plugins:LabelShareGate", "stage": "data", "options": {"min_share": 0.005, "max_share": 0.2}},
+    {"gate": "gd_user_plugins:TrainLossGate", "options": {"max_train_loss": 5.0}},
+]
 # the expectations file of the shipped config is an import path: unchanged
 dag = build_retraining_dag(config, auto_register=False)

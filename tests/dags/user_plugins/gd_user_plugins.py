@@ -106,3 +106,45 @@ class ResidualNet(nn.Module):
 
 def residual_net(input_dim: int, output_dim: int, *, width: int = 32, blocks: int = 2) -> nn.Module:
     return ResidualNet(input_dim, output_dim, width, blocks)
+
+
+# ------------------------------------------------------------------------------------------------ a gate
+from gd_provider.core.gates import Gate, GateError, GateInputs, GateResult  # noqa: E402 - the public gate API
+
+
+class LabelShareGate(Gate):
+    """The share of positive labels in tonight's dataset stays within [min_share, max_share] (a labelling job
+    that silently dropped the fraud reports, or flagged everything, stops the run before training)."""
+
+    name = "label_share"
+    options: ClassVar[Mapping[str, Any]] = {"column": "is_fraud", "min_share": 0.005, "max_share": 0.2}
+
+    def check_options(self) -> None:
+        if not 0 <= self.config["min_share"] < self.config["max_share"] <= 1:
+            raise GateError(f"gate 'label_share': need 0 <= min_share < max_share <= 1, got {self.config}")
+
+    def judge(self, inputs: GateInputs) -> GateResult:
+        frame = inputs.read_dataset()
+        column = self.config["column"]
+        if column not in frame.columns:
+            raise GateError(f"gate 'label_share': the dataset has no column {column!r}")
+        share = float(frame[column].mean())
+        low, high = self.config["min_share"], self.config["max_share"]
+        ok = low <= share <= high
+        return GateResult("label_share", ok, [f"{column} share {share:.4f} in [{low}, {high}]: {'pass' if ok else 'FAIL'}"],
+                          {"share": share, "rows": len(frame)})
+
+
+class TrainLossGate(Gate):
+    """The chosen epoch's training loss stays under ``max_train_loss`` (reads the training manifest)."""
+
+    name = "train_loss"
+    options: ClassVar[Mapping[str, Any]] = {"max_train_loss": 1.0}
+
+    def judge(self, inputs: GateInputs) -> GateResult:
+        loss = ((inputs.training or {}).get("metrics") or {}).get("train_loss")
+        if loss is None:
+            raise GateError("gate 'train_loss': the training manifest has no train_loss metric")
+        ok = loss <= self.config["max_train_loss"]
+        return GateResult("train_loss", ok, [f"train_loss {loss:.4f} <= {self.config['max_train_loss']}: "
+                                             f"{'pass' if ok else 'FAIL'}"], {"train_loss": loss})
