@@ -82,15 +82,26 @@ def test_relative_explosion_against_running_median():
     loss = np.full(80, 0.5)
     norm = np.full(80, 2.0)
     norm[60] = 2.0 * 50 + 1  # just above 50 x median
-    index, verdict = first_trip(
-        TrainingGuard(GuardConfig(explosion_factor=50.0, max_grad_norm=None)), loss, norm
-    )
+    one_step = GuardConfig(explosion_factor=50.0, max_grad_norm=None, breach_steps=1)
+    index, verdict = first_trip(TrainingGuard(one_step), loss, norm)
     assert (index, verdict.code) == (60, TripCode.GRAD_EXPLOSION_RELATIVE)
     assert verdict.threshold == pytest.approx(100.0)
     norm[60] = 99.0  # just below: no trip
-    assert (
-        first_trip(TrainingGuard(GuardConfig(explosion_factor=50.0, max_grad_norm=None)), loss, norm) is None
-    )
+    assert first_trip(TrainingGuard(one_step), loss, norm) is None
+
+
+def test_relative_explosion_needs_consecutive_breaches():
+    """One outlying norm (a minibatch with several heavily weighted rows) is noise; three in a row trip."""
+    loss = np.full(80, 0.5)
+    norm = np.full(80, 2.0)
+    norm[60] = norm[62] = 500.0
+    cfg = GuardConfig(explosion_factor=50.0, max_grad_norm=None)  # breach_steps=3 by default
+    assert cfg.breach_steps == 3
+    assert first_trip(TrainingGuard(cfg), loss, norm) is None
+    norm[61] = 400.0  # 60, 61, 62 in a row: the held-out breaches do not raise the median
+    index, verdict = first_trip(TrainingGuard(cfg), loss, norm)
+    assert (index, verdict.code, verdict.value) == (62, TripCode.GRAD_EXPLOSION_RELATIVE, 500.0)
+    assert verdict.threshold == pytest.approx(100.0)
 
 
 def test_relative_explosion_needs_history():
@@ -130,27 +141,30 @@ def test_dead_gradient_is_vanishing_not_a_relative_explosion():
     no_vanish = GuardConfig(vanishing_eps=None, max_grad_norm=None)
     assert first_trip(TrainingGuard(no_vanish), [0.69] * 13, norms) is None
     # a healthy (above-floor) small median still gets the relative rule
-    index, verdict = first_trip(TrainingGuard(no_vanish), [0.69] * 13, [1e-6] * 12 + [1e-3])
-    assert (index, verdict.code) == (12, TripCode.GRAD_EXPLOSION_RELATIVE)
+    index, verdict = first_trip(TrainingGuard(no_vanish), [0.69] * 15, [1e-6] * 12 + [1e-3] * 3)
+    assert (index, verdict.code) == (14, TripCode.GRAD_EXPLOSION_RELATIVE)
     assert verdict.threshold == pytest.approx(50 * 1e-6)
 
 
-def test_loss_spike_against_running_window():
-    cfg = GuardConfig(spike_window=20, spike_rtol=2.0, spike_atol=0.1)
+def test_loss_spike_against_the_top_of_the_running_window():
+    cfg = GuardConfig(spike_window=20, spike_rtol=2.0, spike_atol=0.1, breach_steps=1)
     loss = np.full(60, 0.3)
     norm = np.full(60, 0.5)
-    loss[40] = 0.3 * 3 + 0.01  # mean 0.3, needs >= 0.3 + max(2 x 0.3, 0.1) = 0.9
+    loss[40] = 0.3 * 3 + 0.01  # top 0.3, needs > 0.3 + max(2 x 0.3, 0.1) = 0.9
     index, verdict = first_trip(TrainingGuard(cfg), loss, norm)
     assert (index, verdict.code) == (40, TripCode.LOSS_SPIKE)
     assert verdict.threshold == pytest.approx(0.9)
     loss[40] = 0.89
     assert first_trip(TrainingGuard(cfg), loss, norm) is None
+    # the band is the window's TOP: one earlier noisy batch at 0.5 widens it to 0.5 + 2 x 0.5 = 1.5
+    loss[40], loss[30] = 1.4, 0.5
+    assert first_trip(TrainingGuard(cfg), loss, norm) is None
 
 
 def test_loss_spike_respects_atol_for_tiny_losses():
-    cfg = GuardConfig(spike_window=10, spike_rtol=2.0, spike_atol=0.1)
+    cfg = GuardConfig(spike_window=10, spike_rtol=2.0, spike_atol=0.1, breach_steps=1)
     loss = np.full(30, 0.001)
-    loss[20] = 0.05  # 50x the mean but only +0.049 absolute
+    loss[20] = 0.05  # 50x the top but only +0.049 absolute
     assert first_trip(TrainingGuard(cfg), loss, np.full(30, 0.5)) is None
     loss[20] = 0.2
     assert first_trip(TrainingGuard(cfg), loss, np.full(30, 0.5))[1].code == TripCode.LOSS_SPIKE
@@ -160,17 +174,31 @@ def test_loss_spike_zscore_condition():
     rng = np.random.default_rng(1)
     loss = 1.0 + rng.normal(0, 0.5, 60)  # very noisy losses
     loss = np.abs(loss)
-    loss[50] = 3.5
-    plain = GuardConfig(spike_window=20, spike_rtol=1.0, spike_atol=0.0)
-    strict = GuardConfig(spike_window=20, spike_rtol=1.0, spike_atol=0.0, spike_zscore=10.0)
+    loss[50] = 6.0
+    plain = GuardConfig(spike_window=20, spike_rtol=1.0, spike_atol=0.0, breach_steps=1)
+    strict = GuardConfig(spike_window=20, spike_rtol=1.0, spike_atol=0.0, spike_zscore=20.0, breach_steps=1)
     assert first_trip(TrainingGuard(plain), loss, np.full(60, 0.5)) is not None
     assert first_trip(TrainingGuard(strict), loss, np.full(60, 0.5)) is None
 
 
-def test_loss_spike_waits_for_a_full_window():
+def test_loss_spike_needs_consecutive_breaches_and_noise_breaches_rejoin():
     cfg = GuardConfig(spike_window=20)
-    loss = [0.3] * 10 + [5.0]
-    assert first_trip(TrainingGuard(cfg), loss, [0.5] * 11) is None
+    assert first_trip(TrainingGuard(cfg), [0.3] * 10 + [5.0], [0.5] * 11) is None  # one batch is noise
+    assert first_trip(TrainingGuard(cfg), [0.3] * 10 + [5.0, 5.0, 0.3, 5.0], [0.5] * 14) is None
+    index, verdict = first_trip(TrainingGuard(cfg), [0.3] * 10 + [5.0, 6.0, 7.0], [0.5] * 13)
+    assert (index, verdict.code, verdict.value) == (12, TripCode.LOSS_SPIKE, 7.0)
+    assert verdict.threshold == pytest.approx(0.9)  # the breaches were held out of the window
+    # a breach streak that ends without a trip was noise: its losses join the window and widen the band
+    guard = TrainingGuard(cfg)
+    first_trip(guard, [0.3] * 10 + [5.0, 0.3], [0.5] * 12)
+    assert max(guard.loss_window()) == 5.0 and guard.loss_band() == pytest.approx(15.0)
+
+
+def test_the_first_loss_is_the_first_reference():
+    """A run that blows up from its first update on (lr 10+) has no calm past but its initial loss."""
+    index, verdict = first_trip(TrainingGuard(GuardConfig()), [1.4, 300.0, 2e3, 5e4], [0.5, 80.0, 90.0, 95.0])
+    assert (index, verdict.code) == (3, TripCode.LOSS_SPIKE)
+    assert verdict.threshold == pytest.approx(1.4 * 3)
 
 
 def test_statistical_rules_off_for_single_sample_sgd():
@@ -201,7 +229,8 @@ def test_guard_state_carries_over_check_windows():
 
 
 def test_prime_restores_windows_without_tripping():
-    guard = TrainingGuard(GuardConfig(spike_window=5, explosion_factor=10.0, min_history=3, median_window=5))
+    cfg = GuardConfig(spike_window=5, explosion_factor=10.0, min_history=3, median_window=5, breach_steps=1)
+    guard = TrainingGuard(cfg)
     guard.prime([0.3] * 5 + [math.nan], [1.0] * 5 + [math.inf])
     assert guard.running_median() == 1.0 and guard.running_loss_mean() == pytest.approx(0.3)
     assert guard.observe(0.3, 50.0).code == TripCode.GRAD_EXPLOSION_RELATIVE
@@ -226,6 +255,7 @@ def test_guard_config_problems_name_the_field():
     assert GuardConfig(min_history=60, median_window=50).problem()[0] == "min_history"
     assert GuardConfig(spike_atol=-0.1).problem()[0] == "spike_atol"
     assert GuardConfig(enabled="yes").problem()[0] == "enabled"
+    assert GuardConfig(breach_steps=0).problem()[0] == "breach_steps"
 
 
 # ---------------------------------------------------------------------------------------------- collective
@@ -364,6 +394,7 @@ NEW_BAD_VALUES = [
     ("guards.vanishing_steps", 0),
     ("guards.explosion_factor", 0.5),
     ("guards.spike_window", 2.5),
+    ("guards.breach_steps", 0),
     ("sensitivity.factors", [1.0]),
     ("sensitivity.factors", [1.0, -2.0]),
     ("sensitivity.metric", "accuracy"),

@@ -203,7 +203,7 @@ def test_resumed_guard_judges_the_same_losses_as_the_live_one(two_ranks):
 
 
 def test_restore_loss_window_replaces_the_primed_losses():
-    cfg = GuardConfig(spike_window=4, spike_rtol=1.0, spike_atol=0.0)
+    cfg = GuardConfig(spike_window=4, spike_rtol=1.0, spike_atol=0.0, breach_steps=1)
     live = TrainingGuard(cfg)
     local = [1.0, 1.1, 0.9, 1.0, 1.05, 0.95]
     for v in local:
@@ -213,7 +213,7 @@ def test_restore_loss_window_replaces_the_primed_losses():
     restored.restore_loss_window(live.loss_window() + [math.nan])
     assert restored.loss_window() == live.loss_window() == local[-4:]
     assert restored.running_loss_mean() == pytest.approx(live.running_loss_mean())
-    # 1.9 exceeds the local mean (1.0) by 0.9 < 1 x 1.0: no spike; it exceeds the mean-primed 0.5 by 1.4 >= 0.5
+    # 1.9 is below the local band (top 1.05 + 1 x 1.05 = 2.1): no spike; above the mean-primed 0.5 + 0.5 = 1.0
     assert live.observe(1.9, 1.0).code == restored.observe(1.9, 1.0).code == 0
     mean_primed = TrainingGuard(cfg)
     mean_primed.prime([0.5] * 6, [1.0] * 6)

@@ -6,27 +6,50 @@ Rules, checked for every optimizer step in order (the first rule that fires name
 when several fire, the most severe code wins - codes are ordered by severity):
 
 * ``NONFINITE_LOSS`` / ``NONFINITE_GRAD`` - the step's loss or (pre-clip) global gradient norm is NaN/inf.
-* ``GRAD_EXPLOSION`` - the gradient norm is above the absolute bound ``max_grad_norm``.
-* ``GRAD_EXPLOSION_RELATIVE`` - the gradient norm is above ``explosion_factor`` x the running median of the
-  previous ``median_window`` finite norms (only once ``min_history`` norms have been seen, and only while
-  that median is above ``max(vanishing_eps, 1e-12)``: a median of ~0 - a dead gradient - is no scale to
-  compare with, and such a run is the vanishing rule's to report).
-* ``LOSS_SPIKE`` - after ``spike_window`` finite losses have been seen, the loss exceeds the running mean
-  ``mu`` of the previous ``spike_window`` losses by at least ``spike_rtol * |mu|`` AND by at least
-  ``spike_atol`` (and, when ``spike_zscore`` is set, by at least ``spike_zscore`` standard deviations of
-  that window). This is Lightning Fabric's ``SpikeDetection`` rule (running mean over a window, relative and
-  absolute tolerance that must both be exceeded) plus an optional z-score condition.
+  Immediate.
+* ``GRAD_EXPLOSION`` - the gradient norm is above the absolute bound ``max_grad_norm``. Immediate.
+* ``GRAD_EXPLOSION_RELATIVE`` - for ``breach_steps`` consecutive steps the gradient norm is above both
+  ``explosion_factor`` x the running median of the previous ``median_window`` accepted norms and
+  ``(1 + explosion_rtol)`` x the highest of them (only once ``min_history`` norms have been accepted, and
+  only while that median is above ``max(vanishing_eps, 1e-12)``: a median of ~0 - a dead gradient - is no
+  scale to compare with, and such a run is the vanishing rule's to report).
+* ``LOSS_SPIKE`` - either of two loss rules:
+  *band*: for ``breach_steps`` consecutive steps the loss is above the band of its own recent past: the
+  band's top is the highest of the previous ``spike_window`` accepted losses (``top``); a step breaches
+  when its loss exceeds ``top + max(spike_rtol * |top|, spike_atol)`` (and, when ``spike_zscore`` is set,
+  also the window's mean by ``spike_zscore`` standard deviations). From the second step on: the first
+  step's loss, at the initial weights, is the first reference.
+  *level*: for ``breach_steps`` consecutive steps the mean loss of the last ``level_window`` steps
+  (``max(spike_window, spike_level_rows / batch rows)``: at least ``spike_level_rows`` rows) is above
+  ``best + max((spike_level_factor - 1) * best, spike_atol)``, ``best`` = the lowest such mean so far. This
+  catches a divergence slow enough for the band to follow it.
 * ``VANISHING_GRADIENT`` - the gradient norm stayed below ``vanishing_eps`` for ``vanishing_steps``
   consecutive steps.
 * ``NONFINITE_VAL_LOSS`` - checked once per epoch on the validation loss (``check_validation``).
+
+Calibrated to noise: the statistical rules judge a step against the spread the run itself shows, not
+against a fixed tolerance. A minibatch loss is noisy in proportion to how few (effective) rows it averages:
+with ``batch_size: 32``, 3 % positives and ``pos_weight: auto`` (~32), a batch with a few positives has ~5x
+the loss of one without, and its gradient ~100x the median norm at 16 rows. Such batches are in the
+windows, so the bands (their tops) are as wide as the run's own batch-to-batch spread at its batch size
+and class weighting (~10x the median loss at 16-32 rows, ~1.3x at 512), and one such batch is no breach.
+What a band cannot absorb is persistence: a divergence keeps the loss (or the norm) above it step after
+step, so ``breach_steps`` consecutive breaches - i.e. the smallest value of the last ``breach_steps``
+steps, a noise-robust smoothed signal, is above the band - stop the run, while ordinary noise does so with
+about the per-step breach rate to the power ``breach_steps``. A breaching step does not join its window
+while the breach lasts (the reference does not chase a divergence); a breach that ends without a trip
+is added back (it was noise, and is part of the spread). The level rule averages over a number of ROWS,
+so its window is longer at smaller batches. ``benchmarks/bench_guard_noise.py`` measures both sides: false
+alarms over clean seeds x batch sizes 16..4096 on the demo's data, and the steps to abort at lr 1/10/100.
 
 The two statistical rules (relative explosion and loss spike) compare a step with its recent past; with a
 batch of ONE row (``batch_mode="sgd"``) single-sample losses and gradients are far too noisy for that, so
 the guard is built with ``statistical_rules=False`` there (non-finite, absolute-bound and vanishing rules
 still apply).
 
-Resumes: ``prime`` rebuilds the windows from the recorded telemetry, whose losses are the cross-rank means;
-the training loop then puts back each rank's own loss window (``loss_window``/``restore_loss_window``, kept
+Resumes: ``prime`` rebuilds the windows by replaying the recorded telemetry through the same rules (so
+they hold what the live guard accepted); its losses are the cross-rank means, so the training loop then
+puts back each rank's own loss window (``loss_window``/``restore_loss_window``, kept
 in the checkpoint), so a resumed rank judges loss spikes on the same quantity as before the restart.
 
 Collective decisions: every rank runs its own guard on its own (local) losses; at each check point the
@@ -71,18 +94,27 @@ class GuardConfig:
     enabled: bool = True
     # absolute bound on the pre-clip global gradient norm
     max_grad_norm: float | None = 1e4
-    # relative explosion: norm > explosion_factor x running median of the last median_window norms
+    # relative explosion: norm > explosion_factor x running median of the last median_window accepted norms
+    # and > (1 + explosion_rtol) x the highest of them (the run's own spread)
     explosion_factor: float | None = 50.0
+    explosion_rtol: float = 2.0
     median_window: int = 50
     min_history: int = 10
     # vanishing: norm < vanishing_eps for vanishing_steps consecutive steps
     vanishing_eps: float | None = 1e-8
     vanishing_steps: int = 20
-    # loss spike vs the mean of the previous spike_window losses (see the module docstring)
+    # loss spike: loss > top + max(spike_rtol x |top|, spike_atol), top = the highest of the previous
+    # spike_window accepted losses (the run's own spread; see the module docstring)
     spike_rtol: float | None = 2.0
-    spike_atol: float = 0.1
+    spike_atol: float = 0.0
     spike_zscore: float | None = None
-    spike_window: int = 20
+    spike_window: int = 50
+    # loss level: the mean loss of the last max(spike_window, spike_level_rows / batch rows) steps is above
+    # spike_level_factor x the lowest such mean so far (spike_rtol: null switches this one off too)
+    spike_level_factor: float | None = 4.0
+    spike_level_rows: int = 4096
+    # the statistical rules (loss spike, relative explosion) trip after this many consecutive breaches
+    breach_steps: int = 3
 
     @classmethod
     def from_value(cls, value: Any) -> GuardConfig:
@@ -110,6 +142,7 @@ class GuardConfig:
             "vanishing_eps",
             "spike_rtol",
             "spike_zscore",
+            "spike_level_factor",
         )
         for name in positive_or_none:
             value = getattr(self, name)
@@ -117,14 +150,22 @@ class GuardConfig:
                 continue
             if not _is_number(value) or value <= 0:
                 return name, f"must be a positive number or null, got {value!r}"
-        if not _is_number(self.spike_atol) or self.spike_atol < 0:
-            return "spike_atol", f"must be a number >= 0, got {self.spike_atol!r}"
+        for name in ("spike_atol", "explosion_rtol"):
+            value = getattr(self, name)
+            if not _is_number(value) or value < 0:
+                return name, f"must be a number >= 0, got {value!r}"
+        if self.spike_level_factor is not None and self.spike_level_factor <= 1:
+            return (
+                "spike_level_factor",
+                f"must be > 1 (a multiple of the lowest mean loss), got {self.spike_level_factor!r}",
+            )
         if self.explosion_factor is not None and self.explosion_factor <= 1:
             return (
                 "explosion_factor",
                 f"must be > 1 (a multiple of the running median), got {self.explosion_factor!r}",
             )
-        for name in ("median_window", "min_history", "vanishing_steps", "spike_window"):
+        for name in ("median_window", "min_history", "vanishing_steps", "spike_window", "breach_steps",
+                     "spike_level_rows"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 return name, f"must be an integer >= 1, got {value!r}"
@@ -155,15 +196,30 @@ MEDIAN_FLOOR = 1e-12
 class TrainingGuard:
     """Stateful per-rank guard; feed it every step's (loss, grad norm) in order with ``observe``/``check``."""
 
-    def __init__(self, config: GuardConfig, *, statistical_rules: bool = True):
+    def __init__(self, config: GuardConfig, *, statistical_rules: bool = True, batch_rows: int | None = None):
         self.config = config
         self.statistical_rules = statistical_rules
+        # The level rule averages over at least spike_level_rows rows: more steps for smaller batches, whose
+        # mean losses are noisier (``None``: spike_window steps).
+        self.level_window = config.spike_window
+        if batch_rows is not None and batch_rows > 0:
+            self.level_window = max(config.spike_window, math.ceil(config.spike_level_rows / batch_rows))
         self._norms: deque[float] = deque()
         self._sorted_norms: list[float] = []
         self._losses: deque[float] = deque()
         self._loss_sum = 0.0
         self._loss_sq_sum = 0.0
         self._small_run = 0
+        # Consecutive breaches of the statistical rules so far, and the breaching values held out of their
+        # windows meanwhile (added back when the breach ends without a trip: it was noise).
+        self._loss_breaches: list[float] = []
+        self._norm_breaches: list[float] = []
+        # The level rule: every finite loss of the last level_window steps, their sum, the lowest mean yet.
+        self._recent: deque[float] = deque()
+        self._recent_sum = 0.0
+        self.best_level = math.inf
+        self._level_breaches = 0
+        self.level = self.level_ceiling = math.nan  # the last step's (for diagnostics)
         self.steps_seen = 0
         # The relative explosion rule is skipped while the running median is at or below this floor.
         self.median_floor = max(config.vanishing_eps or 0.0, MEDIAN_FLOOR)
@@ -196,17 +252,56 @@ class TrainingGuard:
     def running_loss_mean(self) -> float:
         return self._loss_sum / len(self._losses) if self._losses else math.nan
 
+    def norm_bound(self) -> float:
+        """The gradient norm above which a step breaches the relative explosion rule (``nan``: not judged)."""
+        cfg = self.config
+        if not self.statistical_rules or cfg.explosion_factor is None or len(self._norms) < cfg.min_history:
+            return math.nan
+        median = self.running_median()
+        # A median at (or below) the vanishing floor says nothing about the gradient's scale: x50 of ~0
+        # trips on any positive norm, so a dead-gradient run would be reported as an explosion. The
+        # absolute bound and the vanishing rule still judge such steps.
+        if median <= self.median_floor:
+            return math.nan
+        # ... and never inside the run's own spread: at 16 rows with a class weight of ~32 a batch with
+        # a few positives has ~100x the median norm (the median batch has none)
+        return max(cfg.explosion_factor * median, (1.0 + cfg.explosion_rtol) * self._sorted_norms[-1])
+
+    def loss_band(self) -> float:
+        """The loss above which a step breaches (``nan`` before the first accepted loss)."""
+        if not self._losses or self.config.spike_rtol is None:
+            return math.nan
+        cfg = self.config
+        top = max(self._losses)
+        bound = top + max(cfg.spike_rtol * abs(top), cfg.spike_atol)
+        if cfg.spike_zscore is not None:
+            n = len(self._losses)
+            mean = self._loss_sum / n
+            var = max(self._loss_sq_sum / n - mean * mean, 0.0)
+            bound = max(bound, mean + cfg.spike_zscore * math.sqrt(var))
+        return bound
+
+    def _level(self, loss: float) -> tuple[float, float]:
+        """Add ``loss`` to the level window; ``(mean of the window, the level that breaches)``."""
+        cfg = self.config
+        self._recent.append(loss)
+        self._recent_sum += loss
+        if len(self._recent) > self.level_window:
+            self._recent_sum -= self._recent.popleft()
+        if len(self._recent) < self.level_window or not self.statistical_rules:
+            return math.nan, math.nan
+        level = self._recent_sum / len(self._recent)
+        best = self.best_level
+        # spike_rtol: null switches both loss rules off (as it switched the loss-spike rule off before)
+        if cfg.spike_level_factor is None or cfg.spike_rtol is None or not 0 < best < math.inf:
+            return level, math.nan
+        return level, best + max((cfg.spike_level_factor - 1.0) * best, cfg.spike_atol)
+
     def prime(self, losses: Iterable[float], norms: Iterable[float]) -> None:
-        """Rebuild the running windows from recorded telemetry (e.g. after a resume) without tripping."""
+        """Rebuild the running windows from recorded telemetry (e.g. after a resume) without tripping:
+        the steps are replayed through the same rules, so the windows hold what the live guard accepted."""
         for loss, norm in zip(losses, norms, strict=False):
-            loss, norm = float(loss), float(norm)
-            if math.isfinite(loss):
-                self._push_loss(loss)
-            if math.isfinite(norm):
-                self._push_norm(norm)
-                eps = self.config.vanishing_eps
-                self._small_run = self._small_run + 1 if eps is not None and norm < eps else 0
-            self.steps_seen += 1
+            self.observe(float(loss), float(norm))
 
     def loss_window(self) -> list[float]:
         """The losses the spike rule currently compares with (oldest first): this rank's own losses."""
@@ -218,13 +313,14 @@ class TrainingGuard:
         it did before the restart, not against the cross-rank mean that the telemetry records."""
         self._losses.clear()
         self._loss_sum = self._loss_sq_sum = 0.0
+        self._loss_breaches = []
         finite = [v for v in map(float, losses) if math.isfinite(v)]
         for value in finite[-self.config.spike_window :]:
             self._push_loss(value)
 
     # ------------------------------------------------------------------ rules
     def observe(self, loss: float, grad_norm: float) -> StepVerdict:
-        """Judge one step (then add it to the running windows)."""
+        """Judge one step (then add it to the running windows unless it breached a statistical rule)."""
         cfg = self.config
         self.steps_seen += 1
         if not math.isfinite(loss):
@@ -234,37 +330,44 @@ class TrainingGuard:
         verdict = _OK
         if cfg.max_grad_norm is not None and grad_norm > cfg.max_grad_norm:
             verdict = StepVerdict(TripCode.GRAD_EXPLOSION, grad_norm, cfg.max_grad_norm)
-        elif (
-            self.statistical_rules
-            and cfg.explosion_factor is not None
-            and len(self._norms) >= cfg.min_history
-        ):
-            median = self.running_median()
-            # A median at (or below) the vanishing floor says nothing about the gradient's scale: x50 of
-            # ~0 trips on any positive norm, so a dead-gradient run would be reported as an explosion.
-            # The absolute bound and the vanishing rule still judge such steps.
-            if median > self.median_floor:
-                bound = cfg.explosion_factor * median
-                if grad_norm > bound:
-                    verdict = StepVerdict(TripCode.GRAD_EXPLOSION_RELATIVE, grad_norm, bound)
-        if verdict is _OK and self.statistical_rules and cfg.spike_rtol is not None:
-            n = len(self._losses)
-            if n >= cfg.spike_window:
-                mean = self._loss_sum / n
-                excess_needed = max(cfg.spike_rtol * abs(mean), cfg.spike_atol)
-                if cfg.spike_zscore is not None:
-                    var = max(self._loss_sq_sum / n - mean * mean, 0.0)
-                    excess_needed = max(excess_needed, cfg.spike_zscore * math.sqrt(var))
-                if loss - mean >= excess_needed and loss > mean:
-                    verdict = StepVerdict(TripCode.LOSS_SPIKE, loss, mean + excess_needed)
+        # relative explosion: breaching norms are held out of the median window while the breach lasts
+        bound = self.norm_bound()
+        if grad_norm > bound:  # False for a nan bound
+            self._norm_breaches.append(grad_norm)
+            if verdict is _OK and len(self._norm_breaches) >= cfg.breach_steps:
+                verdict = StepVerdict(TripCode.GRAD_EXPLOSION_RELATIVE, grad_norm, bound)
+        else:
+            for held in self._norm_breaches:
+                self._push_norm(held)
+            self._norm_breaches = []
+            self._push_norm(grad_norm)
+        # loss spike: the same, against the top of the loss window
+        band = self.loss_band() if self.statistical_rules else math.nan
+        if loss > band:
+            self._loss_breaches.append(loss)
+            if verdict is _OK and len(self._loss_breaches) >= cfg.breach_steps:
+                verdict = StepVerdict(TripCode.LOSS_SPIKE, loss, band)
+        else:
+            for held in self._loss_breaches:
+                self._push_loss(held)
+            self._loss_breaches = []
+            self._push_loss(loss)
+        # loss level: the smoothed loss far above the lowest it has been (a slow divergence, which the band
+        # follows); only once level_window steps have been seen
+        level, ceiling = self.level, self.level_ceiling = self._level(loss)
+        if level > ceiling:  # False for a nan ceiling
+            self._level_breaches += 1
+            if verdict is _OK and self._level_breaches >= cfg.breach_steps:
+                verdict = StepVerdict(TripCode.LOSS_SPIKE, level, ceiling)
+        else:
+            self._level_breaches = 0
+            self.best_level = min(self.best_level, level) if math.isfinite(level) else self.best_level
         if cfg.vanishing_eps is not None and grad_norm < cfg.vanishing_eps:
             self._small_run += 1
             if verdict is _OK and self._small_run >= cfg.vanishing_steps:
                 verdict = StepVerdict(TripCode.VANISHING_GRADIENT, grad_norm, cfg.vanishing_eps)
         else:
             self._small_run = 0
-        self._push_loss(loss)
-        self._push_norm(grad_norm)
         return verdict
 
     def check(self, losses: np.ndarray, norms: np.ndarray) -> tuple[int, StepVerdict] | None:
@@ -299,15 +402,21 @@ def describe(code: int, value: float, threshold: float, config: GuardConfig) -> 
         return f"gradient explosion: norm {value:.4g} > absolute bound max_grad_norm={threshold:.4g}"
     if code is TripCode.GRAD_EXPLOSION_RELATIVE:
         return (
-            f"gradient explosion: norm {value:.4g} > explosion_factor={config.explosion_factor:g} x running "
-            f"median of the last {config.median_window} norms = {threshold:.4g}"
+            f"gradient explosion: norm {value:.4g} > {threshold:.4g} for {config.breach_steps} consecutive steps "
+            f"(the larger of explosion_factor={config.explosion_factor:g} x running median of the last "
+            f"{config.median_window} accepted norms and (1 + explosion_rtol={config.explosion_rtol:g}) x their "
+            "highest)"
         )
     if code is TripCode.LOSS_SPIKE:
         return (
-            f"loss spike: loss {value:.4g} >= {threshold:.4g} (mean of the previous {config.spike_window} "
-            f"losses + max(spike_rtol={config.spike_rtol:g} x mean, spike_atol={config.spike_atol:g}"
-            + (f", {config.spike_zscore:g} sd" if config.spike_zscore is not None else "")
-            + "))"
+            f"loss spike: {value:.4g} > {threshold:.4g} for {config.breach_steps} consecutive steps (the loss "
+            f"above the band of the run's own losses: the highest of the previous {config.spike_window} + "
+            f"max(spike_rtol={config.spike_rtol:g} x it, spike_atol={config.spike_atol:g})"
+            + (f" or their mean + {config.spike_zscore:g} sd" if config.spike_zscore is not None else "")
+            + (f"; or the mean loss of the last >= {config.spike_level_rows} rows above "
+               f"spike_level_factor={config.spike_level_factor:g} x its lowest"
+               if config.spike_level_factor is not None else "")
+            + ")"
         )
     if code is TripCode.VANISHING_GRADIENT:
         return (

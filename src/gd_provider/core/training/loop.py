@@ -539,8 +539,13 @@ class TrainingSession:
         self._steps_done = max(len(self.steps["step"]), int(recorded or 0))
         guard = None
         if self.guarded and spec.guards.enabled:
-            guard = TrainingGuard(spec.guards, statistical_rules=spec.batch_mode != "sgd")
-            window = max(spec.guards.median_window, spec.guards.spike_window, spec.guards.vanishing_steps)
+            # batch_rows: the level rule averages over a number of rows, i.e. more steps for smaller batches
+            guard = TrainingGuard(
+                spec.guards, statistical_rules=spec.batch_mode != "sgd", batch_rows=spec.batch_rows(len(self.xs))
+            )
+            window = max(
+                spec.guards.median_window, spec.guards.spike_window, spec.guards.vanishing_steps, guard.level_window
+            )
             guard.prime(self.steps["loss"][-window:], self.steps["grad_norm"][-window:])
             # The recorded losses are cross-rank means; the live guard judged this rank's own losses.
             windows = self.guard_loss_windows
