@@ -296,7 +296,7 @@ def _parse_snapshot(snap: Mapping[str, Any], columns: Sequence[str]) -> dict[str
             value = metric.get("value") or {}
             out["__share__"] = value.get("share")
     for test in snap.get("tests", []):
-        col = by_metric.get((test.get("metric_config") or {}).get("metric_id"))
+        col = by_metric.get(str((test.get("metric_config") or {}).get("metric_id")))
         if col is not None and test.get("status") in ("SUCCESS", "FAIL"):
             out[col]["drifted"] = test["status"] == "FAIL"
     return out

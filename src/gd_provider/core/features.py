@@ -520,6 +520,7 @@ def materialize_feature_views(
             ) from exc
 
     if not incremental:
+        assert start_utc is not None  # not incremental: a start was given
         run(names, start_utc)  # one call for all views, as Feast would
     else:
         for name, lo in plan:
@@ -587,8 +588,7 @@ class FreshnessReport:
         if self.fresh:
             return f"all {len(self.watermarks)} feature views are materialized through {self.through.isoformat()}"
         parts = [
-            f"{n} (materialized through {self.watermarks[n].isoformat()})"
-            if self.watermarks[n] is not None
+            f"{n} (materialized through {mark.isoformat()})" if (mark := self.watermarks[n]) is not None
             else f"{n} (never materialized)"
             for n in self.stale
         ]

@@ -23,7 +23,7 @@ class FocalBinaryTask(Task):
     name = "focal_binary"
     losses = ("focal",)
     default_loss = "focal"
-    metrics: ClassVar[Mapping[str, bool]] = {"roc_auc": True, "pr_auc": True, "brier": False}
+    metrics: Mapping[str, bool] = {"roc_auc": True, "pr_auc": True, "brier": False}
     validation_metrics: ClassVar[Mapping[str, bool]] = {"val_loss": False, "val_pr_auc": True}
     default_validation_metric = "val_pr_auc"
     options: ClassVar[Mapping[str, Any]] = {"gamma": 2.0, "alpha": 0.75}

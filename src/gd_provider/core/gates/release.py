@@ -176,7 +176,7 @@ def judge_slices(boot: PairedBootstrap, policy: SlicePolicy, *, judge: str, has_
         values = {s: value(s, "challenger", metric) for s in judged}
         values = {s: v for s, v in values.items() if math.isfinite(v)}
         if values:
-            worst = min(values, key=values.get) if higher else max(values, key=values.get)
+            worst = min(values, key=values.__getitem__) if higher else max(values, key=values.__getitem__)
             if (values[worst] < floor) if higher else (values[worst] > floor):
                 failed.setdefault(worst, []).append(
                     f"{metric} {values[worst]:.4f} {'below' if higher else 'above'} the worst-slice floor {floor:.4f}")
@@ -184,7 +184,7 @@ def judge_slices(boot: PairedBootstrap, policy: SlicePolicy, *, judge: str, has_
         values = {s: boot.slices[s]["challenger"][metric].value for s in judged}
         values = {s: v for s, v in values.items() if math.isfinite(v)}
         if len(values) >= 2:
-            lo, hi = min(values, key=values.get), max(values, key=values.get)
+            lo, hi = min(values, key=values.__getitem__), max(values, key=values.__getitem__)
             gap = values[hi] - values[lo]
             if gap > cap + 1e-12:
                 for s in (lo, hi):
@@ -269,9 +269,9 @@ def decide_release(
         if dc is not None:
             challenger["flip_rate"] = float(np.mean(dc != dh))
         if interval is not None or slicing is not None:
-            ids = slice_ids(holdout, slicing.columns) if slicing is not None else None
+            grouped = slice_ids(holdout, slicing.columns) if slicing is not None else None
             named = {*policy.value_thresholds, *policy.max_abs_regression, *policy.max_rel_regression}
-            boot = compare(y, dc, dh, interval=interval, slices=ids, champion_scores=champion_scores,
+            boot = compare(y, dc, dh, interval=interval, slices=grouped, champion_scores=champion_scores,
                            challenger_scores=challenger_scores, ranking=bool(named & {"roc_auc", "pr_auc"}))
     overall = boot.overall if boot is not None and interval is not None else None
     if overall is not None and champion_scores is None:
@@ -294,7 +294,7 @@ def decide_release(
     elif th_h is not None or th_c is not None:
         decision.operating_points = {"challenger": _rule_summary(th_h),
                                      "champion": None if champion_scores is None else _rule_summary(th_c)}
-    if overall is not None:
+    if overall is not None and boot is not None and interval is not None:
         decision.intervals = {"confidence": boot.confidence, "resamples": boot.resamples, "judge": interval.judge,
                               **{group: {m: iv.to_dict() for m, iv in values.items()} for group, values in overall.items()}}
     decision.holdout_rows = int(len(y))

@@ -72,7 +72,7 @@ class Task(ABC):
     name: ClassVar[str] = "task"
     losses: ClassVar[tuple[str, ...]] = ()
     default_loss: ClassVar[str] = ""
-    metrics: ClassVar[Mapping[str, bool]] = {}
+    metrics: Mapping[str, bool] = {}  # a class attribute; a task whose metrics depend on its options sets its own
     validation_metrics: ClassVar[Mapping[str, bool]] = {"val_loss": False}
     default_validation_metric: ClassVar[str] = "val_loss"
     options: ClassVar[Mapping[str, Any]] = {}

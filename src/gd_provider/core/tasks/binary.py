@@ -64,7 +64,7 @@ class BinaryTask(Task):
     name = "binary"
     losses = ("bce",)
     default_loss = "bce"
-    metrics: ClassVar[Mapping[str, bool]] = {
+    metrics: Mapping[str, bool] = {
         "roc_auc": True, "pr_auc": True, "precision": True, "recall": True, "f1": True,
         "fpr": False, "log_loss": False, "ece": False,
         # at the model's operating point: the share flagged, and (against the champion) the share of rows

@@ -240,7 +240,7 @@ class MulticlassTask(Task):
         pred = masked.argmax(axis=1)
         none = ~np.isfinite(masked).any(axis=1)
         if none.any():
-            fallback = rule.get("fallback_class")
+            fallback = (rule or {}).get("fallback_class")
             pred[none] = index[str(fallback)] if fallback is not None else proba[none].argmax(axis=1)
         return pred
 

@@ -269,9 +269,9 @@ class TrainingGuard:
 
     def loss_band(self) -> float:
         """The loss above which a step breaches (``nan`` before the first accepted loss)."""
-        if not self._losses or self.config.spike_rtol is None:
-            return math.nan
         cfg = self.config
+        if not self._losses or cfg.spike_rtol is None:
+            return math.nan
         top = max(self._losses)
         bound = top + max(cfg.spike_rtol * abs(top), cfg.spike_atol)
         if cfg.spike_zscore is not None:

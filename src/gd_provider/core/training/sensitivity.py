@@ -97,9 +97,9 @@ def run_sensitivity(
             values.append(math.nan)
             continue
         last = fit.history[-1] if fit.history else {}
-        value = last.get(cfg.metric, math.nan)
+        value = last.get(str(cfg.metric), math.nan)
         values.append(float(value) if isinstance(value, int | float) else math.nan)
-    ok, spread, reason = judge_sensitivity(cfg.factors, values, cfg.max_spread, cfg.metric)
+    ok, spread, reason = judge_sensitivity(cfg.factors, values, cfg.max_spread, str(cfg.metric))
     if diverged:
         reason += "; diverged: " + "; ".join(f"lr x {f}: {why}" for f, why in diverged.items())
     return {
