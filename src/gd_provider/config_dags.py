@@ -1,6 +1,6 @@
 """The deployable DAGs that serve every retraining config: feature materialization and manual rollback.
 
-Both read the same folder of retraining configs as :func:`gd_provider.dag_factory.build_dags_from_folder`
+Both read the same folder of retraining configs as :func:`gd_provider.factory.build_dags_from_folder`
 (``dags/configs/*.yaml``), so a new model's config brings its feature views into the nightly
 materialization and its name into the rollback form, with no DAG file to edit. A config that fails
 validation is left out here too (``dags/retraining_config_check.py`` reports it).
@@ -9,7 +9,7 @@ validation is left out here too (``dags/retraining_config_check.py`` reports it)
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ MANUAL_ROLLBACK_DAG_ID = "gd_manual_rollback"
 
 
 def valid_configs(folder: str | Path) -> list[Any]:
-    """The :class:`~gd_provider.dag_factory.RetrainingConfig` of every config in ``folder`` that validates."""
+    """The :class:`~gd_provider.factory.RetrainingConfig` of every config in ``folder`` that validates."""
     from gd_provider.dag_factory import ConfigError, load_config
 
     out = []
@@ -100,7 +100,9 @@ def build_manual_rollback_dag(folder: str | Path, *, dag_id: str = MANUAL_ROLLBA
     """Manual rollback from the Airflow UI ("Trigger DAG"): pick the model (the configs' models are
     proposed), the target version (a number, or ``previous`` = the champion recorded before the current
     one) and give a reason. The triggering user, the reason and this DAG run go into the model's audit
-    trail."""
+    trail. The rollback is a journaled change (:func:`gd_provider.core.registry.rollback`): when MLflow fails
+    mid-way the task is retried, and the retry completes the interrupted rollback - its audit entry written
+    with who and why - or, when the alias never moved, does it; a refused rollback is not retried."""
     from airflow.sdk import DAG, Param
 
     from gd_provider.operators.registry import RollbackModelOperator
@@ -139,5 +141,8 @@ def build_manual_rollback_dag(folder: str | Path, *, dag_id: str = MANUAL_ROLLBA
             to_version="{{ params.to_version }}",
             alias="{{ params.alias }}",
             reason="{{ params.reason }}",
+            # a registry that fails mid-way: the retry settles the journaled change (refusals are not retried)
+            retries=2,
+            retry_delay=timedelta(seconds=20),
         )
     return dag

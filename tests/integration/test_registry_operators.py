@@ -319,3 +319,30 @@ def test_forced_promotion_records_the_reason(gd_home, client, experiment, champi
     last = registry.audit_trail(client, name)[-1]
     assert last["actor"] == "alice" and last["reason"].startswith("FORCED by request (hotfix for a known bad champion)")
     assert "pr_auc 0.20 vs champion 0.25: FAIL" in last["reason"]
+
+
+def test_automatic_rollback_undoes_this_run_s_interrupted_promotion(gd_home, client, experiment, champion, name):
+    """The server died after promote moved the alias, before it returned (no promotion XCom, its intent
+    pending): the run's rollback still finds it, writes the promotion's audit entry, then restores v1."""
+    from gd_provider.operators._common import run_key
+
+    v2 = register_scorer(client, experiment, name, "d/r2", {})
+    ctx = fake_context()
+    registry._begin_change(client, name, {"action": "promote", "alias": "champion", "from": champion, "to": v2,
+                                          "actor": "scheduler", "reason": "gate passed", "dag_run": run_key(ctx)})
+    client.set_registered_model_alias(name, "champion", v2)  # ... and the server went away here
+    with pytest.raises(AirflowSkipException, match="promoted nothing"):  # without the model's name: as before
+        RollbackModelOperator(task_id="rollback").execute(ctx)
+    done = RollbackModelOperator(task_id="rollback", model_name=name).execute(ctx)
+    assert (done["from"], done["to"]) == (v2, champion)
+    assert registry.get_alias_version(client, name, "champion") == champion
+    trail = [(e["action"], e["from"], e["to"]) for e in registry.audit_trail(client, name)]
+    assert trail == [("promote", "none", champion), ("promote", champion, v2), ("rollback", v2, champion)]
+    assert registry.pending_change(client, name) is None
+    # another run's pending promotion is not this run's to undo
+    v3 = register_scorer(client, experiment, name, "d/r3", {})
+    registry._begin_change(client, name, {"action": "promote", "alias": "champion", "from": champion, "to": v3,
+                                          "actor": "scheduler", "reason": "gate passed", "dag_run": "other:run"})
+    client.set_registered_model_alias(name, "champion", v3)
+    with pytest.raises(AirflowSkipException, match="promoted nothing"):
+        RollbackModelOperator(task_id="rollback", model_name=name).execute(ctx)

@@ -229,6 +229,7 @@ def release_stage(cfg: RetrainingConfig, dataset: Any, training: Any, group_id: 
             on_failure_callback=alerts("smoke_test"), **conn,
         )
         rollback = RollbackModelOperator(task_id="rollback", promote_task_id=promote.task_id,
+                                         model_name=cfg.model_name, alias=cfg.alias,  # an interrupted promotion
                                          on_success_callback=alert_callbacks(cfg, "rolled back"),
                                          on_failure_callback=alerts("rollback"), **conn)
         evaluate >> register >> promote >> smoke_test >> rollback

@@ -310,6 +310,7 @@ class RegisterModelOperator(BaseOperator):
             dag_id=dag_run.dag_id,
             run_id=dag_run.run_id,
             logical_date=dag_run.logical_date.isoformat() if dag_run.logical_date else None,
+            run_after=dag_run.run_after.isoformat() if getattr(dag_run, "run_after", None) else None,
             data_interval=self.dataset.get("data_interval"),
             dataset=self.dataset,
             training=self.training,
@@ -413,6 +414,10 @@ class PromoteModelOperator(BaseOperator):
             ) from exc
         push_link(context, MlflowModelVersionLink,
                   mlflow_model_version_url(config.ui_url, result["name"], result["version"]))
+        if result.get("completed"):
+            self.log.warning("%s@%s was already v%s: this promotion had been interrupted after moving the alias; "
+                             "its audit entry (#%s) is written now", result["name"], self.alias, result["version"],
+                             result["completed"])
         self.log.info("%s@%s: %s -> %s", result["name"], self.alias, result["previous_champion"], result["version"])
         return result
 
@@ -643,6 +648,26 @@ class RollbackModelOperator(BaseOperator):
         self.reason = reason
         self.mlflow_conn_id = mlflow_conn_id
 
+    def _interrupted_promotion(self, context: Any) -> dict[str, Any] | None:
+        """A promotion of this run that moved the alias but failed before it returned (its intent is still
+        pending, so it has no XCom): what to undo, as the promotion's XCom would say; None otherwise. Needs
+        ``model_name`` (the release stage gives it)."""
+        if not self.model_name:
+            return None
+        from gd_provider.core.registry import get_alias_version, pending_change
+        from gd_provider.hooks.mlflow import MlflowHook
+
+        client = MlflowHook(self.mlflow_conn_id).get_config().client()
+        intent = pending_change(client, self.model_name, self.alias)
+        if not intent or intent.get("action") != "promote" or intent.get("dag_run") != run_key(context):
+            return None
+        if get_alias_version(client, self.model_name, self.alias) != str(intent.get("to")):
+            return None  # the alias never moved (or moved on): nothing of this run's to undo
+        self.log.warning("%s@%s: this run's promotion to v%s moved the alias but did not complete; rolling it back "
+                         "(the promotion's audit entry is written first)", self.model_name, self.alias, intent["to"])
+        return {"name": self.model_name, "alias": self.alias, "version": str(intent["to"]),
+                "previous_champion": str(intent.get("from"))}
+
     def execute(self, context: Any) -> dict[str, Any]:
         from gd_provider.core.registry import NO_CHAMPION, RegistryError, rollback
         from gd_provider.hooks.mlflow import MlflowHook
@@ -651,7 +676,7 @@ class RollbackModelOperator(BaseOperator):
         if self.promote_task_id:
             # Pulled here rather than passed as an XComArg: when the promotion never ran (an earlier gate
             # failed) there is no XCom, and that simply means there is nothing to roll back.
-            promotion = context["ti"].xcom_pull(task_ids=self.promote_task_id)
+            promotion = context["ti"].xcom_pull(task_ids=self.promote_task_id) or self._interrupted_promotion(context)
             if not promotion:
                 raise AirflowSkipException("this run promoted nothing: no rollback needed")
             if promotion["previous_champion"] == NO_CHAMPION:
