@@ -217,6 +217,9 @@ def test_remote_training_end_to_end_then_a_retry_adopts_the_job(remote, manifest
     assert out["metrics"]["epoch"] == 2 and out["health"]["status"] == "completed"
     log = capsys.readouterr().out
     assert f"[ray job {sid}]" in log and "gd_provider training completed" in log  # job log tailed
+    # the job driver's own lines keep their level: the epoch lines and the summary at INFO, the marker read
+    assert f"[ray job {sid}] epoch 1/2: train_loss " in log and f"[ray job {sid}] training completed in " in log
+    assert "[gd " not in log
     assert remote.token not in log
     assert ctx["ti"].xcoms[("task", "_link_RayJobLink")] == f"{remote.url}/#/jobs/{sid}"
     assert "/#/experiments/" in ctx["ti"].xcoms[("task", "_link_MlflowRunLink")]

@@ -93,6 +93,25 @@ def _clip(value: Any) -> str:
     return text if len(text) <= MAX_TAG else text[: MAX_TAG - 1] + "…"
 
 
+LOGICAL_DATE_SOURCE = "gd.logical_date_source"
+
+
+def run_date(
+    logical_date: str | None, run_after: str | None = None, data_interval: Any = None
+) -> tuple[str, str]:
+    """``(instant, source)`` recorded as ``gd.logical_date`` and ``gd.logical_date_source``: the run's logical
+    date (``logical_date``); for a manual run without one (Airflow 3), when it ran (``run_after``); else the
+    end of its data window (``data_interval_end``); ``("", "none")`` when there is none of them."""
+    if logical_date:
+        return str(logical_date), "logical_date"
+    if run_after:
+        return str(run_after), "run_after"
+    end = data_interval[-1] if isinstance(data_interval, list | tuple) and data_interval else data_interval
+    if isinstance(end, str) and end.strip():
+        return end.strip(), "data_interval_end"
+    return "", "none"
+
+
 def lineage_tags(
     *,
     dag_id: str,
@@ -104,11 +123,16 @@ def lineage_tags(
     gate: dict[str, Any] | None,
     drift: dict[str, Any] | None = None,
     triggered_by: str | None = None,
+    run_after: str | None = None,
 ) -> dict[str, str]:
+    """The lineage tags of a registered version. ``gd.logical_date`` is always an ISO instant when the run has
+    a date at all (see ``run_date``); ``gd.logical_date_source`` says which one it is."""
+    date, date_source = run_date(logical_date, run_after, data_interval or dataset.get("data_interval"))
     tags: dict[str, Any] = {
         "gd.dag_id": dag_id,
         "gd.airflow_run_id": run_id,
-        "gd.logical_date": logical_date or "",
+        "gd.logical_date": date,
+        LOGICAL_DATE_SOURCE: date_source,
         "gd.data_interval": data_interval or dataset.get("data_interval") or "",
         DATASET_URI: dataset["uri"],
         DATASET_SHA256: dataset["sha256"],

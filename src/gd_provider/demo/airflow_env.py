@@ -121,13 +121,29 @@ def clear_tasks(
         return sorted(ti.task_id for ti in response.task_instances)
 
 
+def run_dag_callback(dag: Any, request: Any) -> None:
+    """Run a DAG run's success/failure callbacks as Airflow's DAG processor does for the scheduler's
+    ``DagCallbackRequest``: the request goes through its JSON form (as the scheduler stores it for the
+    processor), then ``_execute_dag_callbacks`` calls the callbacks of ``dag`` - the DAG as parsed from
+    its file, with its callables - with the context built from the request. A callback that raises is
+    logged, as there, and does not fail the run."""
+    import structlog
+    from airflow.callbacks.callback_requests import DagCallbackRequest
+    from airflow.dag_processing.processor import _execute_dag_callbacks
+
+    request = DagCallbackRequest.model_validate_json(request.to_json())
+    bag = type("_ParsedDags", (), {"dags": {dag.dag_id: dag}})()  # the processor's DagBag, for this DAG
+    _execute_dag_callbacks(bag, request, structlog.get_logger("airflow.dag_processing.callbacks"))
+
+
 def resume_run(dag: Any, run_id: str, *, max_seconds: float = 3600) -> dict[str, Any]:
     """Run a queued (e.g. just cleared) DAG run to the end without a scheduler.
 
     What the scheduler would do: start the run, then schedule and run the task instances whose
     dependencies are met, one at a time, with the task runner ``dag.test()`` uses. Only cleared task
-    instances run again (their try number goes up); finished ones are left alone. Returns
-    :func:`run_summary`.
+    instances run again (their try number goes up); finished ones are left alone. When the run ends, its
+    DAG-level callbacks (``on_success_callback``/``on_failure_callback``) run as the scheduler hands them
+    over (:func:`run_dag_callback`). Returns :func:`run_summary`.
     """
     import time
 
@@ -142,14 +158,22 @@ def resume_run(dag: Any, run_id: str, *, max_seconds: float = 3600) -> dict[str,
         dr = session.query(DagRun).filter(DagRun.dag_id == dag.dag_id, DagRun.run_id == run_id).one()
         if dr.state != DagRunState.QUEUED:
             raise RuntimeError(f"DAG run {run_id} is {dr.state}, not queued: clear some of its tasks first")
-        dr.dag = DBDagBag().get_dag_for_run(dr, session=session)
+        serialized = dr.dag = DBDagBag().get_dag_for_run(dr, session=session)
         dr.set_state(DagRunState.RUNNING)
         session.commit()
         while dr.state == DagRunState.RUNNING:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"DAG run {run_id} still running after {max_seconds} s")
             session.expire_all()
-            schedulable, _ = dr.update_state(session=session)
+            # the task runner may have detached it (its own use of the scoped session): fetch it again
+            dr = session.query(DagRun).filter(DagRun.dag_id == dag.dag_id, DagRun.run_id == run_id).one()
+            dr.dag = serialized
+            # as the scheduler: the run's DAG callbacks come back as a request, never run here on the
+            # serialized DAG (which has no callables); the DAG processor runs them on the parsed DAG
+            schedulable, callback = dr.update_state(session=session, execute_callbacks=False)
+            if callback is not None:
+                session.commit()
+                run_dag_callback(dag, callback)
             for ti in schedulable:
                 if ti.state != TaskInstanceState.UP_FOR_RESCHEDULE:
                     ti.try_number += 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -44,21 +45,46 @@ def _strings(value: Any) -> Iterator[str]:
 def mask_connection_secrets(conn: Connection) -> None:
     """Mask what Airflow does not: Airflow masks a connection's password and its extra as one whole JSON
     string, so a secret *inside* the extra (``{"token": ...}``, a password in ``tracking_uri``) would be
-    logged in clear. Masks the values of sensitive extra keys (token, password, secret, ...) and the
-    password of every URL in the host or the extra."""
+    logged in clear. Masks the password itself, the values of sensitive extra keys (token, password,
+    secret, ...) and the secrets of every URL in the host, the schema or the extra (``url_secrets``)."""
     from airflow.sdk.log import mask_secret
 
+    if conn.password:
+        mask_secret(conn.password)
     extra = conn.extra_dejson
     if extra:
         mask_secret(extra)  # values whose key name is sensitive, recursively
-    for value in [conn.host or "", *_strings(extra)]:
-        if "://" in value and "@" in value:
-            try:
-                password = urlsplit(value).password
-            except ValueError:
-                continue
-            if password:
-                mask_secret(password)
+    for value in [conn.host or "", conn.schema or "", *_strings(extra)]:
+        for secret in url_secrets(value):
+            mask_secret(secret)
+
+
+_SENSITIVE_QUERY_KEYS = ("password", "passwd", "secret", "token", "key", "signature", "credential", "auth")
+
+
+def url_secrets(value: str) -> list[str]:
+    """The secrets of each URL inside ``value``: the password of its user info (as written and
+    percent-decoded), a user info without a password (``https://TOKEN@host``), and the values of query
+    parameters with a sensitive name (``?token=...``, ``X-Amz-Signature=...``)."""
+    from urllib.parse import parse_qsl, unquote
+
+    found: list[str] = []
+    if "://" not in value:
+        return found
+    for url in re.findall(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+", value):
+        try:
+            parts = urlsplit(url)
+            user, password = parts.username, parts.password
+        except ValueError:
+            continue
+        if password:
+            found += [password, unquote(password)]
+        elif user and "@" in parts.netloc:
+            found += [user, unquote(user)]
+        for key, val in parse_qsl(parts.query, keep_blank_values=False):
+            if val and any(word in key.lower() for word in _SENSITIVE_QUERY_KEYS):
+                found.append(val)
+    return list(dict.fromkeys(found))
 
 
 class ConnectionConfigError(ValueError):

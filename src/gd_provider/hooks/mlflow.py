@@ -18,6 +18,9 @@ class MlflowHook(GdBaseHook):
       for tracking and registry, artifacts under ``<home>/mlflow/artifacts``;
     * ``host`` (with ``schema``/``port``) → an MLflow server, e.g. host ``mlflow``, port 5000,
       schema ``http``; or ``extra.tracking_uri`` to give the full URI (``postgresql://…``, ``sqlite:///…``);
+    * credentials: ``login`` + ``password`` → HTTP basic auth, a ``password`` alone → a bearer token, or
+      ``user:pw@`` in an HTTP(S) ``tracking_uri``; they reach MLflow as ``MLFLOW_TRACKING_USERNAME`` /
+      ``MLFLOW_TRACKING_PASSWORD`` / ``MLFLOW_TRACKING_TOKEN`` and are stripped from every URI it prints;
     * ``extra.registry_uri`` when the registry lives elsewhere; ``extra.artifact_root`` for the artifact
       location of experiments this package creates (a shared volume or object store on the stack);
       ``extra.ui_url`` for the extra links (default: the server itself, or ``http://localhost:5000``,
@@ -58,7 +61,11 @@ class MlflowHook(GdBaseHook):
             tracking_uri=tracking,
             registry_uri=extra.get("registry_uri"),
             artifact_root=extra.get("artifact_root"),
-            token=conn.password or None,
+            # login + password: HTTP basic auth; a password alone: a bearer token. Either goes to MLflow through
+            # its environment variables, never in the URI (MlflowConfig also moves user:pw@ out of tracking_uri)
+            token=None if conn.login else conn.password or None,
+            username=(conn.login or None) if conn.password else None,
+            password=(conn.password or None) if conn.login else None,
             # links end up in XCom and the UI: never with credentials from the tracking URI
             ui_url=strip_credentials(
                 extra.get("ui_url") or (tracking if tracking.startswith(("http://", "https://")) else None)

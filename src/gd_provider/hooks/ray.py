@@ -398,9 +398,17 @@ class RayHook(GdBaseHook):
         return self._log_lines(submission_id, logs, offset, final)
 
     def _log_lines(self, submission_id: str, logs: str, offset: int, final: bool) -> int:
+        from gd_provider.core.training.logs import parse_marked_line
+
         lines, offset = new_log_lines(logs, offset, final=final)
         for line in lines:
-            self.log.info("[ray job %s] %s", submission_id, line)
+            # the training's own lines carry their level (core.training.logs): an epoch line at INFO, Ray's
+            # chatter at DEBUG, a warning at WARNING; anything else the job printed at INFO
+            marked = parse_marked_line(line)
+            if marked is None:
+                self.log.info("[ray job %s] %s", submission_id, line)
+            else:
+                self.log.log(marked[0], "[ray job %s] %s", submission_id, marked[2])
         return offset
 
     def submit_job(self, submission_id: str, submission: JobSubmission) -> str:

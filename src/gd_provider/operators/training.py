@@ -301,14 +301,17 @@ class RayTrainOperator(BaseOperator):
                     **(tags or {})}
         logged = self._logged_before(logged_record, mlflow_config, all_tags) if logged_record else None
         if logged is None:
-            logged = log_training_run(
-                result,
-                spec,
-                dataset,
-                experiment_id=experiment_id,
-                run_name=f"{dag_run.dag_id}:{dag_run.run_id}",
-                tags=all_tags,
-            )
+            from gd_provider.core.training.logs import routed_logger
+
+            with routed_logger("mlflow"):  # MLflow's own stderr lines: ERROR in the task log; its INFO at DEBUG
+                logged = log_training_run(
+                    result,
+                    spec,
+                    dataset,
+                    experiment_id=experiment_id,
+                    run_name=f"{dag_run.dag_id}:{dag_run.run_id}",
+                    tags=all_tags,
+                )
             if logged_record is not None:
                 from gd_provider.core.training.entrypoint import write_json_atomic
 
@@ -393,7 +396,10 @@ class RayTrainOperator(BaseOperator):
             layer = dict(layer)
             env_vars.update({str(k): str(v) for k, v in (layer.pop("env_vars", None) or {}).items()})
             runtime_env.update(layer)
-        runtime_env["env_vars"] = env_vars
+        # never a connection's, Airflow's or MLflow's credential variables, whoever put them in a runtime_env
+        from gd_provider.core.training.worker_env import job_env_vars
+
+        runtime_env["env_vars"] = job_env_vars(env_vars)
         return runtime_env
 
     def _same_training(self, jobs_dir: Path, submission_id: str, spec: Any) -> bool:

@@ -135,8 +135,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--request", required=True, help="path of the JSON training request")
     args = parser.parse_args(argv)
-    request = read_request(args.request)
-    print(f"gd_provider training request {args.request}: run {request['run_name']!r} under {request['storage_path']}",
+    from gd_provider.core.training.logs import configure_job_driver_logging
+
+    undo_logging = configure_job_driver_logging()  # the job's log keeps each line's level (the task's too)
+    try:
+        return _run(args.request)
+    finally:
+        undo_logging()
+
+
+def _run(request_file: str) -> int:
+    request = read_request(request_file)
+    print(f"gd_provider training request {request_file}: run {request['run_name']!r} under {request['storage_path']}",
           flush=True)
     envelope, code = run_request(request)
     write_json_atomic(request["result_path"], envelope)

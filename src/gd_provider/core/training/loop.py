@@ -46,7 +46,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -155,7 +155,7 @@ def make_loss(
 ) -> nn.Module:
     """The task's loss for ``spec.loss`` (``state``: the task state, or the binary ``pos_weight``)."""
     task = task or spec.task_plugin()
-    return task.make_loss(spec.loss, task_state_of(state), device)
+    return task.make_loss(spec.loss or task.default_loss, task_state_of(state), device)
 
 
 @torch.no_grad()
@@ -447,7 +447,7 @@ class EpochRunner:
             done = i + 1
             if buf is not None:
                 torch.stack((loss.float(), norm.float()), out=buf[i])
-            if self.guard is not None and (done % self.sync_every == 0 or done == n):
+            if self.guard is not None and buf is not None and (done % self.sync_every == 0 or done == n):
                 trip = self._check(buf, checked, done, epoch, steps_before)
                 checked = done
                 if trip is not None:
@@ -732,7 +732,7 @@ def fit_plain(
             model=model,
             core=model,
             optimizer=optimizer,
-            loss_fn=task.make_loss(spec.loss, state, dev),
+            loss_fn=task.make_loss(spec.loss or task.default_loss, state, dev),
             xs=_tensor(x_train, dev),
             ys=_tensor(task.targets(y_train, state), dev),
             xv=_tensor(x_val, dev),
@@ -838,9 +838,9 @@ def _resume_directory(ray: Any, rank: int, run_dir: str | None, distributed: boo
         scanned = latest_checkpoint_on_disk(run_dir) if run_dir else None
         candidates = [(ray_dir, "ray"), (scanned, "storage_scan")]
         ranked = [(read_progress(d), d, src) for d, src in candidates if d is not None]
-        ranked = [(p, d, src) for p, d, src in ranked if p is not None]
-        if ranked:
-            _, directory, source = max(ranked, key=lambda r: (r[0][0], r[0][1], r[2] == "ray"))
+        found = [(p, d, src) for p, d, src in ranked if p is not None]
+        if found:
+            _, directory, source = max(found, key=lambda r: (r[0][0], r[0][1], r[2] == "ray"))
             choice = [str(directory), source]
     if distributed:
         import torch.distributed as dist
@@ -872,6 +872,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         import sklearn.metrics  # noqa: F401
 
     entered = time.time()
+    from gd_provider.core.training.logs import EpochProgress, configure_worker_logging
+
+    configure_worker_logging()  # console lines carry their level: the driver logs each at it
     add_python_paths(config.get("python_paths"))  # a user's model factory / task class, by import path
     spec = TrainingSpec.from_dict(config["spec"])
     task = spec.task_plugin()
@@ -935,7 +938,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if model_state is not None:
         model.load_state_dict(model_state)
     model = ray.train.torch.prepare_model(model)
-    core = model.module if hasattr(model, "module") else model
+    core = cast(nn.Module, model.module) if hasattr(model, "module") else model  # DDP wraps the model
     optimizer = make_optimizer(spec, model.parameters())
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)
@@ -945,7 +948,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         model=model,
         core=core,
         optimizer=optimizer,
-        loss_fn=task.make_loss(spec.loss, state, device),
+        loss_fn=task.make_loss(spec.loss or task.default_loss, state, device),
         xs=xs,
         ys=ys,
         xv=xv,
@@ -970,8 +973,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         timeline.setdefault("first_epoch_started_unix", now)
         timeline.setdefault("epoch_started_unix", {})[str(epoch)] = now
 
+    progress = EpochProgress(spec) if rank == 0 else None  # one INFO line per epoch, in the task's log
+
     def on_epoch_end(epoch: int, metrics: dict[str, Any]) -> None:
         timeline["last_epoch_ended_unix"] = time.time()
+        if progress is not None:
+            done = int(metrics.get("steps") or 0)
+            progress.log(metrics, session.steps["grad_norm"][-done:] if done else [])
         if session.guard_loss_windows is not None:
             run_state["guard_loss_windows"] = session.guard_loss_windows
         _report(

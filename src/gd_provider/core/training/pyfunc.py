@@ -131,7 +131,7 @@ class ModelScorer:
 FraudScorer = ModelScorer  # the former name (a binary model directory scores as before)
 
 
-class GdTorchPyfunc(mlflow.pyfunc.PythonModel):
+class GdTorchPyfunc(mlflow.pyfunc.PythonModel):  # type: ignore[name-defined]  # mlflow exports it lazily
     """MLflow pyfunc around ``ModelScorer``; artifacts: ``{"model_dir": <trained model directory>}``."""
 
     def load_context(self, context: Any) -> None:
@@ -191,7 +191,7 @@ def curve_metric(result: TrainingResult) -> tuple[str | None, bool]:
     except (SpecError, TaskError):
         return None, False
     directions = dict(task.validation_metrics)
-    metric = task.default_validation_metric
+    metric: str | None = task.default_validation_metric
     if metric == "val_loss" or metric not in directions:
         metric = next((m for m in directions if m != "val_loss"), None)
     if metric is None:
@@ -268,18 +268,33 @@ def _step_metrics(result: TrainingResult, now_ms: int, max_points: int = MAX_STE
     n = len(steps.get("step", []))
     stride = max(1, math.ceil(n / max_points)) if max_points else 1
     keep = set(range(0, n, stride)) | ({n - 1} if n else set())
-    for key, name in (
-        ("loss", "step_loss"),
-        ("grad_norm", "step_grad_norm"),
-        ("lr", "step_lr"),
-        ("clipped", "step_clipped"),
+    lr_name, lr_factor = lr_metric(steps.get("lr", []))
+    for key, name, factor in (
+        ("loss", "step_loss", 1.0),
+        ("grad_norm", "step_grad_norm", 1.0),
+        ("lr", lr_name, lr_factor),
+        ("clipped", "step_clipped", 1.0),
     ):
         values = steps.get(key, [])
         for i, (step, value) in enumerate(zip(steps.get("step", []), values, strict=False)):
             if i not in keep or value is None or not math.isfinite(value):
                 continue  # non-finite steps are counted in gd.health.nonfinite_steps
-            out.append(Metric(key=name, value=float(value), timestamp=now_ms, step=int(step)))
+            out.append(Metric(key=name, value=float(value) * factor, timestamp=now_ms, step=int(step)))
     return out
+
+
+def lr_metric(lrs: list[float]) -> tuple[str, float]:
+    """``(name, factor)`` of the per-step learning-rate metric: the lr times a power of ten that puts the
+    run's largest lr in [1, 10), named for it (``step_lr_x1e3``: lr 0.001 plots as 1.0). A learning rate of
+    1e-3 logged as is reads as a flat line at 0 in MLflow's charts (a constant series gets a unit-wide axis
+    around 0); the per-epoch ``lr`` metric keeps the value itself. ``step_lr`` unscaled when the lr is >= 1."""
+    finite = [abs(float(v)) for v in lrs if v is not None and math.isfinite(v) and v != 0]
+    if not finite:
+        return "step_lr", 1.0
+    exponent = -math.floor(math.log10(max(finite)))
+    if exponent <= 0:
+        return "step_lr", 1.0
+    return f"step_lr_x1e{exponent}", float(10**exponent)
 
 
 def log_training_run(

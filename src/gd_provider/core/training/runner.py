@@ -33,6 +33,7 @@ import pandas as pd
 from gd_provider.core.data import DatasetManifest, read_dataset
 from gd_provider.core.tasks import BUILTIN_TASKS, LabelError, Task, task_class
 from gd_provider.core.training.health import health_summary
+from gd_provider.core.training.logs import RayLogRouting, log_summary
 from gd_provider.core.training.loop import (
     HISTORY_FILE,
     MODEL_FILE,
@@ -56,6 +57,7 @@ from gd_provider.core.training.preprocess import (
     split_by_time,
 )
 from gd_provider.core.training.spec import SpecError, TrainingSpec
+from gd_provider.core.training.worker_env import hidden_names
 
 PREPROCESSOR_FILE = "preprocessor.json"
 SPEC_FILE = "spec.json"
@@ -341,7 +343,8 @@ def init_local_ray(num_cpus: int | None = None, *, python_paths: Any = (), **kwa
     loop also puts them on each worker's ``sys.path``, for an instance started elsewhere). Workers run at
     the driver's niceness (Ray's default is +15) and Ray Train's preemption watcher is off (no preemptible
     nodes here); a value already in the environment (``RAY_worker_niceness``,
-    ``RAY_TRAIN_ENABLE_PREEMPTION_WATCHER``) wins.
+    ``RAY_TRAIN_ENABLE_PREEMPTION_WATCHER``) wins. Ray's processes start without the task's secrets
+    (``worker_env.hidden_names``: Airflow's connections, variables and configuration, MLflow's credentials).
 
     The process's own SIGTERM handler is kept: ``ray.init`` replaces it (with ``sys.exit``, and the core
     worker's abort handler), which inside an Airflow task would bypass the task runner's handler and so the
@@ -369,6 +372,16 @@ def init_local_ray(num_cpus: int | None = None, *, python_paths: Any = (), **kwa
     added = [p for i, p in enumerate(added) if p not in paths and p not in added[:i]]
     if added:
         os.environ["PYTHONPATH"] = os.pathsep.join([*added, *paths])
+    # Ray's processes (GCS, raylet, and so every worker) inherit the environment of this moment: not the
+    # task's connections, variables, Airflow configuration or MLflow credentials (see worker_env)
+    hidden = {name: os.environ.pop(name) for name in hidden_names()}
+    # The instance's own address for its processes (RAY_ADDRESS, on a port chosen here): a Ray helper that
+    # looks the cluster up from inside - Ray Train's PlacementGroupCleaner asks the State API - would
+    # otherwise scan the host and, with another Ray running there, fail with "Found multiple active Ray
+    # instances" (a traceback in the task log) or find the other one. ``address="local"`` ignores it.
+    own_address = _own_address_env(kwargs.get("_node_ip_address"))
+    saved_address = {key: os.environ.get(key) for key in own_address}
+    os.environ.update(own_address)
     try:
         ray.init(
             address="local",
@@ -377,6 +390,12 @@ def init_local_ray(num_cpus: int | None = None, *, python_paths: Any = (), **kwa
             **kwargs,
         )
     finally:
+        for key, value in saved_address.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        os.environ.update(hidden)
         for key in env_set:
             os.environ.pop(key, None)
         if previous is None:
@@ -385,6 +404,26 @@ def init_local_ray(num_cpus: int | None = None, *, python_paths: Any = (), **kwa
             os.environ["PYTHONPATH"] = previous
         if callable(term_handler):
             signal.signal(signal.SIGTERM, term_handler)
+
+
+GCS_PORT_ENV = "RAY_GCS_SERVER_PORT"  # the port a head node's GCS listens on (Ray reads it at start)
+
+
+def _own_address_env(node_ip: str | None = None) -> dict[str, str]:
+    """``{RAY_GCS_SERVER_PORT, RAY_ADDRESS}`` for a local instance about to start: a free port (or the one
+    already in ``RAY_GCS_SERVER_PORT``) on this node's IP address."""
+    import socket
+
+    from ray.util import get_node_ip_address
+
+    port = os.environ.get(GCS_PORT_ENV)
+    if not port:
+        with socket.socket() as probe:
+            probe.bind(("", 0))
+            port = str(probe.getsockname()[1])
+    ip = node_ip or get_node_ip_address()
+    host = f"[{ip}]" if ":" in ip else ip
+    return {GCS_PORT_ENV: port, "RAY_ADDRESS": f"{host}:{port}"}
 
 
 def check_ray_address(ray_address: str) -> None:
@@ -579,7 +618,7 @@ def choose_operating_point_for(model_dir: Path, inputs: Path, spec: TrainingSpec
                              for i in range(0, len(x_val), 65536)]).double().numpy()
     raw = scorer.task.scores(outputs, scorer.task_state)
     try:
-        return scorer.task.choose_operating_point(y_val, raw, spec.operating_point)
+        return scorer.task.choose_operating_point(y_val, raw, spec.operating_point or {})
     except (OperatingPointError, TaskError) as exc:
         raise TrainingInputError(f"training.{exc}" if isinstance(exc, OperatingPointError) else str(exc)) from exc
 
@@ -693,6 +732,10 @@ def run_training(
         config["fault_injection"] = fault_injection
 
     started_ray = False
+    summarize = True
+    # Ray's output through Python logging, at its own level (not the driver's stderr: an Airflow task logs
+    # that at ERROR); rank 0's one line per epoch arrives on gd_provider.training (see core.training.logs)
+    routing = RayLogRouting().start()
     try:
         if not ray.is_initialized():
             if ray_address == "local":
@@ -702,6 +745,7 @@ def run_training(
                 # end leaves the cluster running.
                 ray.init(address=ray_address)
             started_ray = True
+        routing.attach_workers()
         result.timings["ray_init_s"] = time.perf_counter() - t_prep
         if device is None:
             gpus = float(ray.cluster_resources().get("GPU", 0.0))
@@ -749,6 +793,8 @@ def run_training(
         state_file = latest / RUN_STATE_FILE
         run_state = json.loads(state_file.read_text()) if state_file.is_file() else {}
         result.history, result.steps, result.run_state = history, steps, run_state
+        if run_state.get("status") != "diverged" and history:
+            routing.drain(int(history[-1].get("epoch", len(history))))  # the last epoch line, before shutdown
         timeline = run_state.get("timeline", {})
         if "first_epoch_started_unix" in timeline and not run_state.get("resumes"):
             result.timings["worker_startup_s"] = timeline["first_epoch_started_unix"] - fit_started_unix
@@ -796,7 +842,13 @@ def run_training(
             steps, status="completed", spec=spec, restarts=restarts, sensitivity=result.sensitivity
         )
         return result
+    except BaseException:
+        summarize = False  # the exception says what happened
+        raise
     finally:
         if started_ray:
             ray.shutdown()
+        routing.stop()
         result.timings["total_s"] = time.perf_counter() - t0
+        if summarize:
+            log_summary(result)  # one line: outcome, chosen epoch's metrics, health, where the time went
