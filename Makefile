@@ -10,7 +10,7 @@ export RAY_USAGE_STATS_ENABLED = 0
 export GX_ANALYTICS_ENABLED = false
 export FEAST_USAGE = False
 
-.PHONY: install demo test test-fast test-system lint bench clean-demo
+.PHONY: install demo test test-fast test-unit test-integration test-dags test-system lint typecheck bench clean-demo
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,10 +25,20 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m ruff check src dags example_dags tests scripts benchmarks
+	$(PY) -m mypy
 	$(PY) -m pytest
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not integration and not dags and not system"
+
+# the suite in parts (together: `make test`, ~30 min on 2 cores)
+test-unit: test-fast
+
+test-integration: $(STAMP)
+	$(PY) -m pytest -m integration
+
+test-dags: $(STAMP)
+	$(PY) -m pytest -m dags
 
 # The stack's parts as real processes (PostgreSQL and Redis must run: see .ci/run; ~4 min)
 test-system: $(STAMP)
@@ -39,6 +49,9 @@ bench: $(STAMP)
 
 lint: $(STAMP)
 	$(PY) -m ruff check src dags example_dags tests scripts benchmarks
+
+typecheck: $(STAMP)
+	$(PY) -m mypy
 
 clean-demo:
 	rm -rf .demo
