@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # tests/harness: the in-process Airflow runner (not part of the wheel)
 RESULTS = ROOT / "benchmarks" / "results" / "e2e.json"
 DAG_ID = "gd_nightly_fraud_retraining"
 MATERIALIZE_DAG_ID = "gd_feature_materialization"
@@ -103,7 +104,7 @@ def _scale(rows: int) -> dict[str, int]:
 
 
 def _configure(work: Path) -> None:
-    from gd_provider.demo import airflow_env
+    from tests.harness import airflow_env
 
     airflow_env.configure(work / "airflow", [ROOT / "dags" / "feature_materialization.py"], work / "home")
 
@@ -118,7 +119,7 @@ def step_prepare(work: Path, rows: int) -> dict[str, Any]:
 
     out: dict[str, Any] = {"scale": _scale(rows)}
     home = work / "home"
-    # `airflow db migrate` (as gd_provider.demo.airflow_env.migrate runs it) alongside the data generation
+    # `airflow db migrate` (as tests.harness.airflow_env.migrate runs it) alongside the data generation
     t_migrate = time.perf_counter()
     migrate = subprocess.Popen(
         [str(Path(sys.executable).with_name("airflow")), "db", "migrate"],
@@ -218,7 +219,7 @@ def step_night(work: Path, night: int) -> dict[str, Any]:
         out["inject_drift_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    from gd_provider.demo import airflow_env
+    from tests.harness import airflow_env
 
     dag = airflow_env.load_dag(DAG_ID)
     materialization = airflow_env.load_dag(MATERIALIZE_DAG_ID)

@@ -22,8 +22,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT))  # tests/harness: the in-process Airflow runner (not part of the wheel)
 
-from gd_provider.demo import airflow_env  # noqa: E402
+from tests.harness import airflow_env  # noqa: E402
 
 DAG_ID = "gd_nightly_fraud_retraining"
 

@@ -4,7 +4,7 @@
     .venv/bin/python scripts/render_dag_graph.py --dag-id gd_nightly_fraud_retraining --out /tmp/g.png
 
 The DAG is parsed by Airflow itself (``DagBag`` over a private, throw-away ``AIRFLOW_HOME`` whose DAGs folder
-links ``dags/retraining_dags.py``: ``gd_provider.demo.airflow_env``), so the picture is the DAG the scheduler
+links ``dags/retraining_dags.py``: ``tests.harness.airflow_env``), so the picture is the DAG the scheduler
 sees: every task with its operator class, its task group, its upstream dependencies (the data edges that
 XComArgs add included) and any trigger rule other than ``all_success``. The layout is done here with
 matplotlib (no Graphviz ``dot`` binary needed): tasks in columns by their longest path from a root, columns
@@ -42,7 +42,8 @@ class Node:
 
 
 def load_nodes(dag_file: Path, dag_id: str) -> tuple[str, list[Node]]:
-    from gd_provider.demo.airflow_env import configure
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/harness (not part of the wheel)
+    from tests.harness.airflow_env import configure
 
     work = Path(tempfile.mkdtemp(prefix="gd_dag_graph_"))
     configure(work / "airflow", [dag_file], work / "home")

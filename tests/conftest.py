@@ -15,7 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 _SESSION_DIR = Path(tempfile.mkdtemp(prefix="gd_tests_"))
 
-from gd_provider.demo import airflow_env  # noqa: E402  (no Airflow import at module level)
+from tests.harness import airflow_env  # noqa: E402  (no Airflow import at module level)
 
 AIRFLOW_ENV = airflow_env.configure(
     _SESSION_DIR / "airflow",

@@ -45,7 +45,7 @@ def mlflow_client(demo_home):
 
 def materialize(logical_date: datetime) -> dict:
     """Run the feature materialization DAG for a night, as the schedule would before retraining."""
-    from gd_provider.demo import airflow_env
+    from tests.harness import airflow_env
 
     run = airflow_env.run_dag(airflow_env.load_dag("gd_feature_materialization"), logical_date)
     assert run["state"] == "success", run

@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 
 from gd_provider.core.registry import PREVIOUS_CHAMPION_TAG, audit_trail, get_alias_version
-from gd_provider.demo import airflow_env
 from gd_provider.demo.demand import schema
 from gd_provider.demo.demand.generator import corrupt, sales_day_path
+from tests.harness import airflow_env
 
 from . import demand_fixtures
 from .demand_fixtures import demand_night

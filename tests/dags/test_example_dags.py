@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gd_provider.core.registry import audit_trail, get_alias_version
-from gd_provider.demo import airflow_env
+from tests.harness import airflow_env
 
 from .conftest import night
 

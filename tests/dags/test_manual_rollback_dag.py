@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pytest
 
 from gd_provider.core import registry
-from gd_provider.demo import airflow_env
+from tests.harness import airflow_env
 
 from ..support import register_scorer
 

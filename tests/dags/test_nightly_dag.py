@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 
 from gd_provider.core.registry import PREVIOUS_CHAMPION_TAG, audit_trail, get_alias_version
-from gd_provider.demo import airflow_env
 from gd_provider.demo.pipeline import MODEL_NAME
+from tests.harness import airflow_env
 
 from .conftest import materialize, night
 

@@ -21,8 +21,8 @@ import pytest
 
 from gd_provider.core.registry import FINGERPRINT_TAG, audit_trail, get_alias_version
 from gd_provider.core.rerun import rerun_variable_key
-from gd_provider.demo import airflow_env
 from gd_provider.demo.pipeline import MODEL_NAME
+from tests.harness import airflow_env
 
 from .conftest import materialize, night
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from gd_provider.demo import airflow_env
+from tests.harness import airflow_env
 
 from .conftest import materialize, night
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from gd_provider.core.registry import audit_trail, get_alias_version
-from gd_provider.demo import airflow_env
+from tests.harness import airflow_env
 
 from .conftest import materialize, night
 

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from gd_provider.core.data import write_dataset
-from gd_provider.demo import airflow_env
+from tests.harness import airflow_env
 
 pytestmark = pytest.mark.dags
 

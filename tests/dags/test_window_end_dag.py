@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from gd_provider.demo import airflow_env, schema
+from gd_provider.demo import schema
+from tests.harness import airflow_env
 
 from .conftest import materialize, night
 

@@ -34,10 +34,10 @@ from gd_provider.core.data import write_dataset
 from gd_provider.core.training.spec import TrainingSpec
 from gd_provider.demo import schema as S
 from gd_provider.demo.schema import training_spec as demo_training_spec
-from gd_provider.demo.stack import descendants, process_table
 from gd_provider.hooks.ray import parse_ray_connection
 from gd_provider.operators.training import RayTrainOperator
 from gd_provider.triggers.ray import RayJobTrigger
+from tests.harness.stack import descendants, process_table
 
 from ..support import fake_context
 from .test_training import synthetic_transactions

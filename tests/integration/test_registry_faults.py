@@ -38,7 +38,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from gd_provider.core import registry
 from gd_provider.core.data import write_dataset
-from gd_provider.demo import stack
+from tests.harness import stack
 
 from ..faultproxy import Fault, FaultProxy
 from ..support import AmountScorer, FakeTI, fake_context

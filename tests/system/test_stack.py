@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pytest
 
-from gd_provider.demo import stack as st
+from tests.harness import stack as st
 
 from .conftest import LOG_SOURCES, TIMINGS
 
