@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gd_provider.core.training import loop
+from gd_provider.core.training import engine
 from gd_provider.core.training.guards import GuardConfig, TrainingGuard
 from gd_provider.core.training.health import CLIP_REFERENCE_ROWS
 from gd_provider.core.training.loop import fit_plain
@@ -220,11 +220,11 @@ def cost(x, y, xv, yv, repeats: int) -> dict:
         for _ in range(repeats):
             bare.append(fit_plain(spec, x, y, xv, yv, guarded=False, telemetry=False).seconds)
             _TimedGuard.spent = 0.0
-            loop.TrainingGuard = _TimedGuard
+            engine.TrainingGuard = _TimedGuard  # the engine builds its guards
             try:
                 fit = fit_plain(spec, x, y, xv, yv)
             finally:
-                loop.TrainingGuard = TrainingGuard
+                engine.TrainingGuard = TrainingGuard
             guarded.append(fit.seconds)
             shares.append(_TimedGuard.spent / fit.seconds)
             per_step.append(_TimedGuard.spent / max(len(fit.steps["step"]), 1))
