@@ -289,11 +289,29 @@ from pathlib import Path
 
 import yaml
 
-from gd_provider.dag_factory import build_retraining_dag
+from gd_provider.factory import build_retraining_dag
 
 _cfg = yaml.safe_load(Path({config!r}).read_text())
 _cfg.update(dag_id={dag_id!r}, model_name={model!r}, description="A smaller fraud model, same features")
 _cfg["training"].update(hidden_sizes=[16], lr=0.005, seed=7)
+dag = build_retraining_dag(_cfg)
+'''
+
+# A model whose promotions a person approves (Airflow 3.3's HITL ApprovalOperator); the test answers it
+# through the REST API as the UI would
+APPROVAL_DAG = "gd_nightly_fraud_approved_retraining"
+MODEL_C = "fraud_detector_approved"
+APPROVAL_MODEL_DAG = '''"""A model whose promotion a person approves (written by tests/system): an Airflow DAG."""
+from pathlib import Path
+
+import yaml
+
+from gd_provider.factory import build_retraining_dag
+
+_cfg = yaml.safe_load(Path({config!r}).read_text())
+_cfg.update(dag_id={dag_id!r}, model_name={model!r}, description="Promotions approved by a person")
+_cfg["training"].update(hidden_sizes=[16], seed=11)
+_cfg["approval"] = {{"required": True, "timeout_hours": 1, "on_timeout": "reject"}}
 dag = build_retraining_dag(_cfg)
 '''
 
@@ -342,6 +360,8 @@ def _write_extra_dags(dags: Path) -> None:
     (dags / "second_model_retraining.py").write_text(SECOND_MODEL_DAG.format(
         config=str(ROOT / "dags" / "configs" / "fraud_detector.yaml"), dag_id=DAG_B, model=MODEL_B))
     (dags / "secret_probe.py").write_text(PROBE_DAG_FILE.format(dag_id=PROBE_DAG))
+    (dags / "approved_model_retraining.py").write_text(APPROVAL_MODEL_DAG.format(
+        config=str(ROOT / "dags" / "configs" / "fraud_detector.yaml"), dag_id=APPROVAL_DAG, model=MODEL_C))
 
 
 # ------------------------------------------------------------------------------------------------ tests
@@ -672,6 +692,46 @@ def test_two_models_side_by_side_one_active_run_per_dag(stack):
 # ------------------------------------------------------------------------------------------------ security
 AIRFLOW_TABLES = ("xcom", "rendered_task_instance_fields", "asset_event", "asset", "dag_run", "trigger",
                   "task_instance", "log")
+
+
+def test_a_person_approves_the_promotion_through_the_rest_api(stack):
+    """The run waits in ``approve_promotion`` (awaiting input, the gate's reasons in its form) until a person
+    answers through the REST API (what the UI's form sends); the promotion then records who, when and why."""
+    from gd_provider.core.registry import audit_trail
+
+    rest, client = stack.rest, _mlflow(stack)
+    _wait_for_dag(rest, stack.services, APPROVAL_DAG)
+    _unpause(rest, APPROVAL_DAG)
+    run_id = _trigger(rest, APPROVAL_DAG, LOGICAL_DATE)["dag_run_id"]
+    path = f"/dags/{APPROVAL_DAG}/dagRuns/{run_id}/taskInstances/approve_promotion/-1/hitlDetails"
+
+    def waiting():
+        states = _states(rest, APPROVAL_DAG, run_id)
+        if states.get("approve_promotion") == "awaiting_input":
+            return rest.get(path)
+        assert _run(rest, APPROVAL_DAG, run_id)["state"] == "running", states
+        return None
+
+    detail, waited = st.wait_until(waiting, timeout_s=RUN_TIMEOUT_S, what="the approval request",
+                                   services=stack.services, interval_s=2.0)
+    _timed("run until the approval request", waited)
+    assert detail["subject"] == f"Promote {MODEL_C} v1 to @champion?"
+    assert "The release gate **blessed**" in detail["body"] and "roc_auc" in detail["body"]
+    assert detail["options"] == ["Approve", "Reject"] and detail["defaults"] == ["Reject"]
+    assert client.get_registered_model(MODEL_C).aliases in ({}, None)  # nothing promoted while waiting
+    answer = rest.patch(path, {"chosen_options": ["Approve"],
+                               "params_input": {"comment": "checked the FPR at the operating point"}})
+    assert answer["chosen_options"] == ["Approve"]
+    final = _wait_run(stack, APPROVAL_DAG, run_id)
+    states = _states(rest, APPROVAL_DAG, run_id)
+    assert final["state"] == "success", states
+    assert states["approve_promotion"] == "success" and states["promote"] == "success", states
+    assert client.get_model_version_by_alias(MODEL_C, "champion").version == "1"
+    [entry] = audit_trail(client, MODEL_C)
+    assert entry["action"] == "promote" and entry["approval"]["by"] == USER
+    assert entry["approval"]["comment"] == "checked the FPR at the operating point" and entry["approval"]["at"]
+    tag = json.loads(client.get_model_version(MODEL_C, "1").tags["gd.approval"])
+    assert tag["decision"] == "approved" and tag["by"] == USER
 
 
 def _files(folder: Path, max_bytes: int = 20_000_000):

@@ -448,6 +448,12 @@ def audit_trail(client, model_name: str) -> list[dict[str, Any]]:
     return [] if model is None else _entries(model.tags)
 
 
+def record_decision(client, model_name: str, entry: dict[str, Any]) -> dict[str, Any]:
+    """Append a decision that moves nothing (e.g. a person rejecting a promotion) to the audit trail; idempotent
+    per ``entry["change_id"]`` when given (a retried task records it once)."""
+    return _append_audit(client, model_name, dict(entry))
+
+
 def _append_audit(client, model_name: str, entry: dict[str, Any]) -> dict[str, Any]:
     """Append ``entry`` to the audit trail. Idempotent per ``change_id``: when an entry with the same one is
     there (a completed change retried), that entry is returned and nothing is written."""
@@ -702,8 +708,10 @@ def promote(
     dag_run: str | None = None,
     expected_current: Any = UNCHECKED,
     force_reason: str | None = None,
+    approval: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Move ``alias`` to ``version``, recording the previous champion first.
+    """Move ``alias`` to ``version``, recording the previous champion first. ``approval``: the human approval
+    of this promotion (who, when, comment), recorded in its audit entry.
 
     Idempotent: when ``alias`` already points at ``version`` (a rerun), nothing moves and the recorded
     previous champion is returned.
@@ -737,6 +745,8 @@ def promote(
             + ". Nothing was changed (promote with a force reason to override)"
         )
     extra: dict[str, Any] = {"forced": forced, "overridden": problems} if problems else {}
+    if approval:
+        extra["approval"] = dict(approval)
     previous = current or NO_CHAMPION
     intent = _begin_change(client, model_name, {"action": "promote", "alias": alias, "from": previous,
                                                 "to": str(version), "actor": actor, "reason": reason,

@@ -181,6 +181,16 @@ class GateConfig(_Strict):
         return "gate_" + re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower().removesuffix("_gate")
 
 
+class ApprovalConfig(_Strict):
+    """A person approves each promotion (Airflow's HITL ApprovalOperator between register and promote)."""
+
+    required: bool = False
+    timeout_hours: float | None = Field(24.0, gt=0, description="how long to wait for an answer (null: forever)")
+    on_timeout: Literal["reject", "fail"] = "reject"
+    assigned_users: list[dict[str, str]] | None = Field(
+        None, description="who may answer: [{id, name}] as the auth manager knows them (null: anyone with access)")
+
+
 class SmokeTestConfig(_Strict):
     """The post-promotion smoke test. The score checks are the task's: binary reads ``positive_rate_bounds``
     and ``max_positive_rate_change``, multiclass ``max_class_share_change``, regression ``prediction_bounds``
@@ -236,6 +246,7 @@ class RetrainingConfig(_Strict):
     gate: dict[str, Any]
     smoke_test: SmokeTestConfig = SmokeTestConfig()
     gates: list[GateConfig] = []
+    approval: ApprovalConfig = ApprovalConfig()
     alerting: AlertingConfig = AlertingConfig()
     ray_conn_id: str = "ray_default"
     mlflow_conn_id: str = "mlflow_default"

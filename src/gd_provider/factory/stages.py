@@ -24,6 +24,8 @@ RELEASE_ACTIONS = {
                 "not registered twice.",
     "promote": "{model}@{alias} may or may not have moved: check the alias and the model's audit trail in MLflow "
                "before clearing promote and its downstream tasks.",
+    "approve_promotion": "Nothing was promoted; {model}@{alias} is unchanged: the approval timed out (on_timeout: "
+                         "fail) or failed. Clear approve_promotion and its downstream tasks to ask again.",
     "smoke_test": "The model just promoted to {model}@{alias} failed its smoke test; the rollback task restores the "
                   "previous champion: expect a 'rolled back' alert, or a 'rollback failed' one that needs you.",
     "rollback": "{model}@{alias} may still serve the model that failed its post-promotion checks (or there is no "
@@ -213,8 +215,19 @@ def release_stage(cfg: RetrainingConfig, dataset: Any, training: Any, group_id: 
         register = RegisterModelOperator(task_id="register", dataset=dataset, training=training,
                                          gate=evaluate.output, model_name=cfg.model_name, drift_task_id=drift_task_id,
                                          on_failure_callback=alerts("register"), **conn)
+        approve = None
+        if cfg.approval.required:  # a person approves between registration and promotion
+            from gd_provider.operators.approval import PromotionApprovalOperator
+
+            hours = cfg.approval.timeout_hours
+            approve = PromotionApprovalOperator(
+                task_id="approve_promotion", model=register.output, gate=evaluate.output, alias=cfg.alias,
+                force_reason=params["force_promotion_reason"], on_timeout=cfg.approval.on_timeout,
+                response_timeout=timedelta(hours=hours) if hours else None, assigned_users=cfg.approval.assigned_users,
+                on_failure_callback=alerts("approve_promotion"), **conn)
         promote = PromoteModelOperator(task_id="promote", model=register.output, gate=evaluate.output,
                                        alias=cfg.alias, force_reason=params["force_promotion_reason"],
+                                       approval=approve.output if approve is not None else None,
                                        on_failure_callback=alerts("promote"), **conn)
         smoke_test = ModelSmokeTestOperator(
             task_id="smoke_test", dataset=dataset, model_name=cfg.model_name, alias=cfg.alias,
@@ -233,5 +246,7 @@ def release_stage(cfg: RetrainingConfig, dataset: Any, training: Any, group_id: 
                                          on_success_callback=alert_callbacks(cfg, "rolled back"),
                                          on_failure_callback=alerts("rollback"), **conn)
         evaluate >> register >> promote >> smoke_test >> rollback
+        if approve is not None:
+            register >> approve >> promote
     add_params(evaluate, cfg, param_prefix, ("force_promotion_reason", "smoke_test_max_p95_latency_ms"))
     return group

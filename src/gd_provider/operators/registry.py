@@ -347,7 +347,7 @@ class PromoteModelOperator(BaseOperator):
     nothing changes — a rerun of an old night cannot replace a newer champion, a manual rollback between
     evaluate and promote is not undone. ``force_reason`` overrides this too, recorded the same way."""
 
-    template_fields: Sequence[str] = ("model", "gate", "reason", "force_reason")
+    template_fields: Sequence[str] = ("model", "gate", "reason", "force_reason", "approval")
     operator_extra_links = (MlflowModelVersionLink(),)
     ui_color = "#b6d7a8"
 
@@ -359,16 +359,26 @@ class PromoteModelOperator(BaseOperator):
         alias: str = "champion",
         reason: str = "gate blessed the challenger",
         force_reason: str | None = None,
+        approval: Any = None,
         mlflow_conn_id: str = "mlflow_default",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.approval = approval  # a PromotionApprovalOperator's answer: recorded in the audit entry
         self.force_reason = force_reason
         self.model = model
         self.gate = gate
         self.alias = alias
         self.reason = reason
         self.mlflow_conn_id = mlflow_conn_id
+
+    def _approval(self) -> dict[str, Any] | None:
+        """The approval this promotion needs, when the DAG asks a person: refuses anything but an approval."""
+        if self.approval is None:
+            return None
+        if not isinstance(self.approval, dict) or self.approval.get("decision") != "approved":
+            raise AirflowFailException(f"promotion needs a person's approval, got {self.approval!r}: nothing moved")
+        return {k: self.approval.get(k) for k in ("by", "by_id", "at", "comment", "timed_out")}
 
     def execute(self, context: Any) -> dict[str, Any]:
         from gd_provider.core.registry import RegistryError, promote
@@ -389,6 +399,7 @@ class PromoteModelOperator(BaseOperator):
                 )
             self.log.warning("Gate REJECTED the challenger; promoting anyway by request: %s", forced)
             reason = f"FORCED by request ({forced}) over the gate's rejection: {reasons}"
+        approval = self._approval()
         config = MlflowHook(self.mlflow_conn_id).get_config()
         try:
             result = promote(
@@ -402,6 +413,7 @@ class PromoteModelOperator(BaseOperator):
                 # compare-and-swap: only over the champion the gate compared with
                 expected_current=self.gate["champion_version"],
                 force_reason=forced or None,
+                approval=approval,
             )
             if forced and (not self.gate["blessed"] or result.get("overridden")):
                 config.client().set_model_version_tag(self.model["name"], self.model["version"],
