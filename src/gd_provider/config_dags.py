@@ -37,7 +37,7 @@ def materialization_plan(configs: list[Any]) -> list[dict[str, Any]]:
     A config's views are its ``freshness.feature_views`` (what its ``features_fresh`` sensor waits for);
     a config without them contributes its ``features.feature_service`` (one task per service, its views
     resolved by Feast at run time)."""
-    views: dict[str, dict[str, None]] = {}
+    views: dict[str, dict[str, None]] = {}  # feature views per connection, in order
     models: dict[str, list[str]] = {}
     services: dict[tuple[str, str], list[str]] = {}
     for cfg in configs:
@@ -53,10 +53,10 @@ def materialization_plan(configs: list[Any]) -> list[dict[str, Any]]:
         suffix = "" if conn == "feast_default" else f"_{_ident(conn)}"
         plan.append({"task_id": f"materialize{suffix}", "feast_conn_id": conn, "feature_views": list(names),
                      "models": models[conn]})
-    for (conn, service), names in services.items():
+    for (conn, service), owners in services.items():
         suffix = "" if conn == "feast_default" else f"_{_ident(conn)}"
         plan.append({"task_id": f"materialize{suffix}_{_ident(service)}", "feast_conn_id": conn,
-                     "feature_service": service, "models": names})
+                     "feature_service": service, "models": owners})
     return plan
 
 
@@ -111,9 +111,10 @@ def build_manual_rollback_dag(folder: str | Path, *, dag_id: str = MANUAL_ROLLBA
     names = list(dict.fromkeys(cfg.model_name for cfg in configs))
     aliases = list(dict.fromkeys(cfg.alias for cfg in configs)) or ["champion"]
     known = ", ".join(f"{cfg.model_name}@{cfg.alias} ({cfg.dag_id})" for cfg in configs) or "none yet"
+    examples: dict[str, Any] = {"examples": names} if names else {}
     model_param = Param(names[0] if names else "", type="string", minLength=1,
                         description=f"Registered model to roll back. Models of the retraining configs: {known}",
-                        **({"examples": names} if names else {}))
+                        **examples)
     with DAG(
         dag_id=dag_id,
         description="Roll a model's champion alias back, with a reason, from the UI",

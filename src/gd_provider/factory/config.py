@@ -423,7 +423,7 @@ def _anchor_relative_paths(data: dict[str, Any], base: Path) -> None:
 
     validation = data.get("validation")
     value = validation.get("expectations") if isinstance(validation, dict) else None
-    if isinstance(value, str) and value.strip() and not IMPORT_PATH.match(value):
+    if isinstance(validation, dict) and isinstance(value, str) and value.strip() and not IMPORT_PATH.match(value):
         path = Path(value).expanduser()
         if not path.is_absolute():
             validation["expectations"] = str(base / path)

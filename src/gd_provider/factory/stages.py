@@ -197,7 +197,7 @@ def release_stage(cfg: RetrainingConfig, dataset: Any, training: Any, group_id: 
         RollbackModelOperator,
     )
 
-    conn = {"mlflow_conn_id": cfg.mlflow_conn_id}
+    conn: dict[str, Any] = {"mlflow_conn_id": cfg.mlflow_conn_id}
     params = param_templates(param_prefix)
     smoke = cfg.smoke_test
     task = task_arguments(cfg)  # checked when parsed; at run time the gate and the smoke test use what was trained

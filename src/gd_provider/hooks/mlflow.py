@@ -52,7 +52,7 @@ class MlflowHook(GdBaseHook):
                 # the README's `mlflow ui` command serves the embedded store here
                 ui_url=extra.get("ui_url", EMBEDDED_UI_URL),
             )
-        tracking = extra.get("tracking_uri")
+        tracking = str(extra.get("tracking_uri") or "")
         if not tracking:
             scheme = conn.schema or "http"
             port = f":{conn.port}" if conn.port else ""

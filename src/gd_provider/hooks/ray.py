@@ -54,11 +54,11 @@ class RayClusterConfig:
         base = f"{self.dashboard_url.rstrip('/')}/api/jobs/"
         return base if submission_id is None else f"{base}{quote(submission_id, safe='')}{suffix}"
 
-    def ssl_context(self) -> ssl.SSLContext | bool | None:
-        """``verify`` as aiohttp takes it: a CA bundle's context, ``False`` (no checks) or ``None`` (default)."""
+    def ssl_context(self) -> ssl.SSLContext | bool:
+        """``verify`` as aiohttp takes it: a CA bundle's context, ``False`` (no checks) or ``True`` (default)."""
         if isinstance(self.verify, str):
             return ssl.create_default_context(cafile=self.verify)
-        return None if self.verify else False
+        return bool(self.verify)
 
     @property
     def link_base(self) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from airflow.providers.standard.operators.hitl import ApprovalOperator
@@ -26,7 +26,7 @@ def approval_record(event: Mapping[str, Any], *, timed_out: bool = False) -> dic
     comment = (event.get("params_input") or {}).get("comment")
     return {"decision": "approved" if chosen == [ApprovalOperator.APPROVE] else "rejected",
             "by": user.get("name") or user.get("id") or ("timeout" if timed_out else "unknown"),
-            "by_id": user.get("id"), "at": at.isoformat() if hasattr(at, "isoformat") else at,
+            "by_id": user.get("id"), "at": at.isoformat() if isinstance(at, datetime) else at,
             "comment": comment or None, "timed_out": timed_out}
 
 
@@ -100,8 +100,8 @@ class PromotionApprovalOperator(ApprovalOperator):
                                        "approve")
         config = MlflowHook(self.mlflow_conn_id).get_config()
         self.subject = f"Promote {model.get('name')} v{model.get('version')} to @{self.alias}?"
-        self.body = gate_body(gate, model, mlflow_model_version_url(config.ui_url, model.get("name"),
-                                                                    model.get("version")))
+        self.body = gate_body(gate, model, mlflow_model_version_url(config.ui_url, str(model.get("name")),
+                                                                    str(model.get("version"))))
         return super().execute(context)
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:

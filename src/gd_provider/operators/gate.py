@@ -56,7 +56,7 @@ class GateOperator(BaseOperator):
             raise ValueError(f"{self.task_id}: on_failure must be one of {list(ON_FAILURE)}, got {on_failure!r}")
         if plain(gate_options):  # templated options are checked once rendered, in execute
             try:
-                make_gate(gate, gate_options)
+                make_gate(gate, gate_options if isinstance(gate_options, Mapping) else None)
             except GateError as exc:
                 raise ValueError(f"{self.task_id}: {exc}") from exc
         self.gate = gate

@@ -476,7 +476,7 @@ class ModelSmokeTestOperator(BaseOperator):
         alias: str = "champion",
         canary_rows: int = 500,
         latency_probes: int = 50,
-        max_p95_latency_ms: float = 250.0,
+        max_p95_latency_ms: float | str = 250.0,  # a number, or a template rendering to one
         positive_rate_bounds: tuple[float, float] | None = (0.0, 0.5),
         max_positive_rate_change: float | None = 0.05,
         max_class_share_change: float | None = 0.1,

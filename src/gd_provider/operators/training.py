@@ -68,7 +68,7 @@ class RayTrainOperator(BaseOperator):
         dataset: Any,
         spec: dict[str, Any],
         model_name: str,
-        spec_overrides: dict[str, Any] | None = None,
+        spec_overrides: dict[str, Any] | str | None = None,  # a mapping, or a template rendering to one
         rerun_variable: str | None = None,
         experiment_name: str | None = None,
         ray_conn_id: str = "ray_default",
@@ -294,7 +294,8 @@ class RayTrainOperator(BaseOperator):
         dag_run = context["dag_run"]
         key = run_key(context)
         overrides, rerun = self._effective_overrides(context)
-        recorded = {"spec_overrides": overrides, "param_overrides": dict(self.spec_overrides or {}), "rerun": rerun}
+        recorded = {"spec_overrides": overrides, "param_overrides": dict(self.spec_overrides or {}),  # type: ignore[arg-type]
+                    "rerun": rerun}  # spec_overrides rendered: a mapping
         all_tags = {"gd.dag_id": dag_run.dag_id, "gd.airflow_run_id": dag_run.run_id, "gd.run_key": key,
                     **{k: v if isinstance(v, str) else json.dumps(v, sort_keys=True)
                        for k, v in rerun_tags(recorded).items()},

@@ -183,7 +183,7 @@ class DataValidationOperator(BaseOperator, BranchMixIn):
         from gd_provider.hooks.feast import FeastHook
 
         try:
-            schema = feature_service_schema(FeastHook(self.feast_conn_id).get_conn(), self.feature_service)
+            schema = feature_service_schema(FeastHook(self.feast_conn_id).get_conn(), str(self.feature_service))
             exps = schema_expectations(schema)
         except ProfileError as exc:
             raise AirflowFailException(f"validation cannot derive the schema checks: {exc}") from exc
@@ -205,7 +205,7 @@ class DataValidationOperator(BaseOperator, BranchMixIn):
         from gd_provider.core.lineage import LineageError, training_dataset
         from gd_provider.core.registry import RegistryError, comparison_champion
 
-        name, alias = self.champion_model_name, self.champion_alias
+        name, alias = str(self.champion_model_name), self.champion_alias
         _, client = self._mlflow_client()
         try:
             # the champion, or - when this run (``run``) already promoted its own model - the one it

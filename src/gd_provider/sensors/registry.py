@@ -51,7 +51,7 @@ class ModelVersionSensor(BaseSensorOperator):
                 return PokeReturnValue(False)
             version = versions[-1]
             return PokeReturnValue(True, {"name": self.model_name, "version": version, "alias": None})
-        current = get_alias_version(client, self.model_name, self.alias)
+        current = get_alias_version(client, self.model_name, str(self.alias))
         if current is None or (
             self.alias_changes_from is not None and current == str(self.alias_changes_from)
         ):
