@@ -56,3 +56,24 @@ def test_the_rule_sees_a_lazy_import(tmp_path, banned):
     pkg.mkdir()
     (pkg / "m.py").write_text(f"def f():\n    import {banned}.x\n    from {banned} import y\n")
     assert _violations(pkg, (banned,)) == [f"pkg/m.py:2 imports {banned}.x", f"pkg/m.py:3 imports {banned}"]
+
+
+def test_every_operator_and_sensor_templates_its_connection_ids():
+    """Provider style: a connection id can come from a Param or a Variable (``{{ var.value.mlflow_conn }}``)."""
+    import inspect
+
+    from gd_provider.operators import approval, drift, features, gate, health, registry, training, validation
+    from gd_provider.sensors import features as sensor_features
+    from gd_provider.sensors import registry as sensor_registry
+
+    checked = 0
+    for module in (approval, drift, features, gate, health, registry, training, validation, sensor_features,
+                   sensor_registry):
+        for _, cls in inspect.getmembers(module, inspect.isclass):
+            if cls.__module__ != module.__name__ or not hasattr(cls, "template_fields"):
+                continue
+            conn_args = [p for p in inspect.signature(cls.__init__).parameters if p.endswith("_conn_id")]
+            missing = [p for p in conn_args if p not in cls.template_fields]
+            assert not missing, f"{cls.__name__}: {missing} not templated"
+            checked += bool(conn_args)
+    assert checked >= 10

@@ -70,7 +70,7 @@ class PromotionApprovalOperator(ApprovalOperator):
     put to a person: the task is skipped, as the promotion would be.
     """
 
-    template_fields: Sequence[str] = (*ApprovalOperator.template_fields, "model", "gate", "force_reason")
+    template_fields: Sequence[str] = (*ApprovalOperator.template_fields, "model", "gate", "force_reason", "mlflow_conn_id")
 
     def __init__(self, *, model: Any, gate: Any, alias: str = "champion", force_reason: Any = None,
                  on_timeout: str = "reject", response_timeout: timedelta | None = timedelta(hours=24),

@@ -37,7 +37,7 @@ class DriftCheckOperator(BaseOperator):
     * ``skip_reason`` (templated, e.g. from a manual run's Param): skips the check and records why.
     """
 
-    template_fields: Sequence[str] = ("dataset", "policy", "skip_reason")
+    template_fields: Sequence[str] = ("dataset", "policy", "skip_reason", "mlflow_conn_id")
     operator_extra_links = (MlflowRunLink(), ReportLink())
     ui_color = "#f0e6c0"
 

@@ -88,6 +88,8 @@ class FeastHistoricalFeaturesOperator(BaseOperator):
         "features",
         "as_of",
         "mlflow_run_id",
+        "feast_conn_id",
+        "mlflow_conn_id",
     )
     template_fields_renderers = {"entity_sql": "sql"}
     ui_color = "#c3e7d7"
@@ -311,7 +313,7 @@ class FeastMaterializeOperator(BaseOperator):
     ``feast://<project>/<view>`` are triggered by the alias's events like by any other.
     """
 
-    template_fields: Sequence[str] = ("feature_service",)
+    template_fields: Sequence[str] = ("feature_service", "feast_conn_id")
     ui_color = "#b5e0c9"
 
     def __init__(

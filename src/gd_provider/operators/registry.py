@@ -149,7 +149,7 @@ class ModelEvaluationGateOperator(BaseOperator):
     without them it is checked against the binary task then, and always against the trained task at run
     time."""
 
-    template_fields: Sequence[str] = ("dataset", "training")
+    template_fields: Sequence[str] = ("dataset", "training", "mlflow_conn_id")
     operator_extra_links = (MlflowRunLink(),)
     ui_color = "#cfe2f3"
 
@@ -275,7 +275,7 @@ class RegisterModelOperator(BaseOperator):
     version — see :func:`gd_provider.core.registry.register_model`), with lineage tags (DAG run, data interval, dataset digest, feature refs, package version, git sha, seed,
     training run, health) and the gate decision."""
 
-    template_fields: Sequence[str] = ("dataset", "training", "gate")
+    template_fields: Sequence[str] = ("dataset", "training", "gate", "mlflow_conn_id")
     operator_extra_links = (MlflowModelVersionLink(),)
     ui_color = "#d0e0e3"
 
@@ -347,7 +347,7 @@ class PromoteModelOperator(BaseOperator):
     nothing changes — a rerun of an old night cannot replace a newer champion, a manual rollback between
     evaluate and promote is not undone. ``force_reason`` overrides this too, recorded the same way."""
 
-    template_fields: Sequence[str] = ("model", "gate", "reason", "force_reason", "approval")
+    template_fields: Sequence[str] = ("model", "gate", "reason", "force_reason", "approval", "mlflow_conn_id")
     operator_extra_links = (MlflowModelVersionLink(),)
     ui_color = "#b6d7a8"
 
@@ -464,7 +464,7 @@ class ModelSmokeTestOperator(BaseOperator):
     smoke test must not turn this run green.
     """
 
-    template_fields: Sequence[str] = ("dataset", "max_p95_latency_ms", "version", "training", "gate")
+    template_fields: Sequence[str] = ("dataset", "max_p95_latency_ms", "version", "training", "gate", "mlflow_conn_id")
     operator_extra_links = (MlflowModelVersionLink(),)
     ui_color = "#fff2cc"
 
@@ -634,7 +634,7 @@ class RollbackModelOperator(BaseOperator):
     number or ``"previous"`` (the previous champion recorded on the current one) — with ``reason``.
     """
 
-    template_fields: Sequence[str] = ("model_name", "to_version", "reason", "alias")
+    template_fields: Sequence[str] = ("model_name", "to_version", "reason", "alias", "mlflow_conn_id")
     operator_extra_links = (MlflowModelVersionLink(),)
     ui_color = "#f4cccc"
 

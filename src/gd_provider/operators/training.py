@@ -58,7 +58,7 @@ class RayTrainOperator(BaseOperator):
     :param runtime_env: merged into the Ray job's runtime_env (after the connection's).
     """
 
-    template_fields: Sequence[str] = ("dataset", "spec_overrides", "ray_conn_id")
+    template_fields: Sequence[str] = ("dataset", "spec_overrides", "ray_conn_id", "mlflow_conn_id")
     ui_color = "#d9d2f0"
     operator_extra_links = (MlflowRunLink(), RayJobLink())
 

@@ -96,7 +96,7 @@ class DataValidationOperator(BaseOperator, BranchMixIn):
     data) are counted in the notes.
     """
 
-    template_fields: Sequence[str] = ("dataset", "as_of")
+    template_fields: Sequence[str] = ("dataset", "as_of", "feast_conn_id", "mlflow_conn_id")
     operator_extra_links = (ValidationReportLink(), MlflowRunLink())
     inherits_from_skipmixin = True
     ui_color = "#f5d5c4"

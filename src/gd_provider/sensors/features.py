@@ -29,7 +29,7 @@ class FeatureFreshnessSensor(BaseSensorOperator):
     view and its watermark. An unknown view name fails the task at once.
     """
 
-    template_fields: Sequence[str] = ("feature_service", "as_of")
+    template_fields: Sequence[str] = ("feature_service", "as_of", "feast_conn_id")
     ui_color = "#d9f0e3"
 
     def __init__(

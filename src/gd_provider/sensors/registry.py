@@ -16,7 +16,7 @@ class ModelVersionSensor(BaseSensorOperator):
     ``{name, version, alias}``. Reschedule mode by default, so waiting holds no worker slot.
     """
 
-    template_fields: Sequence[str] = ("model_name", "tags", "alias", "alias_changes_from")
+    template_fields: Sequence[str] = ("model_name", "tags", "alias", "alias_changes_from", "mlflow_conn_id")
     ui_color = "#e6f2ff"
 
     def __init__(
