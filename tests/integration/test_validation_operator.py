@@ -72,10 +72,12 @@ def test_first_night_without_champion_skips_derived_checks_and_says_so(gd_home, 
     out = _op(dataset, champion_model_name=MODEL, tolerances=TOLERANCES).execute(ctx)
     assert out["success"] is True and out["evaluated"] == 1
     assert out["champion_checks"] == {"status": "no_champion", "model": MODEL, "alias": "champion"}
-    (note,) = out["notes"]
+    note, window = out["notes"]
     assert note.startswith(f"champion-derived checks SKIPPED: {MODEL} has no 'champion' version yet")
+    # a dataset written without the retrieval operator: its window checks did not run, and the report says so
+    assert window.startswith("window checks NOT RUN: the dataset manifest has no retrieval statistics")
     payload = json.loads(Path(out["report"]["json"]).read_text())
-    assert payload["notes"] == [note] and f"Note: {note}" in payload["summary"]
+    assert payload["notes"] == [note, window] and f"Note: {note}" in payload["summary"]
     assert html.escape(note) in Path(out["report"]["html"]).read_text()
 
 
@@ -150,8 +152,9 @@ def test_schema_checks_from_a_real_feature_service(gd_home):
     assert out["success"] is True
     n_features = len(schema.CARD_FEATURES) + len(schema.MERCHANT_NUMERIC) + 1
     assert out["evaluated"] == 2 * n_features
-    assert out["notes"] == [f"{2 * n_features} schema checks derived from feature service 'fraud_model_v1' "
-                            f"({n_features} features)"]
+    assert out["notes"][0] == (f"{2 * n_features} schema checks derived from feature service 'fraud_model_v1' "
+                               f"({n_features} features)")
+    assert out["notes"][1:] == [n for n in out["notes"] if n.startswith("window checks NOT RUN")]
 
     broken = df.drop(columns=["merchant_risk_score"]).assign(card_age_days=df["card_age_days"].astype(str))
     with pytest.raises(AirflowFailException) as exc:
