@@ -15,7 +15,6 @@ Plain Python: no Airflow import (it runs wherever the core runs).
 
 from __future__ import annotations
 
-import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -96,17 +95,17 @@ class HealthGate(Gate):
 
 
 BUILTIN_GATES: dict[str, type[Gate]] = {"health": HealthGate}
-_IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
 def gate_class(name: str) -> type[Gate]:
     """The class of a built-in gate name or of a user's gate by import path ``package.module:Class``."""
     if name in BUILTIN_GATES:
         return BUILTIN_GATES[name]
-    if not isinstance(name, str) or not _IMPORT_PATH.match(name):
+    from gd_provider.core.tasks import IMPORT_PATH, import_object
+
+    if not isinstance(name, str) or not IMPORT_PATH.match(name):
         raise GateError(f"unknown gate {name!r}; choose one of {sorted(BUILTIN_GATES)} or give a Gate subclass "
                         "by import path 'package.module:Class'")
-    from gd_provider.core.tasks import import_object
 
     try:
         cls = import_object(name, "gate")
